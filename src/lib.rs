@@ -1,0 +1,30 @@
+//! # bsn — the Bitcoin Server Network engine
+//!
+//! bsn is the peer-to-peer networking subsystem of a Bitcoin SV node, built to be embedded: Rust
+//! programs use this crate, C and C++ node software links `libbsn.so` through `include/bsn.h`.
+//!
+//! ## Architecture
+//!
+//! ```text
+//!  sockets ──► shard event loops (mio, one per core) ──► frame decoder (wire) ──► workers
+//!                    ▲                                                             │
+//!                    └──────────── commands over channels + mio::Waker ◄───────────┘
+//!                                                                                  │
+//!                                                  Store (LMDB / in-memory) ◄──────┘
+//! ```
+//!
+//! The protocol logic is pure: [`wire`] turns bytes into messages and back without I/O, and the
+//! state machines that decide what to do with them are fed bytes and time, never sockets. The
+//! event loops only move bytes.
+//!
+//! Modules:
+//! - [`wire`]: the codec — framing (with BSV's `extmsg` for payloads over 4 GiB), primitives,
+//!   and every message.
+//! - [`network`]: network parameters as data (BSV mainnet, testnet, regtest, STN, custom).
+//! - [`decode`]: readable summaries of raw blocks, transactions and message streams (`bsn decode`).
+
+pub mod decode;
+pub mod network;
+pub mod wire;
+
+pub use network::{Network, NetworkParams};

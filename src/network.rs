@@ -1,0 +1,226 @@
+//! Network parameters as data: the four BSV networks and fully custom ones, so an embedder can
+//! point bsn at any chain that shares the wire format.
+
+use crate::wire::block::{target_from_compact, BlockHeader};
+use crate::wire::frame::Magic;
+use crate::wire::hash::Hash256;
+use crate::wire::u256::U256;
+use std::fmt;
+use std::str::FromStr;
+
+/// The networks bsn knows by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    /// BSV mainnet.
+    Mainnet,
+    /// BSV testnet.
+    Testnet,
+    /// Regression test network (local chains, trivial proof of work).
+    Regtest,
+    /// BSV scaling test network.
+    Stn,
+}
+
+impl Network {
+    /// Every named network.
+    pub const ALL: [Network; 4] = [
+        Network::Mainnet,
+        Network::Testnet,
+        Network::Regtest,
+        Network::Stn,
+    ];
+
+    /// The lowercase name used on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Network::Mainnet => "mainnet",
+            Network::Testnet => "testnet",
+            Network::Regtest => "regtest",
+            Network::Stn => "stn",
+        }
+    }
+
+    /// This network's parameters.
+    pub fn params(&self) -> NetworkParams {
+        NetworkParams::for_network(*self)
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Network {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Network, String> {
+        Network::ALL
+            .into_iter()
+            .find(|n| n.name() == s.to_ascii_lowercase())
+            .ok_or_else(|| {
+                format!("unknown network {s:?} (expected mainnet, testnet, regtest or stn)")
+            })
+    }
+}
+
+/// Everything bsn needs to know about a chain to talk to its nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkParams {
+    /// A name for logs.
+    pub name: String,
+    /// First four bytes of every P2P message (the network-isolation check of the handshake).
+    pub magic: Magic,
+    /// First four bytes of every record in block files (`blk*.dat`); BSV kept Bitcoin's.
+    pub disk_magic: Magic,
+    /// Default P2P port.
+    pub default_port: u16,
+    /// The genesis block header.
+    pub genesis: BlockHeader,
+    /// Highest target (lowest difficulty) a header may claim.
+    pub pow_limit: U256,
+}
+
+/// Bitcoin's genesis merkle root, shared by all four networks.
+const GENESIS_MERKLE_ROOT: &str =
+    "4a5e1e4baab89f3a32518a88c31bc87f618f76673e2cc77ab2127b7afdeda33b";
+
+fn genesis(time: u32, bits: u32, nonce: u32) -> BlockHeader {
+    BlockHeader {
+        version: 1,
+        prev_hash: Hash256::ZERO,
+        merkle_root: GENESIS_MERKLE_ROOT.parse().expect("constant hash parses"),
+        time,
+        bits,
+        nonce,
+    }
+}
+
+fn limit(hex: &str) -> U256 {
+    U256::from_hex(hex).expect("constant pow limit parses")
+}
+
+impl NetworkParams {
+    /// Parameters of a named BSV network (from the BSV node's chain parameters).
+    pub fn for_network(n: Network) -> NetworkParams {
+        let std_limit = "00000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+        let (magic, disk, port, genesis, pow_limit) = match n {
+            Network::Mainnet => (
+                [0xe3, 0xe1, 0xf3, 0xe8],
+                [0xf9, 0xbe, 0xb4, 0xd9],
+                8333,
+                genesis(1231006505, 0x1d00ffff, 2083236893),
+                limit(std_limit),
+            ),
+            Network::Testnet => (
+                [0xf4, 0xe5, 0xf3, 0xf4],
+                [0x0b, 0x11, 0x09, 0x07],
+                18333,
+                genesis(1296688602, 0x1d00ffff, 414098458),
+                limit(std_limit),
+            ),
+            Network::Regtest => (
+                [0xda, 0xb5, 0xbf, 0xfa],
+                [0xfa, 0xbf, 0xb5, 0xda],
+                18444,
+                genesis(1296688602, 0x207fffff, 2),
+                limit("7fffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"),
+            ),
+            Network::Stn => (
+                [0xfb, 0xce, 0xc4, 0xf9],
+                [0xfb, 0xce, 0xc4, 0xf9],
+                9333,
+                genesis(1296688602, 0x1d00ffff, 414098458),
+                limit(std_limit),
+            ),
+        };
+        NetworkParams {
+            name: n.name().to_string(),
+            magic: Magic(magic),
+            disk_magic: Magic(disk),
+            default_port: port,
+            genesis,
+            pow_limit,
+        }
+    }
+
+    /// Fully custom parameters, e.g. a Bitcoin Core or bcoin regtest node (magic `fabfb5da`).
+    pub fn custom(
+        name: &str,
+        magic: Magic,
+        disk_magic: Magic,
+        default_port: u16,
+        genesis: BlockHeader,
+        pow_limit: U256,
+    ) -> NetworkParams {
+        NetworkParams {
+            name: name.to_string(),
+            magic,
+            disk_magic,
+            default_port,
+            genesis,
+            pow_limit,
+        }
+    }
+
+    /// The same parameters with another network magic (for peers on the same chain that use a
+    /// different magic, such as BTC regtest nodes).
+    pub fn with_magic(mut self, magic: Magic) -> NetworkParams {
+        self.magic = magic;
+        self
+    }
+
+    /// Hash of the genesis block.
+    pub fn genesis_hash(&self) -> Hash256 {
+        self.genesis.hash()
+    }
+
+    /// Whether `bits` encodes a valid target at or below this network's proof-of-work limit.
+    pub fn bits_within_limit(&self, bits: u32) -> bool {
+        target_from_compact(bits).is_some_and(|t| t <= self.pow_limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn genesis_hashes_are_the_known_ones() {
+        let want = [
+            (
+                Network::Mainnet,
+                "000000000019d6689c085ae165831e934ff763ae46a2a6c172b3f1b60a8ce26f",
+            ),
+            (
+                Network::Testnet,
+                "000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943",
+            ),
+            (
+                Network::Regtest,
+                "0f9188f13cb7b2c71f2a335e3a4fc328bf5beb436012afca590b1a11466e2206",
+            ),
+            (
+                Network::Stn,
+                "000000000933ea01ad0ee984209779baaec3ced90fa3f408719526f8d77f4943",
+            ),
+        ];
+        for (n, h) in want {
+            let p = n.params();
+            assert_eq!(p.genesis_hash().to_string(), h, "{n}");
+            assert!(p.genesis.meets_own_target(), "{n}");
+            assert!(p.bits_within_limit(p.genesis.bits), "{n}");
+        }
+    }
+
+    #[test]
+    fn names_parse() {
+        assert_eq!("STN".parse::<Network>().unwrap(), Network::Stn);
+        assert!("btc".parse::<Network>().is_err());
+        assert_eq!(
+            "e3e1f3e8".parse::<Magic>().unwrap(),
+            Network::Mainnet.params().magic
+        );
+        assert!("e3e1f3".parse::<Magic>().is_err());
+    }
+}
