@@ -1,0 +1,136 @@
+//! `bsn decode` end to end: the real binary on generated files (always) and on the real mainnet
+//! files in ../shared/data (skipped loudly when absent).
+
+use bsn::wire::frame::{encode_message, Magic};
+use bsn::wire::tx::{OutPoint, Transaction};
+use bsn::wire::{Block, BlockHeader, Hash256, Message};
+use bytes::BytesMut;
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bsn() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bsn"))
+}
+
+fn data_dir() -> Option<PathBuf> {
+    let d = std::env::var_os("BSN_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
+    if d.is_dir() {
+        Some(d)
+    } else {
+        eprintln!("SKIPPED: real-data CLI test: {} not found (set BSN_TEST_DATA)", d.display());
+        None
+    }
+}
+
+struct TempDir(PathBuf);
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("bsn-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn sample_block() -> Block {
+    let op = OutPoint { txid: Hash256([1; 32]), vout: 0 };
+    let coinbase = Transaction::build(1, &[(op, b"\x01\x02", u32::MAX)], &[(50_0000_0000, b"\x51")], 0);
+    let mut header = BlockHeader {
+        version: 1,
+        prev_hash: Hash256::ZERO,
+        merkle_root: coinbase.txid(),
+        time: 1_700_000_000,
+        bits: 0x207fffff,
+        nonce: 0,
+    };
+    while !header.meets_own_target() {
+        header.nonce += 1;
+    }
+    Block::new(header, vec![coinbase])
+}
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = bsn().args(args).output().expect("bsn runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn decodes_generated_block_tx_and_frames() {
+    let dir = TempDir::new("gen");
+    let block = sample_block();
+    let bp = dir.0.join("block.raw");
+    std::fs::write(&bp, block.raw()).unwrap();
+    let (ok, out, err) = run(&["decode", bp.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&block.hash().to_string()), "{out}");
+    assert!(out.contains("merkle root matches"), "{out}");
+
+    let tp = dir.0.join("tx.raw");
+    std::fs::write(&tp, block.txs[0].raw()).unwrap();
+    let (ok, out, _) = run(&["decode", tp.to_str().unwrap()]);
+    assert!(ok);
+    assert!(out.contains(&block.txs[0].txid().to_string()), "{out}");
+
+    let magic = Magic([0xda, 0xb5, 0xbf, 0xfa]);
+    let mut buf = BytesMut::new();
+    encode_message(&mut buf, magic, &Message::Ping(7));
+    encode_message(&mut buf, magic, &Message::Block(block.clone()));
+    let fp = dir.0.join("frames.bin");
+    std::fs::write(&fp, &buf).unwrap();
+    let (ok, out, err) = run(&["decode", fp.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("ping") && out.contains("2 frames"), "{out}");
+}
+
+#[test]
+fn malformed_input_is_one_line_with_offset() {
+    let dir = TempDir::new("bad");
+    let block = sample_block();
+    let p = dir.0.join("cut.raw");
+    // a block cut short inside its coinbase transaction
+    std::fs::write(&p, &block.raw()[..block.raw().len() - 3]).unwrap();
+    let (ok, out, err) = run(&["decode", "--format", "block", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.is_empty());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("at byte"), "{err}");
+
+    let magic = Magic([0xda, 0xb5, 0xbf, 0xfa]);
+    let mut buf = BytesMut::new();
+    encode_message(&mut buf, magic, &Message::Ping(7));
+    let at = buf.len();
+    encode_message(&mut buf, magic, &Message::Pong(7));
+    buf[at + 24] ^= 1; // break the pong's checksum
+    let p = dir.0.join("frames.bin");
+    std::fs::write(&p, &buf).unwrap();
+    let (ok, _, err) = run(&["decode", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("bad checksum for pong") && err.contains(&format!("offset {at}")), "{err}");
+
+    let (ok, _, err) = run(&["decode", "/nonexistent/file"]);
+    assert!(!ok && err.contains("cannot read"), "{err}");
+}
+
+#[test]
+fn decodes_real_mainnet_files() {
+    let Some(d) = data_dir() else { return };
+    let p = d.join("bitcoin-core-bench/block413567.raw");
+    let (ok, out, err) = run(&["decode", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("0000000000000000025aff8be8a55df8f89c77296db6198f272d6577325d4069"));
+    assert!(out.contains("txs         1557"), "{out}");
+    let p = d.join("btcd/blocks1-256.dat");
+    let (ok, out, err) = run(&["decode", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("255 blocks, 254 of 254 link"), "{out}");
+}
