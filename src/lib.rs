@@ -23,8 +23,18 @@
 //! - [`network`]: network parameters as data (BSV mainnet, testnet, regtest, STN, custom).
 //! - [`decode`]: readable summaries of raw blocks, transactions and message streams (`bsn decode`).
 
+pub mod config;
 pub mod decode;
+pub mod engine;
+pub mod error;
+pub mod fsm;
 pub mod network;
+pub mod reactor;
+pub mod util;
 pub mod wire;
 
+pub use config::{Config, ConfigBuilder};
+pub use engine::{Engine, Event, PeerId, PeerInfo};
+pub use error::Error;
+pub use fsm::{Direction, DisconnectReason};
 pub use network::{Network, NetworkParams};

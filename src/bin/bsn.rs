@@ -1,6 +1,8 @@
 //! The `bsn` command line.
 
 use bsn::decode::{summarize, Format};
+use bsn::wire::Magic;
+use bsn::{Config, Engine, Event, Network};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a node: listen, dial static peers, keep connections alive. Stops on Ctrl-C / SIGTERM.
+    Node(NodeArgs),
     /// Print a readable summary of a raw block, a raw transaction, a header file, a block file
     /// (blk*.dat records) or a capture of P2P frames. Hex text files are accepted too.
     Decode {
@@ -28,10 +32,131 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Network: mainnet, testnet, regtest or stn.
+    #[arg(long, default_value = "regtest")]
+    network: Network,
+    /// Override the network magic (8 hex digits, wire order), e.g. fabfb5da for BTC regtest peers.
+    #[arg(long)]
+    magic: Option<Magic>,
+    /// Address to listen on (IP:port, or IP for the network's port). Default: 127.0.0.1 at the
+    /// network's port.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Do not listen for inbound connections.
+    #[arg(long, conflicts_with = "listen")]
+    no_listen: bool,
+    /// Static peer to keep connected (IP:port or host:port); repeat for more.
+    #[arg(long)]
+    connect: Vec<String>,
+    /// Data directory.
+    #[arg(long, default_value = "./bsn-data")]
+    data_dir: PathBuf,
+    /// Network threads (default: one per core).
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Most inbound connections.
+    #[arg(long)]
+    max_inbound: Option<usize>,
+    /// Most outbound connections.
+    #[arg(long)]
+    max_outbound: Option<usize>,
+    /// Most connections per IP address (0: no limit).
+    #[arg(long)]
+    max_per_ip: Option<usize>,
+    /// Do not pin network threads to cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+fn node(a: NodeArgs) -> ExitCode {
+    let mut b = Config::builder(a.network)
+        .data_dir(&a.data_dir)
+        .pin_threads(!a.no_pin);
+    if let Some(m) = a.magic {
+        b = b.magic(m);
+    }
+    b = match (&a.listen, a.no_listen) {
+        (_, true) => b.no_listen(),
+        (Some(l), _) => b.listen(l),
+        (None, _) => b,
+    };
+    for c in &a.connect {
+        b = b.connect(c);
+    }
+    if let Some(n) = a.shards {
+        b = b.shards(n);
+    }
+    if let Some(n) = a.max_inbound {
+        b = b.max_inbound(n);
+    }
+    if let Some(n) = a.max_outbound {
+        b = b.max_outbound(n);
+    }
+    if let Some(n) = a.max_per_ip {
+        b = b.max_per_ip(n);
+    }
+    let config = match b.build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = stop_tx.try_send(());
+    }) {
+        eprintln!("error: cannot install the signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let engine = match Engine::start(config) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cfg = engine.config();
+    println!(
+        "bsn node: network {} magic {}, listening on {}, data dir {}",
+        cfg.network.name,
+        cfg.network.magic,
+        engine
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "nothing".into()),
+        a.data_dir.display()
+    );
+    let events = engine.events();
+    loop {
+        crossbeam_channel::select! {
+            recv(stop_rx) -> _ => break,
+            recv(events) -> ev => match ev {
+                Ok(Event::PeerConnected(p)) => println!(
+                    "connected {} {} {} version {} agent {} height {}",
+                    p.id, p.addr, p.direction, p.version, p.user_agent, p.start_height
+                ),
+                Ok(Event::PeerDisconnected { id, addr, reason, .. }) => println!("disconnected {id} {addr}: {reason}"),
+                Ok(Event::ConnectFailed { addr, reason }) => println!("connect to {addr} failed: {reason}"),
+                Ok(Event::Message { peer, message }) => log::debug!("{peer}: {}", bsn::decode::describe(&message)),
+                Ok(_) => {}
+                Err(_) => break,
+            },
+        }
+    }
+    println!("stopping");
+    engine.stop();
+    println!("stopped");
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
-    env_logger::init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
+        Cmd::Node(a) => node(a),
         Cmd::Decode { file, format, all } => {
             let data = match std::fs::read(&file) {
                 Ok(d) => d,

@@ -1,0 +1,364 @@
+//! Engine configuration: sane defaults (the SV node's timers and limits), a builder, and
+//! validation so that a bad setting is an error at start, never a panic later.
+
+use crate::fsm::peer::PeerSettings;
+use crate::network::{Network, NetworkParams};
+use crate::wire::frame::Limits;
+use crate::wire::{Magic, Protoconf};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Protocol version bsn speaks (BSV's, with `extmsg`).
+pub const PROTOCOL_VERSION: i32 = 70016;
+/// Default lowest protocol version accepted from peers.
+pub const DEFAULT_MIN_VERSION: i32 = 70001;
+
+/// Everything the engine needs to start. Build with [`Config::builder`] or start from
+/// [`Config::new`] and set fields; [`Config::validate`] runs at start either way.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The chain and its wire magic.
+    pub network: NetworkParams,
+    /// Address to listen on; `None` for no inbound connections.
+    pub listen: Option<SocketAddr>,
+    /// Static peers: dialled at start and re-dialled with backoff when they drop.
+    pub connect: Vec<SocketAddr>,
+    /// Data directory (created if missing); `None` keeps nothing on disk.
+    pub data_dir: Option<PathBuf>,
+    /// Network threads, each with its own event loop and shard of sockets.
+    pub shards: usize,
+    /// Worker threads that process messages.
+    pub workers: usize,
+    /// Pin each network thread to a core.
+    pub pin_threads: bool,
+    /// Most inbound connections.
+    pub max_inbound: usize,
+    /// Most outbound connections.
+    pub max_outbound: usize,
+    /// Most connections from one IP address; 0 is no limit (the SV node's default).
+    pub max_per_ip: usize,
+    /// Time allowed for the version handshake.
+    pub handshake_timeout: Duration,
+    /// Time between pings.
+    pub ping_interval: Duration,
+    /// Time a pong may take before the peer is dropped.
+    pub ping_timeout: Duration,
+    /// Time allowed for an outbound TCP connect.
+    pub connect_timeout: Duration,
+    /// First re-dial delay for a static peer; doubles on each failure.
+    pub redial_base: Duration,
+    /// Longest re-dial delay.
+    pub redial_max: Duration,
+    /// How often each shard checks its timers.
+    pub tick: Duration,
+    /// Bytes queued for one peer before it is dropped as not reading.
+    pub max_send_queue: usize,
+    /// Size limits for what we receive.
+    pub limits: Limits,
+    /// Lowest protocol version accepted.
+    pub min_version: i32,
+    /// Service bits we advertise.
+    pub services: u64,
+    /// User agent we advertise.
+    pub user_agent: String,
+    /// Whether we ask peers to relay transactions (version relay flag).
+    pub relay: bool,
+    /// Malformed messages tolerated from a peer before it is dropped.
+    pub max_payload_errors: u32,
+    /// Stream policies advertised in protoconf.
+    pub stream_policies: String,
+    /// Capacity of the event channel; events past it are dropped and counted.
+    pub event_capacity: usize,
+}
+
+/// A configuration problem found at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid configuration: {}", self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Config {
+    /// Defaults for `network`: listening on 127.0.0.1 at the network's port, one shard per core,
+    /// the SV node's timers (handshake 60 s, ping every 2 min, pong timeout 20 min).
+    pub fn new(network: Network) -> Config {
+        Config::with_params(network.params())
+    }
+
+    /// Defaults for custom network parameters.
+    pub fn with_params(network: NetworkParams) -> Config {
+        let port = network.default_port;
+        Config {
+            network,
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], port))),
+            connect: Vec::new(),
+            data_dir: None,
+            shards: cores(),
+            workers: cores().div_ceil(2),
+            pin_threads: true,
+            max_inbound: 117,
+            max_outbound: 8,
+            max_per_ip: 0,
+            handshake_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(120),
+            ping_timeout: Duration::from_secs(20 * 60),
+            connect_timeout: Duration::from_secs(5),
+            redial_base: Duration::from_secs(1),
+            redial_max: Duration::from_secs(60),
+            tick: Duration::from_millis(100),
+            max_send_queue: 64 * 1024 * 1024,
+            limits: Limits::default(),
+            min_version: DEFAULT_MIN_VERSION,
+            services: 0,
+            user_agent: format!("/bsn:{}/", env!("CARGO_PKG_VERSION")),
+            relay: true,
+            max_payload_errors: 10,
+            stream_policies: "Default".into(),
+            event_capacity: 65_536,
+        }
+    }
+
+    /// A builder starting from [`Config::new`].
+    pub fn builder(network: Network) -> ConfigBuilder {
+        ConfigBuilder {
+            config: Config::new(network),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Checks every setting.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let e = |s: &str| Err(ConfigError(s.to_string()));
+        if self.shards == 0 {
+            return e("shards must be at least 1");
+        }
+        if self.shards > 1024 {
+            return e("shards must be at most 1024");
+        }
+        if self.workers == 0 {
+            return e("workers must be at least 1");
+        }
+        for (name, d) in [
+            ("handshake_timeout", self.handshake_timeout),
+            ("ping_interval", self.ping_interval),
+            ("ping_timeout", self.ping_timeout),
+            ("connect_timeout", self.connect_timeout),
+            ("tick", self.tick),
+            ("redial_base", self.redial_base),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError(format!("{name} must be more than zero")));
+            }
+        }
+        if self.redial_max < self.redial_base {
+            return e("redial_max must be at least redial_base");
+        }
+        if self.max_send_queue < 1024 {
+            return e("max_send_queue must be at least 1024 bytes");
+        }
+        if self.limits.max_payload < crate::fsm::peer::LEGACY_MAX_PAYLOAD {
+            return e("limits.max_payload must be at least 1 MiB (the protoconf minimum)");
+        }
+        if self.limits.max_payload > u32::MAX as u64 {
+            return e("limits.max_payload must fit in 32 bits (protoconf carries it as u32)");
+        }
+        if self.user_agent.len() > 256 {
+            return e("user_agent must be at most 256 bytes");
+        }
+        if self.event_capacity == 0 {
+            return e("event_capacity must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The per-connection settings derived from this configuration.
+    pub fn peer_settings(&self) -> PeerSettings {
+        PeerSettings {
+            magic: self.network.magic,
+            limits: self.limits,
+            min_version: self.min_version,
+            handshake_timeout: self.handshake_timeout,
+            ping_interval: self.ping_interval,
+            ping_timeout: self.ping_timeout,
+            max_payload_errors: self.max_payload_errors,
+            protoconf: Some(Protoconf::new(
+                self.limits.max_payload as u32,
+                &self.stream_policies,
+            )),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config::new(Network::Regtest)
+    }
+}
+
+/// Builds a [`Config`]; address strings are parsed (and names resolved) at `build`.
+#[derive(Clone, Debug)]
+pub struct ConfigBuilder {
+    config: Config,
+    errors: Vec<String>,
+}
+
+fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    let with_port = if s
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        s.to_string()
+    } else {
+        format!("{s}:{default_port}")
+    };
+    with_port
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot parse or resolve address {s:?}"))
+}
+
+impl ConfigBuilder {
+    /// Custom network parameters.
+    pub fn params(mut self, p: NetworkParams) -> Self {
+        self.config.network = p;
+        self
+    }
+    /// Overrides the network magic.
+    pub fn magic(mut self, m: Magic) -> Self {
+        self.config.network.magic = m;
+        self
+    }
+    /// Listen address (`IP:port`, `IP` for the network's port, or `host:port`).
+    pub fn listen(mut self, addr: &str) -> Self {
+        match parse_addr(addr, self.config.network.default_port) {
+            Ok(a) => self.config.listen = Some(a),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+    /// No listening socket.
+    pub fn no_listen(mut self) -> Self {
+        self.config.listen = None;
+        self
+    }
+    /// Adds a static peer.
+    pub fn connect(mut self, addr: &str) -> Self {
+        match parse_addr(addr, self.config.network.default_port) {
+            Ok(a) => self.config.connect.push(a),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
+    /// Data directory.
+    pub fn data_dir(mut self, p: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = Some(p.into());
+        self
+    }
+    /// Network threads.
+    pub fn shards(mut self, n: usize) -> Self {
+        self.config.shards = n;
+        self
+    }
+    /// Worker threads.
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n;
+        self
+    }
+    /// Thread pinning.
+    pub fn pin_threads(mut self, on: bool) -> Self {
+        self.config.pin_threads = on;
+        self
+    }
+    /// Most inbound connections.
+    pub fn max_inbound(mut self, n: usize) -> Self {
+        self.config.max_inbound = n;
+        self
+    }
+    /// Most outbound connections.
+    pub fn max_outbound(mut self, n: usize) -> Self {
+        self.config.max_outbound = n;
+        self
+    }
+    /// Most connections per IP (0: no limit).
+    pub fn max_per_ip(mut self, n: usize) -> Self {
+        self.config.max_per_ip = n;
+        self
+    }
+    /// Handshake timeout.
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.config.handshake_timeout = d;
+        self
+    }
+    /// Ping interval and pong timeout.
+    pub fn ping(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.config.ping_interval = interval;
+        self.config.ping_timeout = timeout;
+        self
+    }
+    /// Timer resolution.
+    pub fn tick(mut self, d: Duration) -> Self {
+        self.config.tick = d;
+        self
+    }
+    /// Service bits.
+    pub fn services(mut self, s: u64) -> Self {
+        self.config.services = s;
+        self
+    }
+    /// Validates and returns the configuration.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        if let Some(e) = self.errors.into_iter().next() {
+            return Err(ConfigError(e));
+        }
+        self.config.validate()?;
+        Ok(self.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::DEFAULT_MAX_PAYLOAD;
+
+    #[test]
+    fn builder_validates() {
+        let c = Config::builder(Network::Regtest)
+            .listen("127.0.0.1")
+            .build()
+            .unwrap();
+        assert_eq!(c.listen.unwrap().port(), 18444);
+        assert!(Config::builder(Network::Regtest).shards(0).build().is_err());
+        assert!(Config::builder(Network::Regtest)
+            .listen("not an address:x:y")
+            .build()
+            .is_err());
+        assert!(Config::builder(Network::Regtest)
+            .connect("127.0.0.1:99999")
+            .build()
+            .is_err());
+        assert!(Config::builder(Network::Regtest)
+            .tick(Duration::ZERO)
+            .build()
+            .is_err());
+        assert_eq!(DEFAULT_MAX_PAYLOAD, Config::default().limits.max_payload);
+    }
+}

@@ -1,0 +1,587 @@
+//! `Engine::start`: validates the configuration, binds the listeners, starts one pinned network
+//! thread per shard (each a [`crate::reactor::Shard`] event loop) and the worker threads, and
+//! gives the embedder a stream of [`Event`]s and calls to act on peers.
+//!
+//! ```text
+//!   API calls ──ShardCmd + Waker──► shard 0..N (mio loops, sockets) ──WorkerMsg──► workers
+//!                                                                                   │
+//!   embedder ◄──────────────────────────── Event (crossbeam channel) ◄──────────────┘
+//! ```
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::fsm::peer::{PeerSettings, PeerStats};
+use crate::fsm::{Direction, DisconnectReason};
+use crate::reactor::{listeners, Shard, ShardCmd};
+use crate::wire::{Message, VersionMessage};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use mio::{Poll, Waker};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+/// Identifies one connection for its lifetime (never reused within an engine).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u64);
+
+const SHARD_BITS: u32 = 10;
+
+impl PeerId {
+    fn shard(&self) -> usize {
+        (self.0 & ((1 << SHARD_BITS) - 1)) as usize
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.0)
+    }
+}
+
+/// What the engine knows about a connection.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// Its id.
+    pub id: PeerId,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Who connected.
+    pub direction: Direction,
+    /// Whether the handshake is complete.
+    pub ready: bool,
+    /// Peer's protocol version (0 before the handshake).
+    pub version: i32,
+    /// Peer's service bits.
+    pub services: u64,
+    /// Peer's user agent.
+    pub user_agent: String,
+    /// Peer's best height at connect.
+    pub start_height: i32,
+    /// Last ping round trip.
+    pub rtt: Option<Duration>,
+    /// When the connection was made.
+    pub connected_since: SystemTime,
+    /// Largest non-block payload the peer accepts.
+    pub their_max_payload: u64,
+    /// Bytes waiting to be sent.
+    pub queued_bytes: usize,
+    /// Counters per command.
+    pub stats: PeerStats,
+    /// The shard that owns the socket.
+    pub shard: usize,
+}
+
+/// What the engine tells the embedder.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A peer completed its handshake.
+    PeerConnected(Box<PeerInfo>),
+    /// A connection ended (also for connections that never completed their handshake).
+    PeerDisconnected {
+        id: PeerId,
+        addr: SocketAddr,
+        direction: Direction,
+        reason: DisconnectReason,
+    },
+    /// An outbound connection could not even be started.
+    ConnectFailed { addr: SocketAddr, reason: String },
+    /// A message the engine does not consume itself.
+    Message { peer: PeerId, message: Message },
+}
+
+/// What shards tell workers.
+pub enum WorkerMsg {
+    Connected(PeerInfo, Box<VersionMessage>),
+    Message(PeerId, Message),
+    Disconnected {
+        id: PeerId,
+        addr: SocketAddr,
+        direction: Direction,
+        reason: DisconnectReason,
+    },
+    ConnectFailed {
+        addr: SocketAddr,
+        reason: String,
+    },
+    Stop,
+}
+
+/// State shared by the shards, the workers and the API.
+pub struct Shared {
+    pub(crate) config: Config,
+    pub(crate) settings: PeerSettings,
+    inbound: AtomicUsize,
+    outbound: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    own_nonces: Mutex<HashSet<u64>>,
+    next_id: AtomicU64,
+    start_height: AtomicI32,
+    shards: Vec<(Sender<ShardCmd>, Arc<Waker>)>,
+    single_listener: bool,
+    workers: Vec<Sender<WorkerMsg>>,
+    events: Sender<Event>,
+    dropped_events: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn next_peer_id(&self, shard: usize) -> PeerId {
+        PeerId((self.next_id.fetch_add(1, Ordering::Relaxed) << SHARD_BITS) | shard as u64)
+    }
+
+    pub(crate) fn start_height(&self) -> i32 {
+        self.start_height.load(Ordering::Relaxed)
+    }
+
+    /// A version nonce; outbound ones are remembered to detect connections to ourselves.
+    pub(crate) fn new_nonce(&self, remember: bool) -> u64 {
+        let n = crate::util::random_u64();
+        if remember {
+            self.own_nonces.lock().expect("nonce set lock").insert(n);
+        }
+        n
+    }
+
+    pub(crate) fn is_own_nonce(&self, n: u64) -> bool {
+        self.own_nonces.lock().expect("nonce set lock").contains(&n)
+    }
+
+    pub(crate) fn forget_nonce(&self, n: Option<u64>) {
+        if let Some(n) = n {
+            self.own_nonces.lock().expect("nonce set lock").remove(&n);
+        }
+    }
+
+    /// Takes a connection slot; false when a limit is reached.
+    pub(crate) fn reserve(&self, d: Direction, addr: SocketAddr) -> bool {
+        let (count, max) = match d {
+            Direction::Inbound => (&self.inbound, self.config.max_inbound),
+            Direction::Outbound => (&self.outbound, self.config.max_outbound),
+        };
+        if count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < max).then_some(c + 1)
+            })
+            .is_err()
+        {
+            return false;
+        }
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        let n = per_ip.entry(addr.ip()).or_insert(0);
+        if self.config.max_per_ip > 0 && *n >= self.config.max_per_ip {
+            drop(per_ip);
+            count.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// Gives a slot back.
+    pub(crate) fn release(
+        &self,
+        d: Direction,
+        addr: SocketAddr,
+        nonce: Option<u64>,
+        counted: bool,
+    ) {
+        self.forget_nonce(nonce);
+        if !counted {
+            return;
+        }
+        match d {
+            Direction::Inbound => self.inbound.fetch_sub(1, Ordering::AcqRel),
+            Direction::Outbound => self.outbound.fetch_sub(1, Ordering::AcqRel),
+        };
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        if let Some(n) = per_ip.get_mut(&addr.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&addr.ip());
+            }
+        }
+    }
+
+    pub(crate) fn pick_shard_for_accept(&self, me: usize, counter: &mut usize) -> usize {
+        if !self.single_listener {
+            return me;
+        }
+        *counter += 1;
+        *counter % self.shards.len()
+    }
+
+    pub(crate) fn send_to_shard(&self, shard: usize, cmd: ShardCmd) -> bool {
+        let (tx, waker) = &self.shards[shard];
+        if tx.send(cmd).is_err() {
+            return false;
+        }
+        let _ = waker.wake();
+        true
+    }
+
+    pub(crate) fn to_worker(&self, m: WorkerMsg) {
+        let id = match &m {
+            WorkerMsg::Connected(i, _) => i.id.0,
+            WorkerMsg::Message(id, _) => id.0,
+            WorkerMsg::Disconnected { id, .. } => id.0,
+            _ => 0,
+        };
+        let w = ((id >> SHARD_BITS) as usize) % self.workers.len();
+        let _ = self.workers[w].send(m);
+    }
+
+    pub(crate) fn emit_failed_dial(&self, _shard: usize, addr: SocketAddr, reason: String) {
+        self.to_worker(WorkerMsg::ConnectFailed { addr, reason });
+    }
+
+    fn emit(&self, e: Event) {
+        match self.events.try_send(e) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.dropped_events.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
+    while let Ok(m) = rx.recv() {
+        match m {
+            WorkerMsg::Connected(mut info, v) => {
+                info.version = v.version;
+                log::info!(
+                    "peer {} connected: {} {} {} height {}",
+                    info.id,
+                    info.addr,
+                    info.direction,
+                    info.user_agent,
+                    info.start_height
+                );
+                shared.emit(Event::PeerConnected(Box::new(info)));
+            }
+            WorkerMsg::Message(peer, message) => shared.emit(Event::Message { peer, message }),
+            WorkerMsg::Disconnected {
+                id,
+                addr,
+                direction,
+                reason,
+            } => {
+                shared.emit(Event::PeerDisconnected {
+                    id,
+                    addr,
+                    direction,
+                    reason,
+                });
+            }
+            WorkerMsg::ConnectFailed { addr, reason } => {
+                shared.emit(Event::ConnectFailed { addr, reason })
+            }
+            WorkerMsg::Stop => break,
+        }
+    }
+}
+
+/// A running engine. Dropping it stops it.
+pub struct Engine {
+    shared: Arc<Shared>,
+    shard_threads: Vec<JoinHandle<()>>,
+    worker_threads: Vec<JoinHandle<()>>,
+    events: Receiver<Event>,
+    local_addr: Option<SocketAddr>,
+    next_dial: AtomicUsize,
+}
+
+fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
+    let err = |source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(path).map_err(err)?;
+    let probe = path.join(".bsn-write-test");
+    std::fs::write(&probe, b"ok").map_err(err)?;
+    std::fs::remove_file(&probe).map_err(err)?;
+    Ok(())
+}
+
+impl Engine {
+    /// Starts the engine. Every configuration problem (zero shards, unusable data dir, port in
+    /// use) is reported here.
+    pub fn start(config: Config) -> Result<Engine, Error> {
+        config.validate()?;
+        if let Some(d) = &config.data_dir {
+            check_data_dir(d)?;
+        }
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            log::warn!("cannot raise the open-file limit: {e}");
+        }
+        let listen_socks = match config.listen {
+            Some(addr) => {
+                listeners(addr, config.shards).map_err(|source| Error::Bind { addr, source })?
+            }
+            None => Vec::new(),
+        };
+        let local_addr = listen_socks.first().and_then(|l| l.local_addr().ok());
+        let single_listener = listen_socks.len() == 1 && config.shards > 1;
+
+        let mut polls = Vec::new();
+        let mut shard_tx = Vec::new();
+        let mut shard_rx = Vec::new();
+        for _ in 0..config.shards {
+            let poll = Poll::new().map_err(Error::Io)?;
+            let waker = Arc::new(Shard::waker(&poll).map_err(Error::Io)?);
+            let (tx, rx) = unbounded();
+            polls.push(poll);
+            shard_tx.push((tx, waker));
+            shard_rx.push(rx);
+        }
+        let mut worker_tx = Vec::new();
+        let mut worker_rx = Vec::new();
+        for _ in 0..config.workers {
+            let (tx, rx) = unbounded();
+            worker_tx.push(tx);
+            worker_rx.push(rx);
+        }
+        let (ev_tx, ev_rx) = bounded(config.event_capacity);
+        let shared = Arc::new(Shared {
+            settings: config.peer_settings(),
+            inbound: AtomicUsize::new(0),
+            outbound: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+            own_nonces: Mutex::new(HashSet::new()),
+            next_id: AtomicU64::new(1),
+            start_height: AtomicI32::new(0),
+            shards: shard_tx,
+            single_listener,
+            workers: worker_tx,
+            events: ev_tx,
+            dropped_events: AtomicU64::new(0),
+            config,
+        });
+
+        let mut engine = Engine {
+            shared: shared.clone(),
+            shard_threads: Vec::new(),
+            worker_threads: Vec::new(),
+            events: ev_rx,
+            local_addr,
+            next_dial: AtomicUsize::new(0),
+        };
+        for (i, rx) in worker_rx.into_iter().enumerate() {
+            let s = shared.clone();
+            let h = std::thread::Builder::new()
+                .name(format!("bsn-worker-{i}"))
+                .spawn(move || worker(s, rx))
+                .map_err(Error::Io)?;
+            engine.worker_threads.push(h);
+        }
+        let cores = if shared.config.pin_threads {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let mut listen_socks = listen_socks.into_iter();
+        for (i, (poll, rx)) in polls.into_iter().zip(shard_rx).enumerate() {
+            let shard =
+                Shard::new(i, poll, listen_socks.next(), rx, shared.clone()).map_err(Error::Io)?;
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let h = std::thread::Builder::new()
+                .name(format!("bsn-shard-{i}"))
+                .spawn(move || {
+                    if let Some(c) = core {
+                        if !core_affinity::set_for_current(c) {
+                            log::warn!("shard {i}: could not pin to core {}", c.id);
+                        }
+                    }
+                    shard.run()
+                })
+                .map_err(Error::Io)?;
+            engine.shard_threads.push(h);
+        }
+        for addr in engine.shared.config.connect.clone() {
+            engine.dial(addr, true)?;
+        }
+        if let Some(a) = local_addr {
+            log::info!(
+                "listening on {a} ({} shards, network {})",
+                engine.shared.config.shards,
+                engine.shared.config.network.name
+            );
+        }
+        Ok(engine)
+    }
+
+    /// The configuration the engine runs with.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The address the engine listens on (with the real port when the configured one was 0).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    /// The event stream. Clone it freely; drain it, or events past its capacity are dropped.
+    pub fn events(&self) -> Receiver<Event> {
+        self.events.clone()
+    }
+
+    /// Events dropped because the channel was full.
+    pub fn dropped_events(&self) -> u64 {
+        self.shared.dropped_events.load(Ordering::Relaxed)
+    }
+
+    /// Sets the height we announce in version messages.
+    pub fn set_start_height(&self, h: i32) {
+        self.shared.start_height.store(h, Ordering::Relaxed);
+    }
+
+    fn running(&self) -> Result<(), Error> {
+        if self.shard_threads.is_empty() {
+            Err(Error::Stopped)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn dial(&self, addr: SocketAddr, static_peer: bool) -> Result<(), Error> {
+        let shard = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.shared.shards.len();
+        if self
+            .shared
+            .send_to_shard(shard, ShardCmd::Connect { addr, static_peer })
+        {
+            Ok(())
+        } else {
+            Err(Error::Stopped)
+        }
+    }
+
+    /// Dials a peer. The outcome arrives as [`Event::PeerConnected`] or a disconnect/failure event.
+    pub fn connect(&self, addr: SocketAddr) -> Result<(), Error> {
+        self.running()?;
+        self.dial(addr, false)
+    }
+
+    fn shard_of(&self, id: PeerId) -> Result<usize, Error> {
+        let s = id.shard();
+        if s >= self.shared.shards.len() {
+            return Err(Error::UnknownPeer(id));
+        }
+        Ok(s)
+    }
+
+    /// Closes a connection.
+    pub fn disconnect(&self, id: PeerId) -> Result<(), Error> {
+        self.running()?;
+        let s = self.shard_of(id)?;
+        self.shared
+            .send_to_shard(s, ShardCmd::Disconnect(id))
+            .then_some(())
+            .ok_or(Error::Stopped)
+    }
+
+    /// Sends a message to one peer and waits for the shard to accept it (queued for the socket).
+    pub fn send(&self, id: PeerId, msg: Message) -> Result<(), Error> {
+        self.running()?;
+        let s = self.shard_of(id)?;
+        let (tx, rx) = bounded(1);
+        if !self
+            .shared
+            .send_to_shard(s, ShardCmd::Send(id, msg, Some(tx)))
+        {
+            return Err(Error::Stopped);
+        }
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(why)) if why.starts_with("no peer") => Err(Error::UnknownPeer(id)),
+            Ok(Err(why)) => Err(Error::SendRejected(why)),
+            Err(RecvTimeoutError::Timeout) => {
+                Err(Error::SendRejected("shard did not answer in 10 s".into()))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(Error::Stopped),
+        }
+    }
+
+    /// Sends a message to one peer without waiting; problems are only logged.
+    pub fn send_nowait(&self, id: PeerId, msg: Message) -> Result<(), Error> {
+        self.running()?;
+        let s = self.shard_of(id)?;
+        self.shared
+            .send_to_shard(s, ShardCmd::Send(id, msg, None))
+            .then_some(())
+            .ok_or(Error::Stopped)
+    }
+
+    /// Sends a message to every peer that completed its handshake.
+    pub fn broadcast(&self, msg: Message) -> Result<(), Error> {
+        self.running()?;
+        for s in 0..self.shared.shards.len() {
+            self.shared
+                .send_to_shard(s, ShardCmd::Broadcast(msg.clone()));
+        }
+        Ok(())
+    }
+
+    /// Every connection with its state and counters.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut all = Vec::new();
+        if self.running().is_err() {
+            return all;
+        }
+        let replies: Vec<_> = (0..self.shared.shards.len())
+            .filter_map(|s| {
+                let (tx, rx) = bounded(1);
+                self.shared
+                    .send_to_shard(s, ShardCmd::Peers(tx))
+                    .then_some(rx)
+            })
+            .collect();
+        for rx in replies {
+            if let Ok(v) = rx.recv_timeout(Duration::from_secs(10)) {
+                all.extend(v);
+            }
+        }
+        all.sort_by_key(|p| p.id);
+        all
+    }
+
+    /// Stops the engine: every connection closed, every thread joined. Also done on drop.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if self.shard_threads.is_empty() && self.worker_threads.is_empty() {
+            return;
+        }
+        for s in 0..self.shared.shards.len() {
+            self.shared.send_to_shard(s, ShardCmd::Stop);
+        }
+        for h in self.shard_threads.drain(..) {
+            let _ = h.join();
+        }
+        for w in &self.shared.workers {
+            let _ = w.send(WorkerMsg::Stop);
+        }
+        for h in self.worker_threads.drain(..) {
+            let _ = h.join();
+        }
+        log::info!("engine stopped");
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

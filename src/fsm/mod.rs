@@ -1,0 +1,97 @@
+//! The I/O-free protocol: state machines fed messages and time (`Instant`s passed in, never read
+//! from a clock here), answering with what to send and whether to disconnect. The shard event
+//! loops drive them; tests drive them directly, with no socket.
+
+pub mod handshake;
+pub mod peer;
+pub mod ping;
+
+use crate::wire::{Command, FrameError, Magic, PayloadError};
+use std::fmt;
+
+/// Whether a connection was opened by us or by the peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// The peer connected to us.
+    Inbound,
+    /// We connected to the peer.
+    Outbound,
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        })
+    }
+}
+
+/// The verdict on a connection: why it ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DisconnectReason {
+    /// The peer spoke another network's magic (network isolation).
+    WrongNetwork { expected: Magic, got: Magic },
+    /// The peer's protocol version is below the minimum.
+    ObsoleteVersion { version: i32, min: i32 },
+    /// The connection is to ourselves (the version nonce is one of ours).
+    SelfConnection,
+    /// The handshake did not complete in time.
+    HandshakeTimeout,
+    /// The peer did not answer a ping in time.
+    PingTimeout,
+    /// The peer broke a protocol rule.
+    ProtocolViolation(String),
+    /// The peer sent bytes that are not a valid frame.
+    BadFrame(FrameError),
+    /// The peer sent too many malformed payloads.
+    Malformed(PayloadError),
+    /// The peer does not read what we send: its send queue passed the limit.
+    SendQueueFull { queued: usize, limit: usize },
+    /// The outbound connection could not be made.
+    ConnectFailed(String),
+    /// The peer closed the connection.
+    Closed,
+    /// A socket error.
+    Io(String),
+    /// The embedder or operator asked for it.
+    Requested,
+    /// The engine is stopping.
+    Shutdown,
+    /// A connection limit was reached.
+    LimitReached(&'static str),
+}
+
+impl fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DisconnectReason::WrongNetwork { expected, got } => {
+                write!(f, "wrong network magic {got} (expected {expected})")
+            }
+            DisconnectReason::ObsoleteVersion { version, min } => {
+                write!(f, "protocol version {version} below minimum {min}")
+            }
+            DisconnectReason::SelfConnection => f.write_str("connected to self"),
+            DisconnectReason::HandshakeTimeout => f.write_str("handshake timeout"),
+            DisconnectReason::PingTimeout => f.write_str("ping timeout"),
+            DisconnectReason::ProtocolViolation(s) => write!(f, "protocol violation: {s}"),
+            DisconnectReason::BadFrame(e) => write!(f, "bad frame: {e}"),
+            DisconnectReason::Malformed(e) => write!(f, "malformed message: {e}"),
+            DisconnectReason::SendQueueFull { queued, limit } => {
+                write!(f, "send queue full ({queued} bytes, limit {limit})")
+            }
+            DisconnectReason::ConnectFailed(e) => write!(f, "connect failed: {e}"),
+            DisconnectReason::Closed => f.write_str("closed by peer"),
+            DisconnectReason::Io(e) => write!(f, "i/o error: {e}"),
+            DisconnectReason::Requested => f.write_str("requested"),
+            DisconnectReason::Shutdown => f.write_str("engine stopping"),
+            DisconnectReason::LimitReached(what) => write!(f, "limit reached: {what}"),
+        }
+    }
+}
+
+/// A command name for statistics and logs.
+pub fn command_name(c: &Command) -> &str {
+    c.as_str()
+}

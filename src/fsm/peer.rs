@@ -1,0 +1,536 @@
+//! One connection's protocol state: the frame decoder, the handshake, keepalive, protoconf, and
+//! counters. Fed received bytes and the time; answers with messages to send, messages to hand to
+//! the workers, and a verdict when the connection must end. No sockets here.
+
+use super::handshake::{Handshake, HandshakeAction, HandshakeState};
+use super::ping::Keepalive;
+use super::{Direction, DisconnectReason};
+use crate::wire::frame::{FrameDecoder, FrameError, Limits, WireError};
+use crate::wire::{Command, Magic, Message, Protoconf, VersionMessage};
+use bytes::BytesMut;
+use std::time::{Duration, Instant};
+
+/// The payload limit assumed for a peer that sends no protoconf (the protoconf spec's default).
+pub const LEGACY_MAX_PAYLOAD: u64 = 1024 * 1024;
+/// First protocol version that understands `extmsg`.
+pub const EXTMSG_VERSION: i32 = 70016;
+
+/// Settings shared by every connection of an engine.
+#[derive(Clone, Debug)]
+pub struct PeerSettings {
+    /// Network magic.
+    pub magic: Magic,
+    /// Limits on what we receive.
+    pub limits: Limits,
+    /// Lowest protocol version accepted.
+    pub min_version: i32,
+    /// Time allowed for the handshake.
+    pub handshake_timeout: Duration,
+    /// Time between pings.
+    pub ping_interval: Duration,
+    /// Time a pong may take.
+    pub ping_timeout: Duration,
+    /// Malformed payloads tolerated before the peer is dropped.
+    pub max_payload_errors: u32,
+    /// The protoconf we send after the handshake (`None`: send none).
+    pub protoconf: Option<Protoconf>,
+}
+
+/// What the connection wants done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PeerOutput {
+    /// Send this message to the peer.
+    Send(Message),
+    /// The handshake completed.
+    Connected(Box<VersionMessage>),
+    /// A message for the workers (everything the connection does not consume itself).
+    Deliver(Message),
+    /// A round trip was measured.
+    Rtt(Duration),
+    /// A non-fatal error worth counting (bad checksum, malformed payload, unexpected message).
+    Misbehaved(String),
+}
+
+/// Counters for one command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    /// Messages received.
+    pub msgs_in: u64,
+    /// Bytes received (frames, headers included).
+    pub bytes_in: u64,
+    /// Messages sent.
+    pub msgs_out: u64,
+    /// Bytes sent (frames, headers included).
+    pub bytes_out: u64,
+}
+
+/// Counters for one connection, per command.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Per-command counters (few commands per peer, so a small vector).
+    pub by_command: Vec<(Command, CommandStats)>,
+    /// Malformed or unexpected messages received.
+    pub errors: u64,
+}
+
+impl PeerStats {
+    fn entry(&mut self, c: Command) -> &mut CommandStats {
+        let i = match self.by_command.iter().position(|(k, _)| *k == c) {
+            Some(i) => i,
+            None => {
+                self.by_command.push((c, CommandStats::default()));
+                self.by_command.len() - 1
+            }
+        };
+        &mut self.by_command[i].1
+    }
+
+    /// Counts a received frame.
+    pub fn record_in(&mut self, c: Command, frame_bytes: usize) {
+        let e = self.entry(c);
+        e.msgs_in += 1;
+        e.bytes_in += frame_bytes as u64;
+    }
+
+    /// Counts a sent frame.
+    pub fn record_out(&mut self, c: Command, frame_bytes: usize) {
+        let e = self.entry(c);
+        e.msgs_out += 1;
+        e.bytes_out += frame_bytes as u64;
+    }
+
+    /// Totals over every command.
+    pub fn totals(&self) -> CommandStats {
+        self.by_command
+            .iter()
+            .fold(CommandStats::default(), |mut t, (_, s)| {
+                t.msgs_in += s.msgs_in;
+                t.bytes_in += s.bytes_in;
+                t.msgs_out += s.msgs_out;
+                t.bytes_out += s.bytes_out;
+                t
+            })
+    }
+}
+
+/// The protocol state of one connection.
+#[derive(Debug)]
+pub struct PeerProtocol {
+    direction: Direction,
+    decoder: FrameDecoder,
+    handshake: Option<Handshake>,
+    keepalive: Keepalive,
+    version: Option<Box<VersionMessage>>,
+    their_max_payload: u64,
+    got_protoconf: bool,
+    payload_errors: u32,
+    max_payload_errors: u32,
+    protoconf: Option<Protoconf>,
+    /// Counters.
+    pub stats: PeerStats,
+}
+
+impl PeerProtocol {
+    /// A new connection at `now`; `ours` is the version message we send.
+    pub fn new(
+        direction: Direction,
+        settings: &PeerSettings,
+        ours: VersionMessage,
+        now: Instant,
+    ) -> PeerProtocol {
+        // No extended messages before we know the peer's version.
+        let limits = Limits {
+            allow_extended: false,
+            ..settings.limits
+        };
+        PeerProtocol {
+            direction,
+            decoder: FrameDecoder::with_limits(settings.magic, limits),
+            handshake: Some(Handshake::new(
+                direction,
+                ours,
+                settings.min_version,
+                now + settings.handshake_timeout,
+            )),
+            keepalive: Keepalive::new(now, settings.ping_interval, settings.ping_timeout),
+            version: None,
+            their_max_payload: LEGACY_MAX_PAYLOAD,
+            got_protoconf: false,
+            payload_errors: 0,
+            max_payload_errors: settings.max_payload_errors,
+            protoconf: settings.protoconf.clone(),
+            stats: PeerStats::default(),
+        }
+    }
+
+    /// Inbound or outbound.
+    pub fn direction(&self) -> Direction {
+        self.direction
+    }
+
+    /// The nonce of the version we send.
+    pub fn our_nonce(&self) -> Option<u64> {
+        self.handshake.as_ref().map(|h| h.our_nonce())
+    }
+
+    /// The peer's version once the handshake is complete.
+    pub fn version(&self) -> Option<&VersionMessage> {
+        self.version.as_deref()
+    }
+
+    /// Whether the handshake is complete.
+    pub fn is_ready(&self) -> bool {
+        self.version.is_some()
+    }
+
+    /// Largest non-block payload the peer accepts (from its protoconf, else the legacy default).
+    pub fn their_max_payload(&self) -> u64 {
+        self.their_max_payload
+    }
+
+    /// Whether the peer understands `extmsg`.
+    pub fn accepts_extended(&self) -> bool {
+        self.version
+            .as_ref()
+            .is_some_and(|v| v.version >= EXTMSG_VERSION)
+    }
+
+    /// The last ping round trip.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.keepalive.last_rtt()
+    }
+
+    /// The read buffer, for the socket to fill.
+    pub fn read_buffer(&mut self) -> &mut BytesMut {
+        self.decoder.buffer_mut()
+    }
+
+    /// Frees read-buffer memory when nothing is buffered (idle connections stay small).
+    pub fn shrink(&mut self) {
+        self.decoder.shrink_if_empty();
+    }
+
+    /// The connection is up.
+    pub fn start(&mut self, out: &mut Vec<PeerOutput>) {
+        if let Some(h) = self.handshake.as_mut() {
+            for a in h.start() {
+                if let HandshakeAction::Send(m) = a {
+                    out.push(PeerOutput::Send(m));
+                }
+            }
+        }
+    }
+
+    /// Whether a message fits what the peer accepts.
+    pub fn check_send(&self, msg: &Message) -> Result<(), String> {
+        let len = msg.payload_len() as u64;
+        let is_block = matches!(msg, Message::Block(_));
+        if !is_block && len > self.their_max_payload.max(LEGACY_MAX_PAYLOAD) {
+            return Err(format!(
+                "{} payload of {len} bytes exceeds the peer's limit of {}",
+                msg.command(),
+                self.their_max_payload
+            ));
+        }
+        if len >= u32::MAX as u64 && !self.accepts_extended() {
+            return Err(format!(
+                "{len}-byte payload needs extmsg, which the peer does not speak"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes whatever whole frames the read buffer holds and acts on them.
+    pub fn on_data(
+        &mut self,
+        now: Instant,
+        is_own_nonce: &dyn Fn(u64) -> bool,
+        out: &mut Vec<PeerOutput>,
+    ) -> Result<(), DisconnectReason> {
+        loop {
+            let frame = match self.decoder.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Ok(()),
+                Err(FrameError::WrongMagic { expected, got, .. }) => {
+                    return Err(DisconnectReason::WrongNetwork { expected, got })
+                }
+                Err(e @ FrameError::BadChecksum { .. }) => {
+                    self.misbehaved(out, e.to_string(), None)?;
+                    continue;
+                }
+                Err(e) => return Err(DisconnectReason::BadFrame(e)),
+            };
+            let header = if frame.extended {
+                crate::wire::frame::EXT_HEADER_LEN
+            } else {
+                crate::wire::frame::HEADER_LEN
+            };
+            self.stats
+                .record_in(frame.command, header + frame.payload.len());
+            let msg = match frame.message() {
+                Ok(m) => m,
+                Err(WireError::Payload { error, .. }) => {
+                    if self.handshake.is_some() {
+                        return Err(DisconnectReason::Malformed(error));
+                    }
+                    self.misbehaved(out, error.to_string(), Some(error))?;
+                    continue;
+                }
+                Err(WireError::Frame(e)) => return Err(DisconnectReason::BadFrame(e)),
+            };
+            self.on_message(now, msg, is_own_nonce, out)?;
+        }
+    }
+
+    fn misbehaved(
+        &mut self,
+        out: &mut Vec<PeerOutput>,
+        what: String,
+        payload: Option<crate::wire::PayloadError>,
+    ) -> Result<(), DisconnectReason> {
+        self.stats.errors += 1;
+        self.payload_errors += 1;
+        out.push(PeerOutput::Misbehaved(what.clone()));
+        if self.payload_errors > self.max_payload_errors {
+            return Err(match payload {
+                Some(p) => DisconnectReason::Malformed(p),
+                None => {
+                    DisconnectReason::ProtocolViolation(format!("too many errors, last: {what}"))
+                }
+            });
+        }
+        Ok(())
+    }
+
+    fn on_message(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        is_own_nonce: &dyn Fn(u64) -> bool,
+        out: &mut Vec<PeerOutput>,
+    ) -> Result<(), DisconnectReason> {
+        if let Some(h) = self.handshake.as_mut() {
+            for a in h.on_message(&msg, is_own_nonce)? {
+                match a {
+                    HandshakeAction::Send(m) => out.push(PeerOutput::Send(m)),
+                    HandshakeAction::Done(v) => {
+                        let mut limits = self.decoder.limits();
+                        limits.allow_extended = v.version >= EXTMSG_VERSION;
+                        self.decoder.set_limits(limits);
+                        self.version = Some(v.clone());
+                        out.push(PeerOutput::Connected(v));
+                        if let Some(p) = &self.protoconf {
+                            out.push(PeerOutput::Send(Message::Protoconf(p.clone())));
+                        }
+                        self.keepalive.ping_now(now);
+                    }
+                }
+            }
+            if h.state() == HandshakeState::Done {
+                self.handshake = None;
+            }
+            return Ok(());
+        }
+        match msg {
+            Message::Ping(n) => out.push(PeerOutput::Send(Message::Pong(n))),
+            Message::Pong(n) => {
+                if let Some(rtt) = self.keepalive.on_pong(now, n) {
+                    out.push(PeerOutput::Rtt(rtt));
+                }
+            }
+            Message::Protoconf(p) => {
+                if self.got_protoconf {
+                    return Err(DisconnectReason::ProtocolViolation(
+                        "second protoconf".into(),
+                    ));
+                }
+                self.got_protoconf = true;
+                if (p.max_recv_payload_length as u64) < LEGACY_MAX_PAYLOAD {
+                    return Err(DisconnectReason::ProtocolViolation(format!(
+                        "protoconf max payload {} below the minimum {LEGACY_MAX_PAYLOAD}",
+                        p.max_recv_payload_length
+                    )));
+                }
+                self.their_max_payload = p.max_recv_payload_length as u64;
+            }
+            Message::Version(_) | Message::Verack => {
+                self.misbehaved(out, format!("{} after the handshake", msg.command()), None)?;
+            }
+            other => out.push(PeerOutput::Deliver(other)),
+        }
+        Ok(())
+    }
+
+    /// Advances time: handshake deadline, pings, pong deadline.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        nonce: impl FnOnce() -> u64,
+        out: &mut Vec<PeerOutput>,
+    ) -> Result<(), DisconnectReason> {
+        if let Some(h) = &self.handshake {
+            return h.tick(now);
+        }
+        if let Some(n) = self.keepalive.tick(now, nonce)? {
+            out.push(PeerOutput::Send(Message::Ping(n)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::frame::encode_message;
+    use crate::wire::{Command, NetAddr};
+    use bytes::Bytes;
+
+    const MAGIC: Magic = Magic([0xda, 0xb5, 0xbf, 0xfa]);
+
+    fn settings() -> PeerSettings {
+        PeerSettings {
+            magic: MAGIC,
+            limits: Limits::default(),
+            min_version: 70001,
+            handshake_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(120),
+            ping_timeout: Duration::from_secs(1200),
+            max_payload_errors: 2,
+            protoconf: Some(Protoconf::new(2 * 1024 * 1024, "Default")),
+        }
+    }
+
+    fn version(nonce: u64) -> VersionMessage {
+        let a = NetAddr::new("127.0.0.1:1".parse().unwrap(), 1);
+        VersionMessage {
+            version: 70016,
+            services: 1,
+            timestamp: 0,
+            receiver: a,
+            sender: a,
+            nonce,
+            user_agent: "/bsn:test/".into(),
+            start_height: 0,
+            relay: Some(true),
+            extra: Bytes::new(),
+        }
+    }
+
+    /// Moves every `Send` of `outs` into `to` as wire bytes; returns the rest.
+    fn deliver(outs: Vec<PeerOutput>, to: &mut PeerProtocol) -> Vec<PeerOutput> {
+        let mut rest = Vec::new();
+        for o in outs {
+            match o {
+                PeerOutput::Send(m) => encode_message(to.read_buffer(), MAGIC, &m),
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
+    fn pair(now: Instant) -> (PeerProtocol, PeerProtocol) {
+        let s = settings();
+        let mut a = PeerProtocol::new(Direction::Outbound, &s, version(1), now);
+        let mut b = PeerProtocol::new(Direction::Inbound, &s, version(2), now);
+        let own = |n: u64| n == 1 || n == 2;
+        let own_a = |n: u64| n == 1;
+        let own_b = |n: u64| n == 2;
+        let _ = own;
+        let mut out = Vec::new();
+        a.start(&mut out);
+        for _ in 0..4 {
+            let rest = deliver(std::mem::take(&mut out), &mut b);
+            assert!(rest.iter().all(|o| !matches!(o, PeerOutput::Deliver(_))));
+            b.on_data(now, &own_b, &mut out).unwrap();
+            let _ = deliver(std::mem::take(&mut out), &mut a);
+            a.on_data(now, &own_a, &mut out).unwrap();
+        }
+        (a, b)
+    }
+
+    #[test]
+    fn handshake_protoconf_and_ping_without_sockets() {
+        let t0 = Instant::now();
+        let (mut a, mut b) = pair(t0);
+        assert!(a.is_ready() && b.is_ready());
+        assert_eq!(a.version().unwrap().nonce, 2);
+        assert_eq!(b.their_max_payload(), 2 * 1024 * 1024);
+        assert_eq!(a.their_max_payload(), 2 * 1024 * 1024);
+        assert!(a.accepts_extended());
+        // ping measured right after the handshake
+        let mut out = Vec::new();
+        a.tick(t0, || 42, &mut out).unwrap();
+        assert_eq!(out, vec![PeerOutput::Send(Message::Ping(42))]);
+        deliver(std::mem::take(&mut out), &mut b);
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert_eq!(out, vec![PeerOutput::Send(Message::Pong(42))]);
+        deliver(std::mem::take(&mut out), &mut a);
+        let later = t0 + Duration::from_millis(5);
+        a.on_data(later, &|_| false, &mut out).unwrap();
+        assert_eq!(out, vec![PeerOutput::Rtt(Duration::from_millis(5))]);
+        // other messages go to the workers
+        out.clear();
+        encode_message(b.read_buffer(), MAGIC, &Message::GetAddr);
+        b.on_data(later, &|_| false, &mut out).unwrap();
+        assert_eq!(out, vec![PeerOutput::Deliver(Message::GetAddr)]);
+        assert_eq!(b.stats.totals().msgs_in, 5); // version, verack, protoconf, ping, getaddr
+    }
+
+    #[test]
+    fn verdicts() {
+        let t0 = Instant::now();
+        let s = settings();
+        // wrong magic
+        let mut p = PeerProtocol::new(Direction::Inbound, &s, version(2), t0);
+        encode_message(
+            p.read_buffer(),
+            Magic([0xe3, 0xe1, 0xf3, 0xe8]),
+            &Message::Version(version(5)),
+        );
+        assert!(matches!(
+            p.on_data(t0, &|_| false, &mut Vec::new()),
+            Err(DisconnectReason::WrongNetwork { .. })
+        ));
+        // handshake timeout
+        let mut p = PeerProtocol::new(Direction::Inbound, &s, version(2), t0);
+        assert_eq!(
+            p.tick(t0 + Duration::from_secs(61), || 0, &mut Vec::new()),
+            Err(DisconnectReason::HandshakeTimeout)
+        );
+        // malformed payload after the handshake: tolerated up to the limit, then dropped
+        let (_, mut b) = pair(t0);
+        let mut out = Vec::new();
+        for i in 0..3 {
+            let frame = Message::Unknown {
+                command: Command::new("ping").unwrap(),
+                payload: Bytes::from_static(b"xx"),
+            };
+            encode_message(b.read_buffer(), MAGIC, &frame);
+            let r = b.on_data(t0, &|_| false, &mut out);
+            if i < 2 {
+                r.unwrap();
+            } else {
+                assert!(matches!(r, Err(DisconnectReason::Malformed(_))));
+            }
+        }
+        // second protoconf
+        let (_, mut b) = pair(t0);
+        encode_message(
+            b.read_buffer(),
+            MAGIC,
+            &Message::Protoconf(Protoconf::new(2 << 20, "Default")),
+        );
+        assert!(matches!(
+            b.on_data(t0, &|_| false, &mut out),
+            Err(DisconnectReason::ProtocolViolation(_))
+        ));
+        // honour the peer's limit
+        let (a, _) = pair(t0);
+        let big = Message::Unknown {
+            command: Command::new("big").unwrap(),
+            payload: Bytes::from(vec![0u8; 3 << 20]),
+        };
+        assert!(a.check_send(&big).is_err());
+        assert!(a.check_send(&Message::Ping(1)).is_ok());
+    }
+}
