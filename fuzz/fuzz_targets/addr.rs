@@ -1,0 +1,6 @@
+//! The `addr` payload decoder, with the round trip check.
+#![no_main]
+use bsn::wire::commands;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| bsn_fuzz::payload(commands::ADDR, data));
