@@ -14,8 +14,9 @@ use std::fmt;
 
 /// Most addresses in one `addr` message.
 pub const MAX_ADDR: u64 = 1_000;
-/// Most entries in `inv`, `getdata` and `notfound` by default (BSV lifts it with protoconf;
-/// the frame size limit still bounds it).
+/// Most entries in `inv`, `getdata` and `notfound` for a peer that sent no `protoconf`. Not
+/// enforced when decoding: protoconf lifts it (bitcoin-sv-specs p2p/protoconf.md: 58,254 entries
+/// in a 2 MiB payload), so the frame size limit and the bytes present bound the count.
 pub const MAX_INV: u64 = 50_000;
 /// Most headers in one `headers` message.
 pub const MAX_HEADERS: u64 = 2_000;
@@ -412,9 +413,9 @@ impl Message {
             PONG => Message::Pong(r.u64_le()?),
             ADDR => Message::Addr(read_list(r, "addresses", MAX_ADDR, 30)?),
             GETADDR => Message::GetAddr,
-            INV => Message::Inv(read_list(r, "inventory", MAX_INV, 36)?),
-            GETDATA => Message::GetData(read_list(r, "inventory", MAX_INV, 36)?),
-            NOTFOUND => Message::NotFound(read_list(r, "inventory", MAX_INV, 36)?),
+            INV => Message::Inv(read_list(r, "inventory", u64::MAX, 36)?),
+            GETDATA => Message::GetData(read_list(r, "inventory", u64::MAX, 36)?),
+            NOTFOUND => Message::NotFound(read_list(r, "inventory", u64::MAX, 36)?),
             GETHEADERS => Message::GetHeaders(Locator::decode(r)?),
             GETBLOCKS => Message::GetBlocks(Locator::decode(r)?),
             HEADERS => {
