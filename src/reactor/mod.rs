@@ -419,9 +419,10 @@ impl Shard {
                         return self.close(key, reason);
                     }
                     if n < self.scratch.len() {
-                        // Short read: the socket is most likely drained; one more read confirms
-                        // (edge-triggered readiness needs WouldBlock before the next event).
-                        continue;
+                        // A short read took everything the socket held; data arriving later
+                        // raises a new edge (as tokio also relies on), so skip the extra read
+                        // that would only return WouldBlock: one syscall less per message.
+                        break;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
