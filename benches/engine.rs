@@ -287,32 +287,45 @@ fn spawn_clients(addr: SocketAddr, n: usize) -> (std::process::Child, Duration) 
     (child, Duration::from_nanos(s.trim().parse().unwrap()))
 }
 
-/// Baseline server: answers the first bytes of each connection with a canned version+verack.
-fn raw_handshake_server() -> SocketAddr {
+/// Baseline server: answers each connection with a canned version+verack. The sockets are held
+/// until the returned sender is dropped, then released.
+fn raw_handshake_server() -> (SocketAddr, crossbeam_channel::Sender<()>) {
     // Same listen backlog as the engine's listeners (std's default of 128 would make clients
     // wait for SYN retransmits and flatter the engine).
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
         .unwrap();
     sock.listen(4096).unwrap();
+    sock.set_nonblocking(true).unwrap();
     let l: TcpListener = sock.into();
     let addr = l.local_addr().unwrap();
     let mut canned = frame(&version(1));
     canned.extend(frame(&Message::Verack));
+    let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
     std::thread::spawn(move || {
-        let mut held = Vec::new();
-        let mut b = [0u8; 512];
         // Answers at once, without waiting for the client's version: the cheapest possible
         // server that still puts the same bytes on the wire.
-        let _ = &mut b;
-        for s in l.incoming() {
-            let Ok(mut s) = s else { return };
-            let _ = s.set_nodelay(true);
-            let _ = s.write_all(&canned);
-            held.push(s);
+        let mut held = Vec::new();
+        loop {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let _ = s.set_nodelay(true);
+                    let _ = s.write_all(&canned);
+                    held.push(s);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
+                        done_rx.recv_timeout(Duration::from_micros(200))
+                    {
+                        return; // sockets and listener dropped here
+                    }
+                }
+                Err(e) => panic!("raw server accept: {e}"),
+            }
         }
     });
-    addr
+    (addr, done_tx)
 }
 
 fn rss_bytes() -> usize {
@@ -326,9 +339,11 @@ fn rss_bytes() -> usize {
 
 fn bench_handshakes(n: usize) {
     println!("\n== {n} clients handshaking at once");
-    let (mut c, raw) = spawn_clients(raw_handshake_server(), n);
+    let (raw_addr, raw_done) = raw_handshake_server();
+    let (mut c, raw) = spawn_clients(raw_addr, n);
     drop(c.stdin.take());
     let _ = c.wait();
+    drop(raw_done);
     let e = Engine::start(config(2)).unwrap();
     let ev = e.events();
     let before = rss_bytes();

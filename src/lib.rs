@@ -38,3 +38,8 @@ pub use engine::{Engine, Event, PeerId, PeerInfo};
 pub use error::Error;
 pub use fsm::{Direction, DisconnectReason};
 pub use network::{Network, NetworkParams};
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -19,7 +19,10 @@ fn data_dir() -> Option<PathBuf> {
     if d.is_dir() {
         Some(d)
     } else {
-        eprintln!("SKIPPED: real-data CLI test: {} not found (set BSN_TEST_DATA)", d.display());
+        eprintln!(
+            "SKIPPED: real-data CLI test: {} not found (set BSN_TEST_DATA)",
+            d.display()
+        );
         None
     }
 }
@@ -39,8 +42,16 @@ impl Drop for TempDir {
 }
 
 fn sample_block() -> Block {
-    let op = OutPoint { txid: Hash256([1; 32]), vout: 0 };
-    let coinbase = Transaction::build(1, &[(op, b"\x01\x02", u32::MAX)], &[(50_0000_0000, b"\x51")], 0);
+    let op = OutPoint {
+        txid: Hash256([1; 32]),
+        vout: 0,
+    };
+    let coinbase = Transaction::build(
+        1,
+        &[(op, b"\x01\x02", u32::MAX)],
+        &[(50_0000_0000, b"\x51")],
+        0,
+    );
     let mut header = BlockHeader {
         version: 1,
         prev_hash: Hash256::ZERO,
@@ -115,7 +126,10 @@ fn malformed_input_is_one_line_with_offset() {
     std::fs::write(&p, &buf).unwrap();
     let (ok, _, err) = run(&["decode", p.to_str().unwrap()]);
     assert!(!ok);
-    assert!(err.contains("bad checksum for pong") && err.contains(&format!("offset {at}")), "{err}");
+    assert!(
+        err.contains("bad checksum for pong") && err.contains(&format!("offset {at}")),
+        "{err}"
+    );
 
     let (ok, _, err) = run(&["decode", "/nonexistent/file"]);
     assert!(!ok && err.contains("cannot read"), "{err}");

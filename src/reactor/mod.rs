@@ -76,6 +76,8 @@ pub struct Shard {
     redial_attempts: HashMap<SocketAddr, u32>,
     out: Vec<PeerOutput>,
     accepted: usize,
+    /// An accept failed (e.g. out of descriptors): try again at the next tick.
+    accept_retry: bool,
     stopping: bool,
 }
 
@@ -118,6 +120,7 @@ impl Shard {
             redial_attempts: HashMap::new(),
             out: Vec::new(),
             accepted: 0,
+            accept_retry: false,
             stopping: false,
         })
     }
@@ -317,6 +320,7 @@ impl Shard {
     }
 
     fn accept(&mut self) {
+        self.accept_retry = false;
         loop {
             let Some(l) = self.listener.as_ref() else {
                 return;
@@ -347,8 +351,16 @@ impl Shard {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and friends: log and wait for the next event rather than spin.
-                    log::warn!("shard {}: accept failed: {e}", self.index);
+                    // EMFILE and friends. The listener is edge-triggered: without a retry it
+                    // would never report the waiting connections again. Retry on the next tick
+                    // instead of spinning now.
+                    if !self.accept_retry {
+                        log::warn!(
+                            "shard {}: accept failed: {e}; retrying every tick",
+                            self.index
+                        );
+                    }
+                    self.accept_retry = true;
                     return;
                 }
             }
@@ -564,6 +576,9 @@ impl Shard {
     }
 
     fn tick(&mut self, now: Instant) {
+        if self.accept_retry {
+            self.accept();
+        }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
             let c = &mut self.conns[k];
