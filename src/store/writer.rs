@@ -1,0 +1,186 @@
+//! The store's one writing thread. Batches arrive over a channel; whatever is waiting is merged
+//! into one transaction (so many small writes cost one commit), then each sender is told its
+//! batch's sequence number is committed. A periodic sync flushes to disk.
+
+use super::{Batch, Store, StoreError, StoreResult};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Most bytes merged into one transaction.
+const MAX_MERGE_BYTES: usize = 64 << 20;
+
+enum Req {
+    Write(u64, Batch, Option<Sender<StoreResult<u64>>>),
+    Flush(Sender<StoreResult<u64>>),
+    Stop,
+}
+
+/// Handle to the writer thread. Cheap to share behind an `Arc`.
+pub struct StoreWriter {
+    tx: Sender<Req>,
+    next_seq: AtomicU64,
+    committed: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    store: Arc<dyn Store>,
+}
+
+impl StoreWriter {
+    /// Starts the thread over `store`, syncing to disk every `sync_every`.
+    pub fn start(store: Arc<dyn Store>, sync_every: Duration) -> std::io::Result<StoreWriter> {
+        let (tx, rx) = unbounded();
+        let committed = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let (c, f, s) = (committed.clone(), failed.clone(), store.clone());
+        let thread = std::thread::Builder::new()
+            .name("bsn-store".into())
+            .spawn(move || run(s, rx, c, f, sync_every))?;
+        Ok(StoreWriter {
+            tx,
+            next_seq: AtomicU64::new(1),
+            committed,
+            failed,
+            thread: std::sync::Mutex::new(Some(thread)),
+            store,
+        })
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Queues a batch; returns its sequence number without waiting.
+    pub fn submit(&self, b: Batch) -> u64 {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let _ = self.tx.send(Req::Write(seq, b, None));
+        seq
+    }
+
+    /// Writes a batch and waits until it is committed.
+    pub fn write(&self, b: Batch) -> StoreResult<u64> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = bounded(1);
+        self.tx
+            .send(Req::Write(seq, b, Some(tx)))
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Waits until everything queued before is committed and synced to disk.
+    pub fn flush(&self) -> StoreResult<u64> {
+        let (tx, rx) = bounded(1);
+        self.tx
+            .send(Req::Flush(tx))
+            .map_err(|_| StoreError::Closed)?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Highest sequence number committed.
+    pub fn committed(&self) -> u64 {
+        self.committed.load(Ordering::Acquire)
+    }
+
+    /// Batches that failed to commit.
+    pub fn failures(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Commits what is queued, syncs, and ends the thread.
+    pub fn stop(&self) {
+        let _ = self.tx.send(Req::Stop);
+        if let Some(h) = self.thread.lock().expect("writer handle lock").take() {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for StoreWriter {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run(
+    store: Arc<dyn Store>,
+    rx: Receiver<Req>,
+    committed: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    sync_every: Duration,
+) {
+    let mut dirty = false;
+    let mut last_sync = Instant::now();
+    loop {
+        let first = match rx.recv_timeout(sync_every) {
+            Ok(r) => Some(r),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Req::Stop),
+        };
+        let mut merged = Batch::new();
+        let mut acks = Vec::new();
+        let mut flushes = Vec::new();
+        let mut last_seq = 0;
+        let mut stop = false;
+        let mut next = first;
+        while let Some(req) = next.take() {
+            match req {
+                Req::Write(seq, b, ack) => {
+                    merged.extend(b);
+                    last_seq = seq;
+                    if let Some(a) = ack {
+                        acks.push((seq, a));
+                    }
+                }
+                Req::Flush(a) => flushes.push(a),
+                Req::Stop => stop = true,
+            }
+            if merged.size() < MAX_MERGE_BYTES && !stop {
+                next = rx.try_recv().ok();
+            }
+        }
+        let result = if merged.is_empty() {
+            Ok(())
+        } else {
+            store.write(&merged)
+        };
+        match &result {
+            Ok(()) if last_seq > 0 => {
+                committed.store(last_seq, Ordering::Release);
+                dirty = true;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                failed.fetch_add(1, Ordering::Relaxed);
+                log::error!("store write of {} operations failed: {e}", merged.ops.len());
+            }
+        }
+        for (seq, a) in acks {
+            let _ = a.send(match &result {
+                Ok(()) => Ok(seq),
+                Err(e) => Err(StoreError::Backend(e.to_string())),
+            });
+        }
+        if dirty && (!flushes.is_empty() || stop || last_sync.elapsed() >= sync_every) {
+            if let Err(e) = store.sync() {
+                log::error!("store sync failed: {e}");
+            }
+            dirty = false;
+            last_sync = Instant::now();
+        }
+        let c = committed.load(Ordering::Acquire);
+        for a in flushes {
+            let _ = a.send(
+                result
+                    .as_ref()
+                    .map(|_| c)
+                    .map_err(|e| StoreError::Backend(e.to_string())),
+            );
+        }
+        if stop {
+            return;
+        }
+    }
+}
