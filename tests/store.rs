@@ -50,11 +50,13 @@ fn both_backends_behave_alike() {
     exercise(&LmdbStore::open(&dir.0, &LmdbOptions::default()).unwrap());
 }
 
-fn sample() -> (
+type Sample = (
     Vec<(SocketAddr, PeerRecord)>,
     StoredStats,
     Vec<(std::net::IpAddr, u8, BanRecord)>,
-) {
+);
+
+fn sample() -> Sample {
     let peers = (1..=20u16)
         .map(|i| {
             let a: SocketAddr = format!("127.0.{}.{}:{}", i / 10, i % 10 + 1, 18000 + i)
