@@ -70,6 +70,8 @@ pub struct Config {
     pub stream_policies: String,
     /// Capacity of the event channel; events past it are dropped and counted.
     pub event_capacity: usize,
+    /// How often peer records and statistics are saved (also at every disconnect and at stop).
+    pub persist_interval: Duration,
 }
 
 /// A configuration problem found at start.
@@ -127,6 +129,7 @@ impl Config {
             max_payload_errors: 10,
             stream_policies: "Default".into(),
             event_capacity: 65_536,
+            persist_interval: Duration::from_secs(5),
         }
     }
 
@@ -157,6 +160,7 @@ impl Config {
             ("connect_timeout", self.connect_timeout),
             ("tick", self.tick),
             ("redial_base", self.redial_base),
+            ("persist_interval", self.persist_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than zero")));

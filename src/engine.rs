@@ -13,6 +13,12 @@ use crate::error::Error;
 use crate::fsm::peer::{PeerSettings, PeerStats};
 use crate::fsm::{Direction, DisconnectReason};
 use crate::reactor::{listeners, Shard, ShardCmd};
+use crate::registry::Registry;
+use crate::store::lmdb::{LmdbOptions, LmdbStore};
+use crate::store::memory::MemoryStore;
+use crate::store::records::{PeerRecord, StoredStats};
+use crate::store::writer::StoreWriter;
+use crate::store::Store;
 use crate::wire::{Message, VersionMessage};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::{Poll, Waker};
@@ -109,12 +115,37 @@ pub enum WorkerMsg {
         addr: SocketAddr,
         direction: Direction,
         reason: DisconnectReason,
+        handshaken: bool,
+        stats: PeerStats,
+        rtt: Option<Duration>,
     },
     ConnectFailed {
         addr: SocketAddr,
         reason: String,
     },
     Stop,
+}
+
+/// What workers tell the registry thread.
+enum RegistryMsg {
+    Connected(PeerId, SocketAddr, u64, String, i32),
+    Disconnected(
+        PeerId,
+        SocketAddr,
+        Direction,
+        bool,
+        PeerStats,
+        Option<Duration>,
+    ),
+    Failed(SocketAddr),
+    Stop,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// State shared by the shards, the workers and the API.
@@ -132,6 +163,9 @@ pub struct Shared {
     workers: Vec<Sender<WorkerMsg>>,
     events: Sender<Event>,
     dropped_events: AtomicU64,
+    registry_tx: Sender<RegistryMsg>,
+    pub(crate) registry: Mutex<Registry>,
+    pub(crate) writer: Arc<StoreWriter>,
 }
 
 impl Shared {
@@ -260,6 +294,13 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
         match m {
             WorkerMsg::Connected(mut info, v) => {
                 info.version = v.version;
+                let _ = shared.registry_tx.send(RegistryMsg::Connected(
+                    info.id,
+                    info.addr,
+                    v.services,
+                    v.user_agent.clone(),
+                    v.version,
+                ));
                 log::info!(
                     "peer {} connected: {} {} {} height {}",
                     info.id,
@@ -276,7 +317,13 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 addr,
                 direction,
                 reason,
+                handshaken,
+                stats,
+                rtt,
             } => {
+                let _ = shared.registry_tx.send(RegistryMsg::Disconnected(
+                    id, addr, direction, handshaken, stats, rtt,
+                ));
                 shared.emit(Event::PeerDisconnected {
                     id,
                     addr,
@@ -285,9 +332,78 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 });
             }
             WorkerMsg::ConnectFailed { addr, reason } => {
+                let _ = shared.registry_tx.send(RegistryMsg::Failed(addr));
                 shared.emit(Event::ConnectFailed { addr, reason })
             }
             WorkerMsg::Stop => break,
+        }
+    }
+}
+
+/// Asks every shard for its connections (bounded wait).
+fn snapshot_peers(shared: &Shared) -> Vec<PeerInfo> {
+    let replies: Vec<_> = (0..shared.shards.len())
+        .filter_map(|s| {
+            let (tx, rx) = bounded(1);
+            shared.send_to_shard(s, ShardCmd::Peers(tx)).then_some(rx)
+        })
+        .collect();
+    let mut all = Vec::new();
+    for rx in replies {
+        if let Ok(v) = rx.recv_timeout(Duration::from_secs(10)) {
+            all.extend(v);
+        }
+    }
+    all
+}
+
+/// Keeps the registry current and writes its changes through the store writer: as events
+/// arrive, every `persist_interval` from fresh counters, and once more at stop.
+fn registry_thread(shared: Arc<Shared>, rx: Receiver<RegistryMsg>) {
+    let every = shared.config.persist_interval;
+    let mut last = std::time::Instant::now();
+    loop {
+        let msg = rx.recv_timeout(every.saturating_sub(last.elapsed()));
+        let stop = matches!(
+            msg,
+            Ok(RegistryMsg::Stop) | Err(RecvTimeoutError::Disconnected)
+        );
+        if let Ok(m) = msg {
+            let now = unix_now();
+            let mut r = shared.registry.lock().expect("registry lock");
+            match m {
+                RegistryMsg::Connected(id, a, services, ua, v) => {
+                    r.connected(id, a, services, &ua, v, now)
+                }
+                RegistryMsg::Disconnected(id, a, d, ok, st, rtt) => {
+                    r.disconnected(id, a, d, ok, &st, rtt, now)
+                }
+                RegistryMsg::Failed(a) => r.failed(a, now),
+                RegistryMsg::Stop => {}
+            }
+        }
+        if stop || last.elapsed() >= every {
+            if !stop {
+                let live = snapshot_peers(&shared);
+                let mut r = shared.registry.lock().expect("registry lock");
+                for p in live.iter().filter(|p| p.ready) {
+                    r.snapshot(p.id, p.addr, &p.stats, p.rtt);
+                }
+            }
+            let batch = shared.registry.lock().expect("registry lock").take_batch();
+            if !batch.is_empty() {
+                if stop {
+                    if let Err(e) = shared.writer.write(batch) {
+                        log::error!("saving peers at stop failed: {e}");
+                    }
+                } else {
+                    shared.writer.submit(batch);
+                }
+            }
+            last = std::time::Instant::now();
+        }
+        if stop {
+            return;
         }
     }
 }
@@ -300,6 +416,7 @@ pub struct Engine {
     events: Receiver<Event>,
     local_addr: Option<SocketAddr>,
     next_dial: AtomicUsize,
+    registry_thread: Option<JoinHandle<()>>,
 }
 
 fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
@@ -352,6 +469,14 @@ impl Engine {
             worker_tx.push(tx);
             worker_rx.push(rx);
         }
+        let store: Arc<dyn Store> = match &config.data_dir {
+            Some(d) => Arc::new(LmdbStore::open(d, &LmdbOptions::default()).map_err(Error::Store)?),
+            None => Arc::new(MemoryStore::new()),
+        };
+        let registry = Registry::load(store.as_ref()).map_err(Error::Store)?;
+        let writer =
+            Arc::new(StoreWriter::start(store, Duration::from_secs(1)).map_err(Error::Io)?);
+        let (registry_tx, registry_rx) = unbounded();
         let (ev_tx, ev_rx) = bounded(config.event_capacity);
         let shared = Arc::new(Shared {
             settings: config.peer_settings(),
@@ -366,6 +491,9 @@ impl Engine {
             workers: worker_tx,
             events: ev_tx,
             dropped_events: AtomicU64::new(0),
+            registry_tx,
+            registry: Mutex::new(registry),
+            writer,
             config,
         });
 
@@ -373,10 +501,18 @@ impl Engine {
             shared: shared.clone(),
             shard_threads: Vec::new(),
             worker_threads: Vec::new(),
+            registry_thread: None,
             events: ev_rx,
             local_addr,
             next_dial: AtomicUsize::new(0),
         };
+        let s = shared.clone();
+        engine.registry_thread = Some(
+            std::thread::Builder::new()
+                .name("bsn-registry".into())
+                .spawn(move || registry_thread(s, registry_rx))
+                .map_err(Error::Io)?,
+        );
         for (i, rx) in worker_rx.into_iter().enumerate() {
             let s = shared.clone();
             let h = std::thread::Builder::new()
@@ -555,13 +691,41 @@ impl Engine {
         all
     }
 
-    /// Stops the engine: every connection closed, every thread joined. Also done on drop.
+    /// Every peer address the engine knows (from the store and this run), with its record.
+    pub fn known_peers(&self) -> Vec<(SocketAddr, PeerRecord)> {
+        let r = self.shared.registry.lock().expect("registry lock");
+        let mut v: Vec<_> = r.peers().map(|(a, p)| (*a, p.clone())).collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    /// Lifetime statistics of a peer address (every connection, per command), as of the last
+    /// fold (every `persist_interval`, and at each disconnect).
+    pub fn peer_stats(&self, addr: &SocketAddr) -> Option<StoredStats> {
+        self.shared
+            .registry
+            .lock()
+            .expect("registry lock")
+            .stats(addr)
+            .cloned()
+    }
+
+    /// The store, for reads (writes go through the engine).
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.shared.writer.store().clone()
+    }
+
+    /// Stops the engine: every connection closed, every thread joined, the store flushed. Also
+    /// done on drop.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        if self.shard_threads.is_empty() && self.worker_threads.is_empty() {
+        if self.shard_threads.is_empty()
+            && self.worker_threads.is_empty()
+            && self.registry_thread.is_none()
+        {
             return;
         }
         for s in 0..self.shared.shards.len() {
@@ -576,6 +740,14 @@ impl Engine {
         for h in self.worker_threads.drain(..) {
             let _ = h.join();
         }
+        let _ = self.shared.registry_tx.send(RegistryMsg::Stop);
+        if let Some(h) = self.registry_thread.take() {
+            let _ = h.join();
+        }
+        if let Err(e) = self.shared.writer.flush() {
+            log::error!("store flush at stop failed: {e}");
+        }
+        self.shared.writer.stop();
         log::info!("engine stopped");
     }
 }

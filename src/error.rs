@@ -21,6 +21,8 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The store could not be opened or written.
+    Store(crate::store::StoreError),
     /// A thread or poller could not be created.
     Io(std::io::Error),
     /// The engine has stopped.
@@ -41,6 +43,7 @@ impl fmt::Display for Error {
                 "data directory {} is not usable: {source}",
                 path.display()
             ),
+            Error::Store(e) => e.fmt(f),
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::Stopped => f.write_str("engine is stopped"),
             Error::UnknownPeer(id) => write!(f, "no peer {id}"),
@@ -55,6 +58,7 @@ impl std::error::Error for Error {
             Error::Config(e) => Some(e),
             Error::Bind { source, .. } | Error::DataDir { source, .. } => Some(source),
             Error::Io(e) => Some(e),
+            Error::Store(e) => Some(e),
             _ => None,
         }
     }

@@ -30,6 +30,7 @@ pub mod error;
 pub mod fsm;
 pub mod network;
 pub mod reactor;
+pub mod registry;
 pub mod store;
 pub mod util;
 pub mod wire;

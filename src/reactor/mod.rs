@@ -655,6 +655,9 @@ impl Shard {
             addr,
             direction: c.proto.direction(),
             reason,
+            handshaken: c.proto.is_ready(),
+            stats: std::mem::take(&mut c.proto.stats),
+            rtt: c.proto.rtt(),
         });
         drop(c);
         if was_static {
