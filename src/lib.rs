@@ -23,6 +23,7 @@
 //! - [`network`]: network parameters as data (BSV mainnet, testnet, regtest, STN, custom).
 //! - [`decode`]: readable summaries of raw blocks, transactions and message streams (`bsn decode`).
 
+pub mod chain;
 pub mod config;
 pub mod decode;
 pub mod engine;

@@ -3,6 +3,7 @@
 //! tests and simulations. Typed records live in [`records`]; [`writer::StoreWriter`] is the one
 //! thread that writes, fed by a channel, so no shard event loop ever waits on the disk.
 
+pub mod chain;
 pub mod lmdb;
 pub mod memory;
 pub mod records;
