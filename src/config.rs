@@ -1,6 +1,7 @@
 //! Engine configuration: sane defaults (the SV node's timers and limits), a builder, and
 //! validation so that a bad setting is an error at start, never a panic later.
 
+use crate::fsm::bans::{ScoreSettings, Subnet};
 use crate::fsm::peer::PeerSettings;
 use crate::network::{Network, NetworkParams};
 use crate::wire::frame::Limits;
@@ -72,6 +73,15 @@ pub struct Config {
     pub event_capacity: usize,
     /// How often peer records and statistics are saved (also at every disconnect and at stop).
     pub persist_interval: Duration,
+    /// Most entries in the ban list.
+    pub max_bans: usize,
+    /// Networks never banned (an operator's own nodes). Empty by default: loopback peers are
+    /// scored and banned like any other.
+    pub never_ban: Vec<Subnet>,
+    /// How long a ban made for a ban score lasts.
+    pub ban_duration: Duration,
+    /// Ban-score threshold, decay and points per reason.
+    pub ban_scores: ScoreSettings,
 }
 
 /// A configuration problem found at start.
@@ -130,6 +140,10 @@ impl Config {
             stream_policies: "Default".into(),
             event_capacity: 65_536,
             persist_interval: Duration::from_secs(5),
+            max_bans: 10_000,
+            never_ban: Vec::new(),
+            ban_duration: Duration::from_secs(24 * 3600),
+            ban_scores: ScoreSettings::default(),
         }
     }
 

@@ -10,15 +10,19 @@
 
 use crate::config::Config;
 use crate::error::Error;
+use crate::fsm::bans::{Ban, BanError, BanList, BanReason, BanScores, Subnet};
 use crate::fsm::peer::{PeerSettings, PeerStats};
 use crate::fsm::{Direction, DisconnectReason};
 use crate::reactor::{listeners, Shard, ShardCmd};
 use crate::registry::Registry;
+use crate::store::chain::ChainDb;
 use crate::store::lmdb::{LmdbOptions, LmdbStore};
 use crate::store::memory::MemoryStore;
+use crate::store::records::{ban_key, load_bans, BanRecord};
 use crate::store::records::{PeerRecord, StoredStats};
 use crate::store::writer::StoreWriter;
 use crate::store::Store;
+use crate::store::{Batch, Table};
 use crate::wire::{Message, VersionMessage};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::{Poll, Waker};
@@ -104,6 +108,21 @@ pub enum Event {
     ConnectFailed { addr: SocketAddr, reason: String },
     /// A message the engine does not consume itself.
     Message { peer: PeerId, message: Message },
+    /// An IP or subnet was banned (by ban score or by a call); its connections are dropped.
+    Banned {
+        subnet: Subnet,
+        until: u64,
+        reason: String,
+    },
+    /// A ban ended (expired, lifted or cleared).
+    Unbanned { subnet: Subnet },
+    /// A peer's ban score went up.
+    BanScore {
+        ip: IpAddr,
+        peer: Option<PeerId>,
+        reason: BanReason,
+        score: u32,
+    },
 }
 
 /// What shards tell workers.
@@ -166,6 +185,9 @@ pub struct Shared {
     registry_tx: Sender<RegistryMsg>,
     pub(crate) registry: Mutex<Registry>,
     pub(crate) writer: Arc<StoreWriter>,
+    pub(crate) chain: Mutex<ChainDb>,
+    bans: Mutex<BanList>,
+    scores: Mutex<BanScores>,
 }
 
 impl Shared {
@@ -244,6 +266,101 @@ impl Shared {
                 per_ip.remove(&addr.ip());
             }
         }
+    }
+
+    pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
+        self.bans
+            .lock()
+            .expect("ban list lock")
+            .banned(ip, unix_now())
+            .is_some()
+    }
+
+    /// Adds ban points for `reason` to `ip`; bans it when the score reaches the threshold.
+    pub(crate) fn misbehaving(
+        &self,
+        ip: IpAddr,
+        peer: Option<PeerId>,
+        reason: BanReason,
+        detail: &str,
+    ) {
+        let now = unix_now();
+        let change = self
+            .scores
+            .lock()
+            .expect("ban score lock")
+            .add(ip, reason, now);
+        log::info!(
+            "{ip}: +{} ban score for {reason} ({detail}): {}",
+            change.added,
+            change.score
+        );
+        self.emit(Event::BanScore {
+            ip,
+            peer,
+            reason,
+            score: change.score,
+        });
+        if change.ban {
+            let until = now + self.config.ban_duration.as_secs().max(1);
+            let why = format!("ban score {} reached ({reason})", change.score);
+            if let Err(e) = self.ban_subnet(Subnet::host(ip), until, &why) {
+                log::info!("{ip} not banned: {e}");
+            }
+        }
+    }
+
+    /// Bans a subnet: recorded, saved, announced, and its live connections dropped.
+    pub(crate) fn ban_subnet(
+        &self,
+        subnet: Subnet,
+        until: u64,
+        reason: &str,
+    ) -> Result<(), BanError> {
+        let now = unix_now();
+        let evicted = self
+            .bans
+            .lock()
+            .expect("ban list lock")
+            .ban(subnet, until, reason, now)?;
+        let mut b = Batch::new();
+        if let Some(old) = evicted {
+            b.delete(Table::Bans, ban_key(&old.addr(), old.prefix()).to_vec());
+            self.emit(Event::Unbanned { subnet: old });
+        }
+        b.put(
+            Table::Bans,
+            ban_key(&subnet.addr(), subnet.prefix()).to_vec(),
+            BanRecord {
+                until,
+                created: now,
+                reason: reason.to_string(),
+            }
+            .encode(),
+        );
+        self.writer.submit(b);
+        log::warn!("banned {subnet} until {until}: {reason}");
+        self.emit(Event::Banned {
+            subnet,
+            until,
+            reason: reason.to_string(),
+        });
+        for s in 0..self.shards.len() {
+            self.send_to_shard(s, ShardCmd::DropBanned(subnet));
+        }
+        Ok(())
+    }
+
+    fn forget_bans(&self, gone: Vec<Subnet>) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut b = Batch::new();
+        for s in gone {
+            b.delete(Table::Bans, ban_key(&s.addr(), s.prefix()).to_vec());
+            self.emit(Event::Unbanned { subnet: s });
+        }
+        self.writer.submit(b);
     }
 
     pub(crate) fn pick_shard_for_accept(&self, me: usize, counter: &mut usize) -> usize {
@@ -383,6 +500,10 @@ fn registry_thread(shared: Arc<Shared>, rx: Receiver<RegistryMsg>) {
             }
         }
         if stop || last.elapsed() >= every {
+            let now = unix_now();
+            let expired = shared.bans.lock().expect("ban list lock").expire(now);
+            shared.forget_bans(expired);
+            shared.scores.lock().expect("ban score lock").prune(now);
             if !stop {
                 let live = snapshot_peers(&shared);
                 let mut r = shared.registry.lock().expect("registry lock");
@@ -474,6 +595,22 @@ impl Engine {
             None => Arc::new(MemoryStore::new()),
         };
         let registry = Registry::load(store.as_ref()).map_err(Error::Store)?;
+        let chain = ChainDb::load(store.as_ref(), &config.network).map_err(Error::Store)?;
+        let height = chain.tree().height();
+        let mut bans = BanList::new(config.max_bans, config.never_ban.clone());
+        let now = unix_now();
+        for ((ip, prefix), r) in load_bans(store.as_ref()).map_err(Error::Store)? {
+            if let (Some(s), true) = (Subnet::new(ip, prefix), r.until > now) {
+                bans.restore(
+                    s,
+                    Ban {
+                        until: r.until,
+                        created: r.created,
+                        reason: r.reason,
+                    },
+                );
+            }
+        }
         let writer =
             Arc::new(StoreWriter::start(store, Duration::from_secs(1)).map_err(Error::Io)?);
         let (registry_tx, registry_rx) = unbounded();
@@ -485,7 +622,7 @@ impl Engine {
             per_ip: Mutex::new(HashMap::new()),
             own_nonces: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
-            start_height: AtomicI32::new(0),
+            start_height: AtomicI32::new(height.min(i32::MAX as u32) as i32),
             shards: shard_tx,
             single_listener,
             workers: worker_tx,
@@ -494,6 +631,9 @@ impl Engine {
             registry_tx,
             registry: Mutex::new(registry),
             writer,
+            chain: Mutex::new(chain),
+            bans: Mutex::new(bans),
+            scores: Mutex::new(BanScores::new(config.ban_scores.clone())),
             config,
         });
 
@@ -708,6 +848,59 @@ impl Engine {
             .expect("registry lock")
             .stats(addr)
             .cloned()
+    }
+
+    /// The best header's hash and height (loaded from the store at start).
+    pub fn best_header(&self) -> (crate::wire::Hash256, u32) {
+        let c = self.shared.chain.lock().expect("chain lock");
+        let (hash, height, _) = c.tree().tip();
+        (hash, height)
+    }
+
+    /// Bans an IP (`1.2.3.4`) or subnet (`1.2.3.0/24`, `fd00::/64`) for `duration`; live
+    /// connections inside it are dropped and it is never dialled or accepted until it ends.
+    pub fn ban(&self, subnet: &str, duration: Duration, reason: &str) -> Result<Subnet, Error> {
+        let s: Subnet = subnet.parse().map_err(Error::InvalidInput)?;
+        let until = unix_now().saturating_add(duration.as_secs().max(1));
+        self.shared
+            .ban_subnet(s, until, reason)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok(s)
+    }
+
+    /// Lifts a ban; `Ok(false)` when there was none for exactly that subnet.
+    pub fn unban(&self, subnet: &str) -> Result<bool, Error> {
+        let s: Subnet = subnet.parse().map_err(Error::InvalidInput)?;
+        let had = self.shared.bans.lock().expect("ban list lock").unban(&s);
+        if had {
+            self.shared.forget_bans(vec![s]);
+        }
+        Ok(had)
+    }
+
+    /// Whether an address is banned now.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.shared.is_banned(ip)
+    }
+
+    /// Every ban in force or not yet swept.
+    pub fn bans(&self) -> Vec<(Subnet, Ban)> {
+        self.shared.bans.lock().expect("ban list lock").list()
+    }
+
+    /// Lifts every ban.
+    pub fn clear_bans(&self) {
+        let gone = self.shared.bans.lock().expect("ban list lock").clear();
+        self.shared.forget_bans(gone);
+    }
+
+    /// An address's current ban score.
+    pub fn ban_score(&self, ip: IpAddr) -> u32 {
+        self.shared
+            .scores
+            .lock()
+            .expect("ban score lock")
+            .score(ip, unix_now())
     }
 
     /// The store, for reads (writes go through the engine).

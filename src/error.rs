@@ -29,6 +29,8 @@ pub enum Error {
     Stopped,
     /// No connected peer has this id.
     UnknownPeer(crate::engine::PeerId),
+    /// A caller's argument is not valid (an unparsable subnet, a ban on a never-ban address...).
+    InvalidInput(String),
     /// The message cannot be sent to this peer (too large for it, ...).
     SendRejected(String),
 }
@@ -48,6 +50,7 @@ impl fmt::Display for Error {
             Error::Stopped => f.write_str("engine is stopped"),
             Error::UnknownPeer(id) => write!(f, "no peer {id}"),
             Error::SendRejected(why) => write!(f, "message not sent: {why}"),
+            Error::InvalidInput(why) => write!(f, "invalid input: {why}"),
         }
     }
 }

@@ -198,8 +198,10 @@ fn garbage_is_dropped_and_others_are_still_served() {
     let mut honest = ScriptPeer::connect(addr, REGTEST);
     honest.handshake(11);
     wait_for(&aev, T, "honest connected", connected);
+    // each garbage peer from its own address: their ban scores must not ban the honest one
     for seed in 0..20u64 {
-        let mut g = ScriptPeer::connect(addr, REGTEST);
+        let src = std::net::IpAddr::from([127, 0, 9, seed as u8 + 1]);
+        let mut g = ScriptPeer::connect_from(src, addr, REGTEST).unwrap();
         let garbage: Vec<u8> = (0..4096u64)
             .map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed * 97) >> 7) as u8)
             .collect();
@@ -207,13 +209,13 @@ fn garbage_is_dropped_and_others_are_still_served() {
         assert!(g.closed_within(T), "garbage peer {seed} not dropped");
     }
     // a frame with the right magic but an invalid command, and an oversize announcement
-    let mut g = ScriptPeer::connect(addr, REGTEST);
+    let mut g = ScriptPeer::connect_from([127, 0, 9, 101].into(), addr, REGTEST).unwrap();
     let mut hdr = [0u8; 24];
     hdr[..4].copy_from_slice(&REGTEST.0);
     hdr[4..8].copy_from_slice(b"v\x01r\x02");
     let _ = g.send_raw(&hdr);
     assert!(g.closed_within(T));
-    let mut g = ScriptPeer::connect(addr, REGTEST);
+    let mut g = ScriptPeer::connect_from([127, 0, 9, 102].into(), addr, REGTEST).unwrap();
     let mut hdr = [0u8; 24];
     hdr[..4].copy_from_slice(&REGTEST.0);
     hdr[4..11].copy_from_slice(b"version");

@@ -81,3 +81,50 @@ fn peers_and_statistics_survive_a_restart() {
     a2.stop();
     b.stop();
 }
+
+#[test]
+fn the_stored_chain_is_loaded_at_start_and_announced() {
+    use bsn::store::chain::ChainDb;
+    use bsn::store::lmdb::{LmdbOptions, LmdbStore};
+    use bsn::store::{Batch, Store};
+    use bsn::wire::{BlockHeader, Hash256};
+    let params = bsn::Network::Regtest.params();
+    let dir = TempDir::new("engine-chain");
+    let mut tip = params.genesis;
+    {
+        let s = LmdbStore::open(&dir.0, &LmdbOptions::default()).unwrap();
+        let mut db = ChainDb::new(&params);
+        let mut headers = Vec::new();
+        for i in 0..10u32 {
+            let mut h = BlockHeader {
+                version: 4,
+                prev_hash: tip.hash(),
+                merkle_root: Hash256::sha256d(&i.to_le_bytes()),
+                time: tip.time + 1,
+                bits: 0x207fffff,
+                nonce: 0,
+            };
+            while !h.meets_own_target() {
+                h.nonce += 1;
+            }
+            headers.push(h);
+            tip = h;
+        }
+        let mut b = Batch::new();
+        db.insert_headers(&headers, &mut b);
+        s.write(&b).unwrap();
+    }
+    let mut c = config();
+    c.data_dir = Some(dir.0.clone());
+    let (a, _aev) = start(c);
+    assert_eq!(a.best_header(), (tip.hash(), 10));
+    let (b, bev) = start(config());
+    b.connect(a.local_addr().unwrap()).unwrap();
+    let h = wait_for(&bev, T, "connected", |e| match e {
+        Event::PeerConnected(p) => Some(p.start_height),
+        _ => None,
+    });
+    assert_eq!(h, 10);
+    a.stop();
+    b.stop();
+}

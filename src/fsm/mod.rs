@@ -2,6 +2,7 @@
 //! from a clock here), answering with what to send and whether to disconnect. The shard event
 //! loops drive them; tests drive them directly, with no socket.
 
+pub mod bans;
 pub mod handshake;
 pub mod peer;
 pub mod ping;
@@ -61,6 +62,8 @@ pub enum DisconnectReason {
     Shutdown,
     /// A connection limit was reached.
     LimitReached(&'static str),
+    /// The peer's address was banned.
+    Banned,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -87,6 +90,24 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Requested => f.write_str("requested"),
             DisconnectReason::Shutdown => f.write_str("engine stopping"),
             DisconnectReason::LimitReached(what) => write!(f, "limit reached: {what}"),
+            DisconnectReason::Banned => f.write_str("banned"),
+        }
+    }
+}
+
+impl DisconnectReason {
+    /// The ban-score reason a disconnect carries, if the peer misbehaved.
+    pub fn ban_reason(&self) -> Option<bans::BanReason> {
+        use crate::wire::FrameError;
+        match self {
+            DisconnectReason::WrongNetwork { .. }
+            | DisconnectReason::ProtocolViolation(_)
+            | DisconnectReason::Malformed(_) => Some(bans::BanReason::ProtocolViolation),
+            DisconnectReason::BadFrame(FrameError::Oversize { .. }) => {
+                Some(bans::BanReason::OversizeMessage)
+            }
+            DisconnectReason::BadFrame(_) => Some(bans::BanReason::ProtocolViolation),
+            _ => None,
         }
     }
 }

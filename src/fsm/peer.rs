@@ -2,6 +2,7 @@
 //! counters. Fed received bytes and the time; answers with messages to send, messages to hand to
 //! the workers, and a verdict when the connection must end. No sockets here.
 
+use super::bans::BanReason;
 use super::handshake::{Handshake, HandshakeAction, HandshakeState};
 use super::ping::Keepalive;
 use super::{Direction, DisconnectReason};
@@ -48,7 +49,7 @@ pub enum PeerOutput {
     /// A round trip was measured.
     Rtt(Duration),
     /// A non-fatal error worth counting (bad checksum, malformed payload, unexpected message).
-    Misbehaved(String),
+    Misbehaved(BanReason, String),
 }
 
 /// Counters for one command.
@@ -255,7 +256,7 @@ impl PeerProtocol {
                     return Err(DisconnectReason::WrongNetwork { expected, got })
                 }
                 Err(e @ FrameError::BadChecksum { .. }) => {
-                    self.misbehaved(out, e.to_string(), None)?;
+                    self.misbehaved(out, BanReason::BadChecksum, e.to_string(), None)?;
                     continue;
                 }
                 Err(e) => return Err(DisconnectReason::BadFrame(e)),
@@ -273,7 +274,12 @@ impl PeerProtocol {
                     if self.handshake.is_some() {
                         return Err(DisconnectReason::Malformed(error));
                     }
-                    self.misbehaved(out, error.to_string(), Some(error))?;
+                    self.misbehaved(
+                        out,
+                        BanReason::ProtocolViolation,
+                        error.to_string(),
+                        Some(error),
+                    )?;
                     continue;
                 }
                 Err(WireError::Frame(e)) => return Err(DisconnectReason::BadFrame(e)),
@@ -285,12 +291,13 @@ impl PeerProtocol {
     fn misbehaved(
         &mut self,
         out: &mut Vec<PeerOutput>,
+        reason: BanReason,
         what: String,
         payload: Option<crate::wire::PayloadError>,
     ) -> Result<(), DisconnectReason> {
         self.stats.errors += 1;
         self.payload_errors += 1;
-        out.push(PeerOutput::Misbehaved(what.clone()));
+        out.push(PeerOutput::Misbehaved(reason, what.clone()));
         if self.payload_errors > self.max_payload_errors {
             return Err(match payload {
                 Some(p) => DisconnectReason::Malformed(p),
@@ -354,7 +361,12 @@ impl PeerProtocol {
                 self.their_max_payload = p.max_recv_payload_length as u64;
             }
             Message::Version(_) | Message::Verack => {
-                self.misbehaved(out, format!("{} after the handshake", msg.command()), None)?;
+                self.misbehaved(
+                    out,
+                    BanReason::ProtocolViolation,
+                    format!("{} after the handshake", msg.command()),
+                    None,
+                )?;
             }
             other => out.push(PeerOutput::Deliver(other)),
         }

@@ -43,6 +43,8 @@ pub enum ShardCmd {
     Broadcast(Message),
     /// Report every connection.
     Peers(Sender<Vec<PeerInfo>>),
+    /// Close every connection inside a newly banned subnet.
+    DropBanned(crate::fsm::bans::Subnet),
     /// Close everything and end the loop.
     Stop,
 }
@@ -189,6 +191,17 @@ impl Shard {
                 ShardCmd::Peers(reply) => {
                     let _ = reply.send(self.conns.iter().map(|(_, c)| self.info(c)).collect());
                 }
+                ShardCmd::DropBanned(subnet) => {
+                    let keys: Vec<usize> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, c)| subnet.contains(c.addr.ip()))
+                        .map(|(k, _)| k)
+                        .collect();
+                    for k in keys {
+                        self.close(k, DisconnectReason::Banned);
+                    }
+                }
                 ShardCmd::Stop => self.stopping = true,
             }
         }
@@ -281,6 +294,12 @@ impl Shard {
     }
 
     fn dial(&mut self, addr: SocketAddr, static_peer: bool) {
+        if self.shared.is_banned(addr.ip()) {
+            log::info!("shard {}: not dialling banned {addr}", self.index);
+            self.shared
+                .emit_failed_dial(self.index, addr, "address is banned".into());
+            return;
+        }
         if !self.shared.reserve(Direction::Outbound, addr) {
             log::info!(
                 "shard {}: not dialling {addr}: outbound limit reached",
@@ -327,6 +346,11 @@ impl Shard {
             };
             match l.accept() {
                 Ok((s, addr)) => {
+                    if self.shared.is_banned(addr.ip()) {
+                        log::debug!("shard {}: refusing banned {addr}", self.index);
+                        drop(s);
+                        continue;
+                    }
                     if !self.shared.reserve(Direction::Inbound, addr) {
                         log::debug!(
                             "shard {}: refusing {addr}: inbound limit reached",
@@ -454,6 +478,7 @@ impl Shard {
         }
         let mut buf = BytesMut::new();
         let mut failed = None;
+        let mut scored = Vec::new();
         for o in out.drain(..) {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
@@ -471,13 +496,19 @@ impl Shard {
                 }
                 PeerOutput::Deliver(m) => self.shared.to_worker(WorkerMsg::Message(c.id, m)),
                 PeerOutput::Rtt(rtt) => log::trace!("peer {} rtt {rtt:?}", c.id),
-                PeerOutput::Misbehaved(what) => log::debug!("peer {} ({}): {what}", c.id, c.addr),
+                PeerOutput::Misbehaved(reason, what) => {
+                    log::debug!("peer {} ({}): {what}", c.id, c.addr);
+                    scored.push((c.addr.ip(), c.id, reason, what));
+                }
             }
         }
-        if !buf.is_empty() {
+        if !buf.is_empty() && self.conns.contains(key) {
             if let Err(r) = self.enqueue(key, buf.freeze()) {
                 failed = Some(r);
             }
+        }
+        for (ip, id, reason, what) in scored {
+            self.shared.misbehaving(ip, Some(id), reason, &what);
         }
         if let Some(r) = failed {
             self.close(key, r);
@@ -646,6 +677,10 @@ impl Shard {
             c.addr,
             c.proto.direction()
         );
+        if let Some(r) = reason.ban_reason() {
+            self.shared
+                .misbehaving(c.addr.ip(), Some(c.id), r, &reason.to_string());
+        }
         self.shared
             .release(c.proto.direction(), c.addr, c.proto.our_nonce(), c.counted);
         let was_static = c.static_peer;

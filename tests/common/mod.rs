@@ -90,6 +90,28 @@ impl ScriptPeer {
         }
     }
 
+    /// Connects from a chosen loopback source address (e.g. 127.0.3.7), to test per-IP rules.
+    pub fn connect_from(
+        src: std::net::IpAddr,
+        addr: SocketAddr,
+        magic: Magic,
+    ) -> std::io::Result<ScriptPeer> {
+        let sock = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        sock.bind(&SocketAddr::new(src, 0).into())?;
+        sock.connect_timeout(&addr.into(), Duration::from_secs(5))?;
+        let stream: TcpStream = sock.into();
+        stream.set_nodelay(true)?;
+        Ok(ScriptPeer {
+            stream,
+            magic,
+            dec: FrameDecoder::new(magic),
+        })
+    }
+
     pub fn send(&mut self, m: &Message) {
         let mut b = BytesMut::new();
         encode_message(&mut b, self.magic, m);

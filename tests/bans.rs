@@ -1,0 +1,186 @@
+//! Ban list and ban scores over loopback, with distinct 127.x.y.z source addresses.
+
+mod common;
+
+use bsn::fsm::bans::Subnet;
+use bsn::wire::Message;
+use bsn::{DisconnectReason, Event};
+use common::*;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(10);
+
+fn ip(a: u8, b: u8, c: u8) -> IpAddr {
+    IpAddr::from([127, a, b, c])
+}
+
+/// A peer that completes its handshake from `src`.
+fn honest(src: IpAddr, addr: std::net::SocketAddr, nonce: u64) -> ScriptPeer {
+    let mut p = ScriptPeer::connect_from(src, addr, REGTEST).unwrap();
+    p.handshake(nonce);
+    p
+}
+
+/// Whether a fresh connection from `src` is refused (closed without a version answer).
+fn refused(src: IpAddr, addr: std::net::SocketAddr) -> bool {
+    match ScriptPeer::connect_from(src, addr, REGTEST) {
+        Err(_) => true,
+        Ok(mut p) => {
+            p.send(&Message::Version(version_msg(70016, 99)));
+            p.closed_within(Duration::from_secs(3))
+        }
+    }
+}
+
+#[test]
+fn repeated_bad_checksums_get_the_peer_banned_and_it_cannot_reconnect() {
+    let (a, aev) = start(config());
+    let addr = a.local_addr().unwrap();
+    let src = ip(1, 1, 1);
+    let mut p = honest(src, addr, 1);
+    // a ping frame whose checksum is wrong: 10 points each, threshold 100
+    let mut frame = bsn::wire::frame::message_to_bytes(REGTEST, &Message::Ping(5)).to_vec();
+    frame[20] ^= 0xff;
+    let mut scores = Vec::new();
+    for _ in 0..12 {
+        if p.send_raw(&frame).is_err() {
+            break;
+        }
+    }
+    let banned = wait_for(&aev, T, "banned", |e| match e {
+        Event::BanScore { ip, score, .. } if *ip == src => {
+            scores.push(*score);
+            None
+        }
+        Event::Banned { subnet, reason, .. } => Some((*subnet, reason.clone())),
+        _ => None,
+    });
+    assert_eq!(banned.0, Subnet::host(src));
+    assert!(banned.1.contains("bad checksum"), "{}", banned.1);
+    assert!(scores.windows(2).all(|w| w[1] > w[0]), "{scores:?}");
+    assert!(p.closed_within(T));
+    assert!(a.is_banned(src));
+    assert!(refused(src, addr), "banned address reconnected");
+    // another address is still welcome
+    honest(ip(1, 1, 2), addr, 2);
+    a.stop();
+}
+
+#[test]
+fn a_subnet_ban_refuses_every_address_inside_and_drops_live_ones() {
+    let (a, aev) = start(config());
+    let addr = a.local_addr().unwrap();
+    let mut inside = honest(ip(2, 5, 9), addr, 1);
+    let _outside = honest(ip(2, 6, 9), addr, 2);
+    for _ in 0..2 {
+        wait_for(&aev, T, "connected", |e| {
+            matches!(e, Event::PeerConnected(_)).then_some(())
+        });
+    }
+    a.ban("127.2.5.0/24", Duration::from_secs(3600), "operator")
+        .unwrap();
+    let r = wait_for(&aev, T, "dropped", |e| match e {
+        Event::PeerDisconnected { addr, reason, .. } => Some((addr.ip(), reason.clone())),
+        _ => None,
+    });
+    assert_eq!(r, (ip(2, 5, 9), DisconnectReason::Banned));
+    assert!(inside.closed_within(T));
+    for last in [1, 77, 254] {
+        assert!(refused(ip(2, 5, last), addr), "127.2.5.{last} got in");
+    }
+    honest(ip(2, 6, 10), addr, 3);
+    assert_eq!(
+        a.peers()
+            .iter()
+            .filter(|p| p.addr.ip() == ip(2, 6, 9))
+            .count(),
+        1,
+        "outside peer kept"
+    );
+    // and the engine does not dial into it either
+    a.connect(std::net::SocketAddr::new(ip(2, 5, 1), 1))
+        .unwrap();
+    wait_for(&aev, T, "dial refused", |e| match e {
+        Event::ConnectFailed { reason, .. } if reason.contains("banned") => Some(()),
+        _ => None,
+    });
+    assert!(a.unban("127.2.5.0/24").unwrap());
+    honest(ip(2, 5, 9), addr, 4);
+    assert!(a.ban("not-a-subnet", Duration::from_secs(1), "x").is_err());
+    a.stop();
+}
+
+#[test]
+fn bans_expire_by_themselves() {
+    let mut c = config();
+    c.persist_interval = Duration::from_millis(200);
+    let (a, aev) = start(c);
+    let addr = a.local_addr().unwrap();
+    a.ban("127.3.0.1", Duration::from_secs(1), "short").unwrap();
+    assert!(refused(ip(3, 0, 1), addr));
+    wait_for(&aev, Duration::from_secs(5), "unbanned", |e| {
+        matches!(e, Event::Unbanned { .. }).then_some(())
+    });
+    assert!(!a.is_banned(ip(3, 0, 1)));
+    assert!(a.bans().is_empty());
+    honest(ip(3, 0, 1), addr, 1);
+    a.stop();
+}
+
+#[test]
+fn bans_survive_a_restart() {
+    let dir = TempDir::new("bans-restart");
+    let mut c = config();
+    c.data_dir = Some(dir.0.clone());
+    let (a, _aev) = start(c.clone());
+    a.ban("127.4.0.0/16", Duration::from_secs(3600), "kept")
+        .unwrap();
+    a.ban("::1", Duration::from_secs(3600), "v6").unwrap();
+    a.stop();
+    let (a, _aev) = start(c);
+    let bans = a.bans();
+    assert_eq!(bans.len(), 2, "{bans:?}");
+    assert!(bans
+        .iter()
+        .any(|(s, b)| s.to_string() == "127.4.0.0/16" && b.reason == "kept"));
+    assert!(a.is_banned("::1".parse().unwrap()));
+    assert!(refused(ip(4, 9, 9), a.local_addr().unwrap()));
+    a.clear_bans();
+    assert!(!a.is_banned(ip(4, 9, 9)));
+    a.stop();
+}
+
+#[test]
+fn scores_decay_and_never_ban_addresses_are_spared() {
+    let mut c = config();
+    c.ban_scores.decay_interval = 1;
+    c.ban_scores.decay_amount = 10;
+    c.never_ban = vec!["127.5.0.0/16".parse().unwrap()];
+    let (a, aev) = start(c);
+    let addr = a.local_addr().unwrap();
+    let src = ip(6, 0, 1);
+    let mut p = honest(src, addr, 1);
+    let mut frame = bsn::wire::frame::message_to_bytes(REGTEST, &Message::Ping(5)).to_vec();
+    frame[20] ^= 0xff;
+    p.send_raw(&frame).unwrap();
+    wait_for(&aev, T, "scored", |e| {
+        matches!(e, Event::BanScore { .. }).then_some(())
+    });
+    assert_eq!(a.ban_score(src), 10);
+    let t0 = Instant::now();
+    while a.ban_score(src) > 0 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "score did not decay");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // never-ban: a flood of bad checksums does not ban, and neither does the API
+    let spared = ip(5, 1, 1);
+    let mut q = honest(spared, addr, 2);
+    for _ in 0..30 {
+        let _ = q.send_raw(&frame);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!a.is_banned(spared));
+    assert!(a.ban("127.5.1.1", Duration::from_secs(60), "no").is_err());
+    a.stop();
+}
