@@ -27,9 +27,27 @@
 //! Run: `cargo bench --bench store` (about 30 s; add `-- --quick` for small sizes, about 1 s;
 //! section names `headers`, `lookups`, `blocks` after `--` pick sections).
 //!
-//! Measured on the dev machine, a shared 2-core VM (Xeon with SHA-NI, load 2-3 from other
-//! builds, so timing is noisy: expect ±20-30% between runs), `cargo bench --bench store`,
-//! 200,000 headers, 200 blocks, 1,000,000 lookups, best of 3 per run, two runs:
+//! Measured on the dev machine, a shared 2-core VM (Xeon with SHA-NI, noisy: expect ±20-30%
+//! between runs), 200,000 headers, best of 3 per run.
+//!
+//! Header inserts after keying header records by height then hash (`store::chain::header_key`)
+//! and carving every key and value of a batch out of one buffer, three runs:
+//!
+//! ```text
+//!                                                  run 1        run 2        run 3
+//!   ChainDb::insert_headers, batch not written   1,316,845    1,317,107    1,196,605
+//!   ChainDb + LmdbStore::write (1 txn per batch)    768,849      800,486      720,740
+//!   ChainDb + StoreWriter (submit all + flush)    1,060,450    1,250,953    1,086,139   <- engine path
+//! ```
+//!
+//! The engine writes through `StoreWriter`, so building a batch and committing the previous one
+//! overlap on the two cores: 1.06-1.25 million headers a second, at the 1 M/s target. Done in
+//! one thread (build, then write) it is 0.72-0.80 M/s. In the same runs the `HashMap` baseline
+//! did 1.37-1.67 M/s and `LmdbStore::write` alone 1.76-1.92 M/s; the what-if row "records keyed
+//! by hash alone (old layout)" ran at 0.33-0.42 M/s, writing 3,543 bytes of pages per 117-byte
+//! record against 246 with the height-first key.
+//!
+//! Before those two changes (records keyed by hash, one allocation per key and value), two runs:
 //!
 //! ```text
 //!                                                     run A        run B   time vs base (A / B)
@@ -41,48 +59,23 @@
 //!   ChainDb + LmdbStore::write (1 txn per batch)       218,626      246,574    5.62x / 5.98x
 //!     of which LmdbStore::write alone                  296,099      340,087    4.15x / 4.33x
 //!   ChainDb + StoreWriter (submit all + flush)         266,644      307,955    4.60x / 4.79x
-//!   what-if: LmdbStore::write of prebuilt batches      320,302      382,456    3.83x / 3.85x
-//!   what-if: same, 20,000 headers per txn              453,011      559,756    2.71x / 2.63x
-//!   what-if: same, records keyed by height+hash      1,414,457    2,075,186    0.87x / 0.71x
 //! 2. block writes (999,887-byte block 413567)         MB/s
 //!   HashMap<[u8;32],Vec<u8>> Vec copy (baseline)         7,172        7,502    baseline
 //!   LMDB put_block, 1 block per txn                      2,424        2,838    2.96x / 2.64x
 //!   LMDB put_block, 10 blocks per txn                    1,774        2,566    4.04x / 2.92x
 //! 3. lookups of random headers                        lookups/s
 //!   HashMap get by hash, record copied (baseline)    6,121,243    5,130,255    baseline
-//!   LMDB Store::get by height+hash key (copy out)                 915,125      980,790    6.69x / 5.23x
-//!   LMDB Store::with_value by height+hash key (zero-copy)         913,086    1,039,554    6.70x / 4.94x
+//!   LMDB Store::get (copy out)                         915,125      980,790    6.69x / 5.23x
+//!   LMDB Store::with_value (zero-copy)                 913,086    1,039,554    6.70x / 4.94x
 //!   HeaderTree::get by hash (in memory)             49,926,902   43,962,235    0.12x / 0.12x
 //!   HashMap<u32,[u8;32]> get by height (baseline)   23,487,347   22,219,850    baseline
 //!   LMDB stored_hash_at by height                    1,273,313    1,302,557   18.45x / 17.06x
 //!   HeaderTree::hash_at by height (in memory)      157,945,745  158,824,445    0.15x / 0.14x
 //! ```
 //!
-//! **The target of 1,000,000 headers a second is not met**: about 220,000-250,000 through
-//! `ChainDb` + `LmdbStore::write` and 270,000-310,000 through `StoreWriter` (where building the
-//! batches and committing them overlap on the two cores). Where the time goes (timed parts,
-//! `/proc/self/io` write counts and a `perf` profile):
-//!
-//! - About 25% is `ChainDb::insert_headers` (0.2 s of 0.8-1.0 s): the tree itself runs at the
-//!   `HashMap` baseline (both are dominated by the double SHA-256 of each header and one hash-map
-//!   insert); building the store batch (a second tree lookup, the record, two `Vec` allocations
-//!   per put and the height index puts) costs about as much again.
-//! - About 75% is `LmdbStore::write`, and it grows with the store: ~1.1-1.6 µs per header in the
-//!   first 10 batches, ~3.8-5.2 µs in the last 10. The cause is the key order: header records
-//!   are keyed by their hash, so the 2,000 keys of a batch land on random leaf pages, and LMDB's
-//!   copy-on-write rewrites every leaf page a transaction touches. The commits wrote 709 MB for
-//!   a 75 MB file, 3,543 bytes per header (records are 117 bytes). The profile of the write:
-//!   ~60% `mdb_put` (two thirds of it the B-tree descent, `mdb_node_search` and `memcmp` over
-//!   cache-missing pages), ~35% the commit's `pwrite`/`writev` of the dirty pages to the page
-//!   cache. The height index (sequential keys) is cheap.
-//! - The what-if rows write the same batches (ChainDb time excluded): merging 10 batches per
-//!   transaction cuts the bytes written to 1,275 per header (+40-46% rate); keying the records
-//!   by height then hash (big-endian, so each batch appends) cuts them to 246 per header and
-//!   runs at 1.4-2.1 million headers a second, faster than the `HashMap` baseline. So an
-//!   append-ordered header table (hash -> record lookups served by the in-memory tree, which
-//!   `ChainDb::load` rebuilds anyway), plus cheaper batch building, is what 1 M/s would take;
-//!   on this machine the tree alone (1.3 M/s) leaves little room, so the commit must also
-//!   overlap with the tree work (as `StoreWriter` does).
+//! Where the time went with hash keys: ~75% `LmdbStore::write`, growing with the store (~1.1-1.6
+//! µs per header in the first batches, ~3.8-5.2 µs in the last), because 2,000 random keys per
+//! batch touch random leaf pages and LMDB's copy-on-write rewrites each of them.
 //!
 //! Blocks: LMDB copies each block twice (into a malloc'd overflow page, then `write` into the
 //! page cache at commit: ~50% of the time in the kernel copy), the baseline once; best runs are
@@ -416,7 +409,7 @@ fn keyed_by_hash(batches: &[Batch]) -> Vec<Batch> {
                 .iter()
                 .map(|op| match op {
                     Op::Put(Table::Headers, key, v) => {
-                        Op::Put(Table::Headers, key[4..].to_vec(), v.clone())
+                        Op::Put(Table::Headers, key.slice(4..), v.clone())
                     }
                     op => op.clone(),
                 })

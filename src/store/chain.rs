@@ -3,9 +3,10 @@
 //! batch of headers into one store batch, including the rewrites a reorg needs.
 
 use super::{Batch, Store, StoreError, StoreResult, Table};
-use crate::chain::{ChainPoint, Entry, HeaderError, HeaderTree, Reorg};
+use crate::chain::{ChainPoint, Entry, HeaderError, HeaderTree, Reorg, RECORD_LEN};
 use crate::network::NetworkParams;
 use crate::wire::{BlockHeader, Hash256};
+use bytes::BytesMut;
 
 /// What one call to [`ChainDb::insert_headers`] changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,27 +99,25 @@ impl ChainDb {
     /// the branches that switched.
     pub fn insert_headers(&mut self, headers: &[BlockHeader], batch: &mut Batch) -> ChainUpdate {
         let old_tip = self.tree.tip_point();
-        let mut added = Vec::with_capacity(headers.len());
-        let mut error = None;
-        for (i, h) in headers.iter().enumerate() {
-            match self.tree.insert(*h) {
-                Ok(ins) if !ins.duplicate => added.push(ins.hash),
-                Ok(_) => {}
-                Err(e) => {
-                    error = Some((i, e));
-                    break;
-                }
-            }
-        }
-        let put_entry = |batch: &mut Batch, tree: &HeaderTree, h: &Hash256| {
+        let (added, error) = match self.tree.insert_many(headers) {
+            Ok(outcome) => (outcome.added, None),
+            // The headers before the bad one are in the tree; which of them were new is not
+            // reported, and writing a stored record again is harmless.
+            Err((i, e)) => (
+                headers[..i].iter().map(|h| h.hash()).collect(),
+                Some((i, e)),
+            ),
+        };
+        // All values of the batch are carved out of one buffer: one allocation, not one per op.
+        let mut arena = BytesMut::with_capacity(added.len() * (RECORD_LEN + 36 + 4 + 32) + 64);
+        let mut put_entry = |batch: &mut Batch, tree: &HeaderTree, h: &Hash256| {
             let e = tree
                 .get(h)
                 .expect("a hash the tree just reported is in the tree");
-            batch.put(
-                Table::Headers,
-                header_key(e.height, h).to_vec(),
-                e.to_record().to_vec(),
-            );
+            arena.extend_from_slice(&header_key(e.height, h));
+            let key = arena.split().freeze();
+            arena.extend_from_slice(&e.to_record());
+            batch.put(Table::Headers, key, arena.split().freeze());
         };
         for h in &added {
             put_entry(batch, &self.tree, h);
@@ -147,7 +146,10 @@ impl ChainDb {
                     .tree
                     .hash_at(height)
                     .expect("heights up to the tip are on the best chain");
-                batch.put(Table::Heights, height_key(height).to_vec(), h.0.to_vec());
+                arena.extend_from_slice(&height_key(height));
+                let key = arena.split().freeze();
+                arena.extend_from_slice(&h.0);
+                batch.put(Table::Heights, key, arena.split().freeze());
             }
             batch.put(Table::Meta, b"tip".to_vec(), new_tip.hash.0.to_vec());
         }

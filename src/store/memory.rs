@@ -54,11 +54,11 @@ impl Store for MemoryStore {
         for op in &batch.ops {
             match op {
                 Op::Put(t, k, v) => {
-                    g.entry(*t).or_default().insert(k.clone(), v.clone());
+                    g.entry(*t).or_default().insert(k.to_vec(), v.clone());
                 }
                 Op::Delete(t, k) => {
                     if let Some(m) = g.get_mut(t) {
-                        m.remove(k);
+                        m.remove(&k[..]);
                     }
                 }
             }

@@ -68,9 +68,9 @@ impl Table {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Insert or replace.
-    Put(Table, Vec<u8>, bytes::Bytes),
+    Put(Table, bytes::Bytes, bytes::Bytes),
     /// Remove (absent keys are fine).
-    Delete(Table, Vec<u8>),
+    Delete(Table, bytes::Bytes),
 }
 
 /// Writes applied all together or not at all.
@@ -86,11 +86,11 @@ impl Batch {
         Batch::default()
     }
     /// Adds a put.
-    pub fn put(&mut self, t: Table, key: impl Into<Vec<u8>>, value: impl Into<bytes::Bytes>) {
+    pub fn put(&mut self, t: Table, key: impl Into<bytes::Bytes>, value: impl Into<bytes::Bytes>) {
         self.ops.push(Op::Put(t, key.into(), value.into()));
     }
     /// Adds a delete.
-    pub fn delete(&mut self, t: Table, key: impl Into<Vec<u8>>) {
+    pub fn delete(&mut self, t: Table, key: impl Into<bytes::Bytes>) {
         self.ops.push(Op::Delete(t, key.into()));
     }
     /// Whether it has no writes.
