@@ -3,6 +3,7 @@
 
 use crate::fsm::bans::{ScoreSettings, Subnet};
 use crate::fsm::peer::PeerSettings;
+use crate::fsm::ratelimit::RateSettings;
 use crate::network::{Network, NetworkParams};
 use crate::wire::frame::Limits;
 use crate::wire::{Magic, Protoconf};
@@ -82,6 +83,8 @@ pub struct Config {
     pub ban_duration: Duration,
     /// Ban-score threshold, decay and points per reason.
     pub ban_scores: ScoreSettings,
+    /// Per-peer rate limits (messages and bytes a second, per command for some).
+    pub rate_limits: RateSettings,
 }
 
 /// A configuration problem found at start.
@@ -144,6 +147,7 @@ impl Config {
             never_ban: Vec::new(),
             ban_duration: Duration::from_secs(24 * 3600),
             ban_scores: ScoreSettings::default(),
+            rate_limits: RateSettings::default(),
         }
     }
 
@@ -211,6 +215,7 @@ impl Config {
             ping_interval: self.ping_interval,
             ping_timeout: self.ping_timeout,
             max_payload_errors: self.max_payload_errors,
+            rates: self.rate_limits.clone(),
             protoconf: Some(Protoconf::new(
                 self.limits.max_payload as u32,
                 &self.stream_policies,

@@ -6,6 +6,7 @@ pub mod bans;
 pub mod handshake;
 pub mod peer;
 pub mod ping;
+pub mod ratelimit;
 
 use crate::wire::{Command, FrameError, Magic, PayloadError};
 use std::fmt;

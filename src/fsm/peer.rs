@@ -5,6 +5,7 @@
 use super::bans::BanReason;
 use super::handshake::{Handshake, HandshakeAction, HandshakeState};
 use super::ping::Keepalive;
+use super::ratelimit::{RateLimiter, RateSettings};
 use super::{Direction, DisconnectReason};
 use crate::wire::frame::{FrameDecoder, FrameError, Limits, WireError};
 use crate::wire::{Command, Magic, Message, Protoconf, VersionMessage};
@@ -35,6 +36,8 @@ pub struct PeerSettings {
     pub max_payload_errors: u32,
     /// The protoconf we send after the handshake (`None`: send none).
     pub protoconf: Option<Protoconf>,
+    /// Rate limits on what the peer sends.
+    pub rates: RateSettings,
 }
 
 /// What the connection wants done.
@@ -127,6 +130,9 @@ pub struct PeerProtocol {
     payload_errors: u32,
     max_payload_errors: u32,
     protoconf: Option<Protoconf>,
+    limiter: RateLimiter,
+    throttled_until: Option<Instant>,
+    last_violation: Option<Instant>,
     /// Counters.
     pub stats: PeerStats,
 }
@@ -160,6 +166,9 @@ impl PeerProtocol {
             payload_errors: 0,
             max_payload_errors: settings.max_payload_errors,
             protoconf: settings.protoconf.clone(),
+            limiter: RateLimiter::new(&settings.rates, now),
+            throttled_until: None,
+            last_violation: None,
             stats: PeerStats::default(),
         }
     }
@@ -194,6 +203,16 @@ impl PeerProtocol {
         self.version
             .as_ref()
             .is_some_and(|v| v.version >= EXTMSG_VERSION)
+    }
+
+    /// Until when the peer is throttled for exceeding its rate limits (its socket is not read).
+    pub fn throttled_until(&self) -> Option<Instant> {
+        self.throttled_until
+    }
+
+    /// Whether received bytes wait in the read buffer.
+    pub fn has_buffered(&self) -> bool {
+        self.decoder.buffered() > 0
     }
 
     /// The last ping round trip.
@@ -248,6 +267,12 @@ impl PeerProtocol {
         is_own_nonce: &dyn Fn(u64) -> bool,
         out: &mut Vec<PeerOutput>,
     ) -> Result<(), DisconnectReason> {
+        if let Some(t) = self.throttled_until {
+            if now < t {
+                return Ok(());
+            }
+            self.throttled_until = None;
+        }
         loop {
             let frame = match self.decoder.next_frame() {
                 Ok(Some(f)) => f,
@@ -268,6 +293,26 @@ impl PeerProtocol {
             };
             self.stats
                 .record_in(frame.command, header + frame.payload.len());
+            if let Err(wait) = self
+                .limiter
+                .check(now, frame.command, header + frame.payload.len())
+            {
+                // Dropped; the rest waits in the buffer, and the socket is not read, until the
+                // peer is within its limits again. Scored at most once a second.
+                self.throttled_until = Some(now + wait);
+                if self
+                    .last_violation
+                    .is_none_or(|t| now.saturating_duration_since(t) >= Duration::from_secs(1))
+                {
+                    self.last_violation = Some(now);
+                    self.stats.errors += 1;
+                    out.push(PeerOutput::Misbehaved(
+                        BanReason::RateLimitExceeded,
+                        format!("{} over the rate limit", frame.command),
+                    ));
+                }
+                return Ok(());
+            }
             let msg = match frame.message() {
                 Ok(m) => m,
                 Err(WireError::Payload { error, .. }) => {
@@ -409,6 +454,7 @@ mod tests {
             ping_timeout: Duration::from_secs(1200),
             max_payload_errors: 2,
             protoconf: Some(Protoconf::new(2 * 1024 * 1024, "Default")),
+            rates: crate::fsm::ratelimit::RateSettings::default(),
         }
     }
 

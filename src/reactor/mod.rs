@@ -26,6 +26,8 @@ pub const LISTENER: Token = Token(usize::MAX - 1);
 
 /// Size of the per-shard read scratch buffer.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from one connection before the others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
@@ -80,6 +82,10 @@ pub struct Shard {
     accepted: usize,
     /// An accept failed (e.g. out of descriptors): try again at the next tick.
     accept_retry: bool,
+    /// Connections that used up their read budget: read again on the next turn.
+    pending: Vec<(usize, PeerId)>,
+    /// Connections over their rate limit: not read until the time given.
+    throttled: Vec<(Instant, usize, PeerId)>,
     stopping: bool,
 }
 
@@ -123,6 +129,8 @@ impl Shard {
             out: Vec::new(),
             accepted: 0,
             accept_retry: false,
+            pending: Vec::new(),
+            throttled: Vec::new(),
             stopping: false,
         })
     }
@@ -138,7 +146,12 @@ impl Shard {
         let tick = self.shared.config.tick;
         let mut last_tick = Instant::now();
         while !self.stopping {
-            let timeout = tick.saturating_sub(last_tick.elapsed());
+            let mut timeout = tick.saturating_sub(last_tick.elapsed());
+            if !self.pending.is_empty() {
+                timeout = Duration::ZERO;
+            } else if let Some(t) = self.throttled.iter().map(|(t, _, _)| *t).min() {
+                timeout = timeout.min(t.saturating_duration_since(Instant::now()));
+            }
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     log::error!("shard {}: poll failed: {e}", self.index);
@@ -157,6 +170,9 @@ impl Shard {
                 }
             }
             self.commands();
+            if !self.pending.is_empty() || !self.throttled.is_empty() {
+                self.resume_reads(Instant::now());
+            }
             if last_tick.elapsed() >= tick {
                 last_tick = Instant::now();
                 self.tick(last_tick);
@@ -434,8 +450,57 @@ impl Shard {
         }
     }
 
+    /// Runs the protocol over what the read buffer holds; false when the connection closed.
+    fn process(&mut self, key: usize, now: Instant) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        let shared = &self.shared;
+        let mut out = std::mem::take(&mut self.out);
+        let r = c
+            .proto
+            .on_data(now, &|nonce| shared.is_own_nonce(nonce), &mut out);
+        self.apply(key, &mut out);
+        self.out = out;
+        if let Err(reason) = r {
+            self.close(key, reason);
+            return false;
+        }
+        self.conns.contains(key)
+    }
+
+    /// Whether the connection is throttled; if so it is parked until its time comes.
+    fn park_if_throttled(&mut self, key: usize, now: Instant) -> bool {
+        let Some(c) = self.conns.get(key) else {
+            return true;
+        };
+        match c.proto.throttled_until() {
+            Some(t) if t > now => {
+                if !self
+                    .throttled
+                    .iter()
+                    .any(|(_, k, id)| *k == key && *id == c.id)
+                {
+                    self.throttled.push((t, key, c.id));
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn read(&mut self, key: usize) {
         let now = Instant::now();
+        if self.park_if_throttled(key, now) {
+            return;
+        }
+        // Frames left in the buffer by an earlier throttle or budget come first.
+        if self.conns.get(key).is_some_and(|c| c.proto.has_buffered())
+            && (!self.process(key, now) || self.park_if_throttled(key, now))
+        {
+            return;
+        }
+        let mut budget = READ_BUDGET;
         loop {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
@@ -444,21 +509,21 @@ impl Shard {
                 Ok(0) => return self.close(key, DisconnectReason::Closed),
                 Ok(n) => {
                     c.proto.read_buffer().extend_from_slice(&self.scratch[..n]);
-                    let shared = &self.shared;
-                    let mut out = std::mem::take(&mut self.out);
-                    let r = c
-                        .proto
-                        .on_data(now, &|nonce| shared.is_own_nonce(nonce), &mut out);
-                    self.apply(key, &mut out);
-                    self.out = out;
-                    if let Err(reason) = r {
-                        return self.close(key, reason);
+                    if !self.process(key, now) || self.park_if_throttled(key, now) {
+                        return;
                     }
                     if n < self.scratch.len() {
                         // A short read took everything the socket held; data arriving later
                         // raises a new edge (as tokio also relies on), so skip the extra read
                         // that would only return WouldBlock: one syscall less per message.
                         break;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        // Fairness: a busy peer gets another turn after the others.
+                        let id = self.conns[key].id;
+                        self.pending.push((key, id));
+                        return;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -468,6 +533,28 @@ impl Shard {
         }
         if let Some(c) = self.conns.get_mut(key) {
             c.proto.shrink();
+        }
+    }
+
+    /// Gives the connections that used up their read budget or finished their throttle another
+    /// turn.
+    fn resume_reads(&mut self, now: Instant) {
+        let pending = std::mem::take(&mut self.pending);
+        for (key, id) in pending {
+            if self.conns.get(key).is_some_and(|c| c.id == id) {
+                self.read(key);
+            }
+        }
+        if self.throttled.iter().any(|(t, _, _)| *t <= now) {
+            let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.throttled)
+                .into_iter()
+                .partition(|(t, _, _)| *t <= now);
+            self.throttled = later;
+            for (_, key, id) in due {
+                if self.conns.get(key).is_some_and(|c| c.id == id) {
+                    self.read(key);
+                }
+            }
         }
     }
 
