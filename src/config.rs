@@ -85,6 +85,8 @@ pub struct Config {
     pub ban_scores: ScoreSettings,
     /// Per-peer rate limits (messages and bytes a second, per command for some).
     pub rate_limits: RateSettings,
+    /// Inbound peers connected for less than this are never evicted for a newcomer.
+    pub evict_min_age: Duration,
 }
 
 /// A configuration problem found at start.
@@ -148,6 +150,7 @@ impl Config {
             ban_duration: Duration::from_secs(24 * 3600),
             ban_scores: ScoreSettings::default(),
             rate_limits: RateSettings::default(),
+            evict_min_age: Duration::from_secs(10),
         }
     }
 

@@ -89,6 +89,11 @@ pub struct PeerInfo {
     pub stats: PeerStats,
     /// The shard that owns the socket.
     pub shard: usize,
+    /// Score from 0 to 100 (see [`crate::fsm::scoring`]): higher is preferred for sync and kept
+    /// longer when inbound slots are full.
+    pub score: u32,
+    /// Status from the same evidence.
+    pub status: crate::store::records::PeerStatus,
 }
 
 /// What the engine tells the embedder.
@@ -157,6 +162,8 @@ enum RegistryMsg {
         Option<Duration>,
     ),
     Failed(SocketAddr),
+    /// Set the status of every known address inside the subnet (or of the IP).
+    Status(IpAddr, Option<Subnet>, crate::store::records::PeerStatus),
     Stop,
 }
 
@@ -188,6 +195,8 @@ pub struct Shared {
     pub(crate) chain: Mutex<ChainDb>,
     bans: Mutex<BanList>,
     scores: Mutex<BanScores>,
+    /// Ready inbound peers: shard, score, connected since (refreshed every tick), for eviction.
+    inbound_peers: Mutex<HashMap<PeerId, (usize, u32, std::time::Instant)>>,
 }
 
 impl Shared {
@@ -268,6 +277,58 @@ impl Shared {
         }
     }
 
+    pub(crate) fn ban_score(&self, ip: IpAddr) -> u32 {
+        self.scores
+            .lock()
+            .expect("ban score lock")
+            .score(ip, unix_now())
+    }
+
+    pub(crate) fn set_inbound_score(
+        &self,
+        id: PeerId,
+        shard: usize,
+        score: Option<(u32, std::time::Instant)>,
+    ) {
+        let mut m = self.inbound_peers.lock().expect("inbound peers lock");
+        match score {
+            Some((s, since)) => {
+                m.insert(id, (shard, s, since));
+            }
+            None => {
+                m.remove(&id);
+            }
+        }
+    }
+
+    /// When inbound slots are full: the inbound peer to evict for a newcomer, the one with the
+    /// lowest score among those connected for at least `evict_min_age` (ties: the newest).
+    pub(crate) fn pick_eviction(&self) -> Option<(PeerId, usize)> {
+        let mut m = self.inbound_peers.lock().expect("inbound peers lock");
+        let now = std::time::Instant::now();
+        let victim = m
+            .iter()
+            .filter(|(_, (_, _, since))| {
+                now.saturating_duration_since(*since) >= self.config.evict_min_age
+            })
+            .min_by_key(|(_, (_, score, since))| (*score, std::cmp::Reverse(*since)))
+            .map(|(id, (shard, _, _))| (*id, *shard))?;
+        m.remove(&victim.0);
+        Some(victim)
+    }
+
+    /// Takes an inbound slot even when full (an eviction is under way that will free one).
+    pub(crate) fn reserve_over(&self, addr: SocketAddr) -> bool {
+        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
+        let n = per_ip.entry(addr.ip()).or_insert(0);
+        if self.config.max_per_ip > 0 && *n >= self.config.max_per_ip {
+            return false;
+        }
+        *n += 1;
+        self.inbound.fetch_add(1, Ordering::AcqRel);
+        true
+    }
+
     pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
         self.bans
             .lock()
@@ -295,6 +356,11 @@ impl Shared {
             change.added,
             change.score
         );
+        let _ = self.registry_tx.send(RegistryMsg::Status(
+            ip,
+            None,
+            crate::store::records::PeerStatus::Penalised,
+        ));
         self.emit(Event::BanScore {
             ip,
             peer,
@@ -340,6 +406,11 @@ impl Shared {
         );
         self.writer.submit(b);
         log::warn!("banned {subnet} until {until}: {reason}");
+        let _ = self.registry_tx.send(RegistryMsg::Status(
+            subnet.addr(),
+            Some(subnet),
+            crate::store::records::PeerStatus::Banned,
+        ));
         self.emit(Event::Banned {
             subnet,
             until,
@@ -496,6 +567,10 @@ fn registry_thread(shared: Arc<Shared>, rx: Receiver<RegistryMsg>) {
                     r.disconnected(id, a, d, ok, &st, rtt, now)
                 }
                 RegistryMsg::Failed(a) => r.failed(a, now),
+                RegistryMsg::Status(ip, subnet, st) => {
+                    let s = subnet.unwrap_or_else(|| Subnet::host(ip));
+                    r.set_status(|a| s.contains(a), st);
+                }
                 RegistryMsg::Stop => {}
             }
         }
@@ -634,6 +709,7 @@ impl Engine {
             chain: Mutex::new(chain),
             bans: Mutex::new(bans),
             scores: Mutex::new(BanScores::new(config.ban_scores.clone())),
+            inbound_peers: Mutex::new(HashMap::new()),
             config,
         });
 

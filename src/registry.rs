@@ -174,6 +174,17 @@ impl Registry {
         }
     }
 
+    /// Sets the status of every known address matching `f` (penalised, banned...).
+    pub fn set_status(&mut self, f: impl Fn(std::net::IpAddr) -> bool, st: PeerStatus) {
+        let hits: Vec<SocketAddr> = self.peers.keys().filter(|a| f(a.ip())).copied().collect();
+        for a in hits {
+            if let Some(r) = self.peers.get_mut(&a) {
+                r.status = st;
+                self.dirty.insert(a);
+            }
+        }
+    }
+
     /// The writes that bring the store up to date with what changed since the last call.
     pub fn take_batch(&mut self) -> Batch {
         let mut b = Batch::new();

@@ -184,3 +184,43 @@ fn scores_decay_and_never_ban_addresses_are_spared() {
     assert!(a.ban("127.5.1.1", Duration::from_secs(60), "no").is_err());
     a.stop();
 }
+
+#[test]
+fn when_inbound_is_full_the_worst_peer_is_evicted_for_a_newcomer() {
+    let mut c = config();
+    c.max_inbound = 2;
+    c.evict_min_age = Duration::from_millis(100);
+    let (a, aev) = start(c);
+    let addr = a.local_addr().unwrap();
+    let mut good = honest(ip(7, 0, 1), addr, 1);
+    let mut bad = honest(ip(7, 0, 2), addr, 2);
+    for _ in 0..2 {
+        wait_for(&aev, T, "connected", |e| {
+            matches!(e, Event::PeerConnected(_)).then_some(())
+        });
+    }
+    // one bad checksum: a ban score, so a lower peer score
+    let mut frame = bsn::wire::frame::message_to_bytes(REGTEST, &Message::Ping(5)).to_vec();
+    frame[20] ^= 0xff;
+    bad.send_raw(&frame).unwrap();
+    wait_for(&aev, T, "scored", |e| {
+        matches!(e, Event::BanScore { .. }).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300)); // older than evict_min_age, scores refreshed
+    let scores: Vec<(IpAddr, u32)> = a.peers().iter().map(|p| (p.addr.ip(), p.score)).collect();
+    let s = |x| scores.iter().find(|(i, _)| *i == x).unwrap().1;
+    assert!(s(ip(7, 0, 2)) < s(ip(7, 0, 1)), "{scores:?}");
+    let _new = honest(ip(7, 0, 3), addr, 3);
+    let (gone, reason) = wait_for(&aev, T, "evicted", |e| match e {
+        Event::PeerDisconnected { addr, reason, .. } => Some((addr.ip(), reason.clone())),
+        _ => None,
+    });
+    assert_eq!((gone, reason), (ip(7, 0, 2), DisconnectReason::Evicted));
+    assert!(bad.closed_within(T));
+    good.send(&Message::Ping(1));
+    good.expect(T, |m| *m == Message::Pong(1));
+    let mut ips: Vec<IpAddr> = a.peers().iter().map(|p| p.addr.ip()).collect();
+    ips.sort();
+    assert_eq!(ips, vec![ip(7, 0, 1), ip(7, 0, 3)]);
+    a.stop();
+}

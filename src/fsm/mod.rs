@@ -2,11 +2,13 @@
 //! from a clock here), answering with what to send and whether to disconnect. The shard event
 //! loops drive them; tests drive them directly, with no socket.
 
+pub mod addrbook;
 pub mod bans;
 pub mod handshake;
 pub mod peer;
 pub mod ping;
 pub mod ratelimit;
+pub mod scoring;
 
 use crate::wire::{Command, FrameError, Magic, PayloadError};
 use std::fmt;
@@ -65,6 +67,8 @@ pub enum DisconnectReason {
     LimitReached(&'static str),
     /// The peer's address was banned.
     Banned,
+    /// Evicted to make room for a new inbound peer.
+    Evicted,
 }
 
 impl fmt::Display for DisconnectReason {
@@ -92,6 +96,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Shutdown => f.write_str("engine stopping"),
             DisconnectReason::LimitReached(what) => write!(f, "limit reached: {what}"),
             DisconnectReason::Banned => f.write_str("banned"),
+            DisconnectReason::Evicted => f.write_str("evicted for a new inbound peer"),
         }
     }
 }

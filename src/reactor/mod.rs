@@ -5,6 +5,7 @@
 
 use crate::engine::{PeerId, PeerInfo, Shared, WorkerMsg};
 use crate::fsm::peer::{PeerOutput, PeerProtocol};
+use crate::fsm::scoring::{self, ScoreInputs};
 use crate::fsm::{Direction, DisconnectReason};
 use crate::wire::frame::encode_message;
 use crate::wire::{Message, NetAddr, VersionMessage};
@@ -45,6 +46,8 @@ pub enum ShardCmd {
     Broadcast(Message),
     /// Report every connection.
     Peers(Sender<Vec<PeerInfo>>),
+    /// Close a connection to make room for a newcomer.
+    Evict(PeerId),
     /// Close every connection inside a newly banned subnet.
     DropBanned(crate::fsm::bans::Subnet),
     /// Close everything and end the loop.
@@ -63,6 +66,7 @@ struct Conn {
     /// Bytes of `queue[0]` already written.
     head_written: usize,
     since: SystemTime,
+    since_instant: Instant,
     counted: bool,
 }
 
@@ -207,6 +211,11 @@ impl Shard {
                 ShardCmd::Peers(reply) => {
                     let _ = reply.send(self.conns.iter().map(|(_, c)| self.info(c)).collect());
                 }
+                ShardCmd::Evict(id) => {
+                    if let Some(&k) = self.by_id.get(&id) {
+                        self.close(k, DisconnectReason::Evicted);
+                    }
+                }
                 ShardCmd::DropBanned(subnet) => {
                     let keys: Vec<usize> = self
                         .conns
@@ -225,6 +234,7 @@ impl Shard {
 
     fn info(&self, c: &Conn) -> PeerInfo {
         let v = c.proto.version();
+        let inputs = self.score_inputs(c);
         PeerInfo {
             id: c.id,
             addr: c.addr,
@@ -240,6 +250,29 @@ impl Shard {
             queued_bytes: c.queued,
             stats: c.proto.stats.clone(),
             shard: self.index,
+            score: scoring::score(&inputs),
+            status: scoring::status(&inputs),
+        }
+    }
+
+    fn score_inputs(&self, c: &Conn) -> ScoreInputs {
+        let ip = c.addr.ip();
+        let useful = c
+            .proto
+            .stats
+            .by_command
+            .iter()
+            .filter(|(cmd, _)| !matches!(cmd.as_str(), "ping" | "pong"))
+            .map(|(_, s)| s.msgs_in)
+            .sum();
+        ScoreInputs {
+            rtt_us: c.proto.rtt().map_or(0, |r| r.as_micros().max(1) as u64),
+            connections: c.proto.is_ready() as u64,
+            failures: 0,
+            useful_msgs: useful,
+            errors: c.proto.stats.errors,
+            ban_score: self.shared.ban_score(ip),
+            banned: self.shared.is_banned(ip),
         }
     }
 
@@ -301,6 +334,7 @@ impl Shard {
             queued: 0,
             head_written: 0,
             since: SystemTime::now(),
+            since_instant: now,
             counted: true,
         });
         self.by_id.insert(id, key);
@@ -367,7 +401,7 @@ impl Shard {
                         drop(s);
                         continue;
                     }
-                    if !self.shared.reserve(Direction::Inbound, addr) {
+                    if !self.shared.reserve(Direction::Inbound, addr) && !self.evict_for(addr) {
                         log::debug!(
                             "shard {}: refusing {addr}: inbound limit reached",
                             self.index
@@ -405,6 +439,32 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Inbound slots are full: evicts the worst inbound peer (on whichever shard) and takes
+    /// its slot for `addr`. False when no peer may be evicted.
+    fn evict_for(&mut self, addr: SocketAddr) -> bool {
+        if self.shared.config.max_inbound == 0 {
+            return false;
+        }
+        let Some((victim, shard)) = self.shared.pick_eviction() else {
+            return false;
+        };
+        if !self.shared.reserve_over(addr) {
+            return false;
+        }
+        log::info!(
+            "shard {}: inbound full, evicting peer {victim} for {addr}",
+            self.index
+        );
+        if shard == self.index {
+            if let Some(&k) = self.by_id.get(&victim) {
+                self.close(k, DisconnectReason::Evicted);
+            }
+        } else {
+            self.shared.send_to_shard(shard, ShardCmd::Evict(victim));
+        }
+        true
     }
 
     fn start_protocol(&mut self, key: usize) {
@@ -694,6 +754,14 @@ impl Shard {
     }
 
     fn tick(&mut self, now: Instant) {
+        // Scores of ready inbound peers, for eviction decisions on any shard.
+        for (_, c) in self.conns.iter() {
+            if c.proto.direction() == Direction::Inbound && c.proto.is_ready() {
+                let s = scoring::score(&self.score_inputs(c));
+                self.shared
+                    .set_inbound_score(c.id, self.index, Some((s, c.since_instant)));
+            }
+        }
         if self.accept_retry {
             self.accept();
         }
@@ -749,6 +817,7 @@ impl Shard {
         }
         let mut c = self.conns.remove(key);
         self.by_id.remove(&c.id);
+        self.shared.set_inbound_score(c.id, self.index, None);
         let _ = self.poll.registry().deregister(&mut c.stream);
         if matches!(
             reason,
