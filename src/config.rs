@@ -87,6 +87,18 @@ pub struct Config {
     pub rate_limits: RateSettings,
     /// Inbound peers connected for less than this are never evicted for a newcomer.
     pub evict_min_age: Duration,
+    /// Seed peers (`IP:port`, `IP`, or DNS names, resolved off the event loops) that fill the
+    /// address book at start.
+    pub seeds: Vec<String>,
+    /// Outbound connections kept by dialling from the address book (0: none, only `connect`).
+    pub target_outbound: usize,
+    /// How often the outbound target is checked.
+    pub dial_interval: Duration,
+    /// Send `getaddr` to each new outbound peer.
+    pub getaddr_on_connect: bool,
+    /// Accept loopback and private addresses into the address book (regtest and tests);
+    /// refused by default on the other networks.
+    pub allow_local_addrs: bool,
 }
 
 /// A configuration problem found at start.
@@ -117,6 +129,7 @@ impl Config {
     /// Defaults for custom network parameters.
     pub fn with_params(network: NetworkParams) -> Config {
         let port = network.default_port;
+        let is_regtest = network.name == "regtest";
         Config {
             network,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], port))),
@@ -151,6 +164,11 @@ impl Config {
             ban_scores: ScoreSettings::default(),
             rate_limits: RateSettings::default(),
             evict_min_age: Duration::from_secs(10),
+            seeds: Vec::new(),
+            target_outbound: 8,
+            dial_interval: crate::discovery::DEFAULT_DIAL_INTERVAL,
+            getaddr_on_connect: true,
+            allow_local_addrs: is_regtest,
         }
     }
 
@@ -182,6 +200,7 @@ impl Config {
             ("tick", self.tick),
             ("redial_base", self.redial_base),
             ("persist_interval", self.persist_interval),
+            ("dial_interval", self.dial_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than zero")));

@@ -9,7 +9,9 @@
 //! ```
 
 use crate::config::Config;
+use crate::discovery;
 use crate::error::Error;
+use crate::fsm::addrbook::{load_entries, AddrBook, AddrBookSettings, AddrInfo, XorShift64};
 use crate::fsm::bans::{Ban, BanError, BanList, BanReason, BanScores, Subnet};
 use crate::fsm::peer::{PeerSettings, PeerStats};
 use crate::fsm::{Direction, DisconnectReason};
@@ -197,6 +199,18 @@ pub struct Shared {
     scores: Mutex<BanScores>,
     /// Ready inbound peers: shard, score, connected since (refreshed every tick), for eviction.
     inbound_peers: Mutex<HashMap<PeerId, (usize, u32, std::time::Instant)>>,
+    /// The listening address, as bound.
+    pub(crate) local_addr: Option<SocketAddr>,
+    /// Every peer that completed its handshake.
+    pub(crate) ready: Mutex<HashMap<PeerId, (SocketAddr, Direction)>>,
+    /// Addresses being dialled from the address book.
+    pub(crate) dialing: Mutex<HashSet<SocketAddr>>,
+    /// Peers whose getaddr was answered.
+    pub(crate) answered_getaddr: Mutex<HashSet<PeerId>>,
+    /// Known addresses.
+    pub(crate) addrbook: Mutex<AddrBook>,
+    pub(crate) rng: Mutex<XorShift64>,
+    next_dial: AtomicUsize,
 }
 
 impl Shared {
@@ -275,6 +289,24 @@ impl Shared {
                 per_ip.remove(&addr.ip());
             }
         }
+    }
+
+    /// Sends a message to a peer without waiting.
+    pub(crate) fn send_to_peer(&self, id: PeerId, msg: Message) {
+        if id.shard() < self.shards.len() {
+            self.send_to_shard(id.shard(), ShardCmd::Send(id, msg, None));
+        }
+    }
+
+    /// Dials through the next shard in turn.
+    pub(crate) fn dial(&self, addr: SocketAddr, static_peer: bool) -> bool {
+        let shard = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.shards.len();
+        self.send_to_shard(shard, ShardCmd::Connect { addr, static_peer })
+    }
+
+    /// Outbound connections, made or being made.
+    pub(crate) fn outbound_count(&self) -> usize {
+        self.outbound.load(Ordering::Acquire)
     }
 
     pub(crate) fn ban_score(&self, ip: IpAddr) -> u32 {
@@ -482,6 +514,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
         match m {
             WorkerMsg::Connected(mut info, v) => {
                 info.version = v.version;
+                discovery::on_connected(&shared, info.id, info.addr, info.direction, v.services);
                 let _ = shared.registry_tx.send(RegistryMsg::Connected(
                     info.id,
                     info.addr,
@@ -499,7 +532,11 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 );
                 shared.emit(Event::PeerConnected(Box::new(info)));
             }
-            WorkerMsg::Message(peer, message) => shared.emit(Event::Message { peer, message }),
+            WorkerMsg::Message(peer, message) => {
+                if let Some(message) = discovery::on_message(&shared, peer, message) {
+                    shared.emit(Event::Message { peer, message })
+                }
+            }
             WorkerMsg::Disconnected {
                 id,
                 addr,
@@ -509,6 +546,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 stats,
                 rtt,
             } => {
+                discovery::on_disconnected(&shared, id, addr, direction, handshaken);
                 let _ = shared.registry_tx.send(RegistryMsg::Disconnected(
                     id, addr, direction, handshaken, stats, rtt,
                 ));
@@ -520,6 +558,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 });
             }
             WorkerMsg::ConnectFailed { addr, reason } => {
+                discovery::on_connect_failed(&shared, addr);
                 let _ = shared.registry_tx.send(RegistryMsg::Failed(addr));
                 shared.emit(Event::ConnectFailed { addr, reason })
             }
@@ -586,7 +625,12 @@ fn registry_thread(shared: Arc<Shared>, rx: Receiver<RegistryMsg>) {
                     r.snapshot(p.id, p.addr, &p.stats, p.rtt);
                 }
             }
-            let batch = shared.registry.lock().expect("registry lock").take_batch();
+            let mut batch = shared.registry.lock().expect("registry lock").take_batch();
+            shared
+                .addrbook
+                .lock()
+                .expect("address book lock")
+                .take_dirty_batch(&mut batch);
             if !batch.is_empty() {
                 if stop {
                     if let Err(e) = shared.writer.write(batch) {
@@ -611,8 +655,8 @@ pub struct Engine {
     worker_threads: Vec<JoinHandle<()>>,
     events: Receiver<Event>,
     local_addr: Option<SocketAddr>,
-    next_dial: AtomicUsize,
     registry_thread: Option<JoinHandle<()>>,
+    discovery: Option<(Sender<()>, JoinHandle<()>)>,
 }
 
 fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
@@ -672,6 +716,14 @@ impl Engine {
         let registry = Registry::load(store.as_ref()).map_err(Error::Store)?;
         let chain = ChainDb::load(store.as_ref(), &config.network).map_err(Error::Store)?;
         let height = chain.tree().height();
+        let book_settings = AddrBookSettings {
+            allow_local: config.allow_local_addrs,
+            ..AddrBookSettings::default()
+        };
+        let addrbook = AddrBook::load(
+            book_settings,
+            load_entries(store.as_ref()).map_err(Error::Store)?,
+        );
         let mut bans = BanList::new(config.max_bans, config.never_ban.clone());
         let now = unix_now();
         for ((ip, prefix), r) in load_bans(store.as_ref()).map_err(Error::Store)? {
@@ -710,6 +762,13 @@ impl Engine {
             bans: Mutex::new(bans),
             scores: Mutex::new(BanScores::new(config.ban_scores.clone())),
             inbound_peers: Mutex::new(HashMap::new()),
+            local_addr,
+            ready: Mutex::new(HashMap::new()),
+            dialing: Mutex::new(HashSet::new()),
+            answered_getaddr: Mutex::new(HashSet::new()),
+            addrbook: Mutex::new(addrbook),
+            rng: Mutex::new(XorShift64::new(crate::util::random_u64())),
+            next_dial: AtomicUsize::new(0),
             config,
         });
 
@@ -718,9 +777,9 @@ impl Engine {
             shard_threads: Vec::new(),
             worker_threads: Vec::new(),
             registry_thread: None,
+            discovery: None,
             events: ev_rx,
             local_addr,
-            next_dial: AtomicUsize::new(0),
         };
         let s = shared.clone();
         engine.registry_thread = Some(
@@ -760,6 +819,13 @@ impl Engine {
                 .map_err(Error::Io)?;
             engine.shard_threads.push(h);
         }
+        let (stop_tx, stop_rx) = bounded::<()>(1);
+        let s = shared.clone();
+        let h = std::thread::Builder::new()
+            .name("bsn-discovery".into())
+            .spawn(move || discovery::run(s, stop_rx))
+            .map_err(Error::Io)?;
+        engine.discovery = Some((stop_tx, h));
         for addr in engine.shared.config.connect.clone() {
             engine.dial(addr, true)?;
         }
@@ -807,11 +873,7 @@ impl Engine {
     }
 
     fn dial(&self, addr: SocketAddr, static_peer: bool) -> Result<(), Error> {
-        let shard = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.shared.shards.len();
-        if self
-            .shared
-            .send_to_shard(shard, ShardCmd::Connect { addr, static_peer })
-        {
+        if self.shared.dial(addr, static_peer) {
             Ok(())
         } else {
             Err(Error::Stopped)
@@ -979,6 +1041,14 @@ impl Engine {
             .score(ip, unix_now())
     }
 
+    /// Every address in the address book, with what is known of it.
+    pub fn addresses(&self) -> Vec<(SocketAddr, AddrInfo)> {
+        let book = self.shared.addrbook.lock().expect("address book lock");
+        let mut v: Vec<_> = book.iter().map(|(a, i)| (a, *i)).collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
     /// The store, for reads (writes go through the engine).
     pub fn store(&self) -> Arc<dyn Store> {
         self.shared.writer.store().clone()
@@ -996,6 +1066,10 @@ impl Engine {
             && self.registry_thread.is_none()
         {
             return;
+        }
+        if let Some((tx, h)) = self.discovery.take() {
+            drop(tx);
+            let _ = h.join();
         }
         for s in 0..self.shared.shards.len() {
             self.shared.send_to_shard(s, ShardCmd::Stop);

@@ -26,6 +26,7 @@
 pub mod chain;
 pub mod config;
 pub mod decode;
+pub mod discovery;
 pub mod engine;
 pub mod error;
 pub mod fsm;

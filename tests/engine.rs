@@ -87,12 +87,12 @@ fn messages_sent_broadcast_and_disconnect_through_the_api() {
         _ => None,
     });
     assert_eq!(got, hello);
-    b.broadcast(Message::GetAddr).unwrap();
-    wait_for(&aev, T, "getaddr on a", |e| {
+    b.broadcast(Message::Mempool).unwrap();
+    wait_for(&aev, T, "mempool on a", |e| {
         matches!(
             e,
             Event::Message {
-                message: Message::GetAddr,
+                message: Message::Mempool,
                 ..
             }
         )

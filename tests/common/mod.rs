@@ -22,6 +22,11 @@ pub fn config() -> Config {
         .pin_threads(false)
         .tick(Duration::from_millis(20))
         .build()
+        .map(|mut c| {
+            // no automatic dialling from the address book unless a test asks for it
+            c.target_outbound = 0;
+            c
+        })
         .expect("test config is valid")
 }
 

@@ -1,0 +1,103 @@
+//! Discovery over loopback: a new node given one seed learns the other engines' addresses
+//! through getaddr/addr and connects to its outbound target; the address book survives restart.
+
+mod common;
+
+use bsn::{Direction, Event};
+use common::*;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(15);
+
+fn outbound_to(e: &bsn::Engine) -> HashSet<SocketAddr> {
+    e.peers()
+        .iter()
+        .filter(|p| p.ready && p.direction == Direction::Outbound)
+        .map(|p| p.addr)
+        .collect()
+}
+
+#[test]
+fn a_new_node_learns_addresses_from_its_seed_and_fills_its_outbound_target() {
+    let _ = env_logger::builder().is_test(true).try_init();
+    // A is the seed; B, C and D connect to A and advertise their listening addresses to it.
+    let (a, _aev) = start(config());
+    let a_addr = a.local_addr().unwrap();
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut c = config();
+        c.connect = vec![a_addr];
+        let (e, ev) = start(c);
+        wait_for(&ev, T, "connected to the seed", |e| {
+            matches!(e, Event::PeerConnected(_)).then_some(())
+        });
+        others.push(e);
+    }
+    let want: HashSet<SocketAddr> = others.iter().map(|e| e.local_addr().unwrap()).collect();
+    let deadline = Instant::now() + T;
+    while !want
+        .iter()
+        .all(|w| a.addresses().iter().any(|(x, _)| x == w))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the seed never learned the listening addresses: {:?}",
+            a.addresses()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // N knows only the seed; its target is 4 outbound peers: the seed and the three it learns of
+    let dir = TempDir::new("discovery");
+    let mut c = config();
+    c.seeds = vec![a_addr.to_string()];
+    c.target_outbound = 4;
+    c.dial_interval = Duration::from_millis(50);
+    c.data_dir = Some(dir.0.clone());
+    c.persist_interval = Duration::from_millis(100);
+    let (n, nev) = start(c.clone());
+    let deadline = Instant::now() + T;
+    loop {
+        let out = outbound_to(&n);
+        if out.len() == 4 {
+            assert!(out.contains(&a_addr));
+            assert!(want.iter().all(|w| out.contains(w)), "{out:?} vs {want:?}");
+            break;
+        }
+        if Instant::now() >= deadline {
+            let evs: Vec<String> = nev
+                .try_iter()
+                .map(|e| format!("{e:?}").chars().take(160).collect())
+                .collect();
+            panic!("outbound target not reached: {out:?}; events {evs:#?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // no more than the target, and nothing to itself
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(outbound_to(&n).len(), 4);
+    assert!(!outbound_to(&n).contains(&n.local_addr().unwrap()));
+    let known: Vec<SocketAddr> = n
+        .addresses()
+        .into_iter()
+        .filter(|(_, i)| i.tried)
+        .map(|(a, _)| a)
+        .collect();
+    assert!(known.len() >= 4, "{known:?}");
+    n.stop();
+    // the address book survives a restart (no seeds this time, and no dialling)
+    c.seeds.clear();
+    c.target_outbound = 0;
+    let (n2, _ev) = start(c);
+    let book: Vec<SocketAddr> = n2.addresses().into_iter().map(|(a, _)| a).collect();
+    assert!(
+        book.contains(&a_addr) && want.iter().all(|w| book.contains(w)),
+        "{book:?}"
+    );
+    n2.stop();
+    for e in others {
+        e.stop();
+    }
+    a.stop();
+}
