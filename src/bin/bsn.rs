@@ -68,6 +68,15 @@ struct NodeArgs {
     /// Do not pin network threads to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Seed peer for discovery (IP:port, IP, or a DNS name); repeat for more.
+    #[arg(long)]
+    seed: Vec<String>,
+    /// Outbound connections to keep by dialling addresses learned from peers (0: none).
+    #[arg(long)]
+    target_outbound: Option<usize>,
+    /// Never ban this IP or subnet (an operator's own nodes); repeat for more.
+    #[arg(long)]
+    never_ban: Vec<String>,
 }
 
 fn node(a: NodeArgs) -> ExitCode {
@@ -97,7 +106,17 @@ fn node(a: NodeArgs) -> ExitCode {
     if let Some(n) = a.max_per_ip {
         b = b.max_per_ip(n);
     }
-    let config = match b.build() {
+    let config = match b.build().and_then(|mut c| {
+        c.seeds = a.seed.clone();
+        if let Some(n) = a.target_outbound {
+            c.target_outbound = n;
+        }
+        for s in &a.never_ban {
+            c.never_ban
+                .push(s.parse().map_err(bsn::config::ConfigError)?);
+        }
+        Ok(c)
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
