@@ -259,12 +259,14 @@ pub struct ConfigBuilder {
     errors: Vec<String>,
 }
 
-fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+/// Every address `s` names: `IP:port`, `IP` (at `default_port`), or a DNS name with or without
+/// a port (resolved here, so call it off the event loops).
+pub fn resolve_addrs(s: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
+        return Ok(vec![a]);
     }
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, default_port));
+        return Ok(vec![SocketAddr::new(ip, default_port)]);
     }
     let with_port = if s
         .rsplit_once(':')
@@ -274,11 +276,21 @@ fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
     } else {
         format!("{s}:{default_port}")
     };
-    with_port
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("cannot parse or resolve address {s:?}"))
+    match with_port.to_socket_addrs() {
+        Ok(it) => {
+            let v: Vec<SocketAddr> = it.collect();
+            if v.is_empty() {
+                Err(format!("{s:?} resolves to no address"))
+            } else {
+                Ok(v)
+            }
+        }
+        Err(e) => Err(format!("cannot parse or resolve address {s:?}: {e}")),
+    }
+}
+
+fn parse_addr(s: &str, default_port: u16) -> Result<SocketAddr, String> {
+    resolve_addrs(s, default_port).map(|v| v[0])
 }
 
 impl ConfigBuilder {

@@ -9,7 +9,7 @@ use crate::fsm::addrbook::{canonical, XorShift64};
 use crate::fsm::Direction;
 use crate::wire::{Message, NetAddr, TimedNetAddr};
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -211,36 +211,17 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
     }
 }
 
-fn resolve(seed: &str, default_port: u16) -> Vec<SocketAddr> {
-    if let Ok(a) = seed.parse::<SocketAddr>() {
-        return vec![a];
-    }
-    if let Ok(ip) = seed.parse::<std::net::IpAddr>() {
-        return vec![SocketAddr::new(ip, default_port)];
-    }
-    let with_port = if seed
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        seed.to_string()
-    } else {
-        format!("{seed}:{default_port}")
-    };
-    match with_port.to_socket_addrs() {
-        Ok(it) => it.collect(),
-        Err(e) => {
-            log::warn!("seed {seed}: cannot resolve: {e}");
-            Vec::new()
-        }
-    }
-}
-
 /// The discovery thread: resolves the seeds, then keeps the outbound target filled.
 pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
     let t = now();
     let mut seeds = Vec::new();
     for s in &shared.config.seeds {
-        for a in resolve(s, shared.config.network.default_port) {
+        let addrs = crate::config::resolve_addrs(s, shared.config.network.default_port)
+            .unwrap_or_else(|e| {
+                log::warn!("seed {s}: {e}");
+                Vec::new()
+            });
+        for a in addrs {
             seeds.push(TimedNetAddr {
                 time: t as u32,
                 addr: NetAddr::new(a, 0),

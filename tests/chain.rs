@@ -6,15 +6,17 @@
 //! Real data lives outside the repository: `$BSN_TEST_DATA` if set, else
 //! `<CARGO_MANIFEST_DIR>/../shared/data`. When it is absent those tests say so on stderr and pass.
 
+mod common;
 use bsn::chain::{
     ChainPoint, Entry, HeaderError, HeaderTree, LoadError, Reorg, RECORD_LEN, STATUS_BEST,
 };
 use bsn::wire::{Block, BlockHeader, Decode, Hash256, U256};
 use bsn::{Network, NetworkParams};
 use bytes::Bytes;
+use common::data_dir;
 use proptest::prelude::*;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 const REGTEST_BITS: u32 = 0x207fffff;
@@ -822,27 +824,6 @@ fn insert_rate() {
 // ---------------------------------------------------------------------------------------------
 // Real data.
 // ---------------------------------------------------------------------------------------------
-
-fn data_dir(test: &str) -> Option<PathBuf> {
-    let (dir, shown) = match std::env::var_os("BSN_TEST_DATA") {
-        Some(d) => (
-            PathBuf::from(&d),
-            format!("$BSN_TEST_DATA={}", d.to_string_lossy()),
-        ),
-        None => (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
-            "../shared/data".to_string(),
-        ),
-    };
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: real-data test {test}: {shown} not found (set BSN_TEST_DATA)"
-    );
-    None
-}
 
 fn read(dir: &Path, rel: &str) -> Vec<u8> {
     let p = dir.join(rel);

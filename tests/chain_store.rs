@@ -9,8 +9,7 @@ use bsn::store::records::{put_block, with_block};
 use bsn::store::{Batch, Store};
 use bsn::wire::{Block, BlockHeader, Decode, Hash256};
 use bsn::Network;
-use common::TempDir;
-use std::path::PathBuf;
+use common::{data_dir, TempDir};
 
 /// A regtest header on `prev` with real proof of work.
 fn mine(prev: &BlockHeader, salt: u32) -> BlockHeader {
@@ -115,21 +114,6 @@ fn headers_survive_reopen_and_reorgs_rewrite_the_height_index() {
     check_heights(&s, &db);
 }
 
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("BSN_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if d.is_dir() {
-        Some(d)
-    } else {
-        eprintln!(
-            "SKIPPED: real-data store test: {} not found (set BSN_TEST_DATA)",
-            d.display()
-        );
-        None
-    }
-}
-
 fn blk_records(data: &[u8]) -> Vec<bytes::Bytes> {
     let data = bytes::Bytes::copy_from_slice(data);
     let mut out = Vec::new();
@@ -145,7 +129,9 @@ fn blk_records(data: &[u8]) -> Vec<bytes::Bytes> {
 
 #[test]
 fn real_early_mainnet_blocks_stored_bit_for_bit() {
-    let Some(d) = data_dir() else { return };
+    let Some(d) = data_dir("store: real early mainnet blocks") else {
+        return;
+    };
     let raw = std::fs::read(d.join("btcd/blocks1-256.dat")).unwrap();
     let blocks = blk_records(&raw);
     assert_eq!(blocks.len(), 255);

@@ -1,44 +1,16 @@
 //! `bsn decode` end to end: the real binary on generated files (always) and on the real mainnet
 //! files in ../shared/data (skipped loudly when absent).
 
+mod common;
 use bsn::wire::frame::{encode_message, Magic};
 use bsn::wire::tx::{OutPoint, Transaction};
 use bsn::wire::{Block, BlockHeader, Hash256, Message};
 use bytes::BytesMut;
-use std::path::PathBuf;
+use common::{data_dir, TempDir};
 use std::process::Command;
 
 fn bsn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_bsn"))
-}
-
-fn data_dir() -> Option<PathBuf> {
-    let d = std::env::var_os("BSN_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data"));
-    if d.is_dir() {
-        Some(d)
-    } else {
-        eprintln!(
-            "SKIPPED: real-data CLI test: {} not found (set BSN_TEST_DATA)",
-            d.display()
-        );
-        None
-    }
-}
-
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("bsn-cli-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn sample_block() -> Block {
@@ -137,7 +109,9 @@ fn malformed_input_is_one_line_with_offset() {
 
 #[test]
 fn decodes_real_mainnet_files() {
-    let Some(d) = data_dir() else { return };
+    let Some(d) = data_dir("cli: decode real mainnet files") else {
+        return;
+    };
     let p = d.join("bitcoin-core-bench/block413567.raw");
     let (ok, out, err) = run(&["decode", p.to_str().unwrap()]);
     assert!(ok, "{err}");

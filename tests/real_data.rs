@@ -8,6 +8,7 @@
 //! `<CARGO_MANIFEST_DIR>/../shared/data` (see its README.md). When it is absent each test says so
 //! on stderr (uncaptured) and passes; when it is present, a missing file is a failure.
 
+mod common;
 use bitcoin::consensus::{deserialize, serialize};
 use bitcoin::hashes::Hash;
 use bsn::wire::block::merkle_root;
@@ -17,38 +18,15 @@ use bsn::wire::{
 };
 use bsn::Network;
 use bytes::Bytes;
+use common::data_dir;
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const MAGIC: Magic = Magic([0xe3, 0xe1, 0xf3, 0xe8]);
 
 // ---------------------------------------------------------------------------------------------
 // Finding the data.
 // ---------------------------------------------------------------------------------------------
-
-/// The data directory, or `None` after saying loudly on stderr that `test` is skipped. Written
-/// straight to the stderr handle so the test harness does not capture it.
-fn data_dir(test: &str) -> Option<PathBuf> {
-    let (dir, shown) = match std::env::var_os("BSN_TEST_DATA") {
-        Some(d) => (
-            PathBuf::from(&d),
-            format!("$BSN_TEST_DATA={}", d.to_string_lossy()),
-        ),
-        None => (
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
-            "../shared/data".to_string(),
-        ),
-    };
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED: real-data test {test}: {shown} not found (set BSN_TEST_DATA)"
-    );
-    None
-}
 
 /// Reads a data file; the data set is present, so a missing file is an error.
 fn read(dir: &Path, rel: &str) -> Vec<u8> {

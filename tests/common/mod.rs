@@ -215,3 +215,28 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The real-data directory: `$BSN_TEST_DATA`, else `../shared/data` beside the crate. When it is
+/// absent, says so loudly on stderr (the harness shows it even when output is captured) and
+/// returns `None`: the calling test then skips.
+pub fn data_dir(test: &str) -> Option<std::path::PathBuf> {
+    use std::io::Write as _;
+    let (dir, shown) = match std::env::var_os("BSN_TEST_DATA") {
+        Some(d) => (
+            std::path::PathBuf::from(&d),
+            format!("$BSN_TEST_DATA={}", d.to_string_lossy()),
+        ),
+        None => (
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"),
+            "../shared/data".to_string(),
+        ),
+    };
+    if dir.is_dir() {
+        return Some(dir);
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: real-data test {test}: {shown} not found (set BSN_TEST_DATA)"
+    );
+    None
+}
