@@ -26,6 +26,7 @@ use crate::store::writer::StoreWriter;
 use crate::store::Store;
 use crate::store::{Batch, Table};
 use crate::wire::{Message, VersionMessage};
+use bytes::Bytes;
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use mio::{Poll, Waker};
 use std::collections::{HashMap, HashSet};
@@ -533,7 +534,9 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 shared.emit(Event::PeerConnected(Box::new(info)));
             }
             WorkerMsg::Message(peer, message) => {
-                if let Some(message) = discovery::on_message(&shared, peer, message) {
+                let message = discovery::on_message(&shared, peer, message)
+                    .and_then(|m| crate::serve::on_message(&shared, peer, m));
+                if let Some(message) = message {
                     shared.emit(Event::Message { peer, message })
                 }
             }
@@ -1039,6 +1042,68 @@ impl Engine {
             .lock()
             .expect("ban score lock")
             .score(ip, unix_now())
+    }
+
+    /// Imports blocks from a block file (records of the network's disk magic, a u32 length and
+    /// the block, as in Bitcoin nodes' `blk*.dat`): headers into the chain, blocks into the
+    /// store, so the engine can serve them. Returns the blocks imported and the new tip height.
+    pub fn import_block_file(&self, path: &std::path::Path) -> Result<(usize, u32), Error> {
+        let data = Bytes::from(std::fs::read(path).map_err(Error::Io)?);
+        let magic = self.shared.config.network.disk_magic;
+        let mut pos = 0usize;
+        let mut blocks = Vec::new();
+        while pos < data.len() {
+            let bad = |what: String| {
+                Error::InvalidInput(format!("{}: {what} at byte {pos}", path.display()))
+            };
+            if data.len() - pos < 8 {
+                return Err(bad(format!(
+                    "{} bytes left, a record needs 8",
+                    data.len() - pos
+                )));
+            }
+            if data[pos..pos + 4] != magic.0 {
+                return Err(bad(format!(
+                    "magic {} is not this network's disk magic {magic}",
+                    crate::wire::hash::encode_hex(&data[pos..pos + 4])
+                )));
+            }
+            let len =
+                u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes")) as usize;
+            if data.len() - pos - 8 < len {
+                return Err(bad(format!("record of {len} bytes runs past the end")));
+            }
+            let raw = data.slice(pos + 8..pos + 8 + len);
+            let block = <crate::wire::Block as crate::wire::Decode>::decode_all(raw)
+                .map_err(|e| bad(format!("block does not decode: {e}")))?;
+            blocks.push(block);
+            pos += 8 + len;
+        }
+        let mut batch = Batch::new();
+        let headers: Vec<crate::wire::BlockHeader> = blocks.iter().map(|b| b.header).collect();
+        let update = self
+            .shared
+            .chain
+            .lock()
+            .expect("chain lock")
+            .insert_headers(&headers, &mut batch);
+        let stored = match &update.error {
+            Some((i, _)) => *i,
+            None => blocks.len(),
+        };
+        for b in &blocks[..stored] {
+            crate::store::records::put_block(&mut batch, &b.hash(), b.raw().clone());
+        }
+        self.shared.writer.write(batch).map_err(Error::Store)?;
+        let height = update.new_tip.height;
+        self.set_start_height(height.min(i32::MAX as u32) as i32);
+        if let Some((i, e)) = update.error {
+            return Err(Error::InvalidInput(format!(
+                "{}: block {i} refused: {e} ({stored} imported)",
+                path.display()
+            )));
+        }
+        Ok((stored, height))
     }
 
     /// Every address in the address book, with what is known of it.

@@ -33,6 +33,7 @@ pub mod fsm;
 pub mod network;
 pub mod reactor;
 pub mod registry;
+pub mod serve;
 pub mod store;
 pub mod util;
 pub mod wire;

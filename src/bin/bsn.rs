@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a node: listen, dial static peers, keep connections alive. Stops on Ctrl-C / SIGTERM.
-    Node(NodeArgs),
+    Node(Box<NodeArgs>),
     /// Print a readable summary of a raw block, a raw transaction, a header file, a block file
     /// (blk*.dat records) or a capture of P2P frames. Hex text files are accepted too.
     Decode {
@@ -77,6 +77,10 @@ struct NodeArgs {
     /// Never ban this IP or subnet (an operator's own nodes); repeat for more.
     #[arg(long)]
     never_ban: Vec<String>,
+    /// Import blocks from a block file (blk*.dat records: disk magic, length, block) at start,
+    /// so the node can serve them; repeat for more files, in chain order.
+    #[arg(long)]
+    import: Vec<PathBuf>,
 }
 
 fn node(a: NodeArgs) -> ExitCode {
@@ -137,6 +141,16 @@ fn node(a: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    for f in &a.import {
+        match engine.import_block_file(f) {
+            Ok((n, h)) => println!("imported {n} blocks from {}: tip height {h}", f.display()),
+            Err(e) => {
+                eprintln!("error: import: {e}");
+                engine.stop();
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let cfg = engine.config();
     println!(
         "bsn node: network {} magic {}, listening on {}, data dir {}",
@@ -175,7 +189,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Cmd::Node(a) => node(a),
+        Cmd::Node(a) => node(*a),
         Cmd::Decode { file, format, all } => {
             let data = match std::fs::read(&file) {
                 Ok(d) => d,
