@@ -1,0 +1,1206 @@
+//! Parallel block download, pure: which blocks of the best chain to ask which peer for, when a
+//! request has timed out, and in what order received blocks are handed on.
+//!
+//! [`BlockDownload`] does no I/O and reads no clock: the caller passes `now` and the
+//! [`HeaderTree`] in, and gets [`DownloadAction`]s back. It keeps:
+//!
+//! - the height up to which blocks have been handed on (the start value given to
+//!   [`BlockDownload::new`], then every [`DownloadAction::Ready`]) and the blocks received or
+//!   already stored above it ([`BlockDownload::have`]);
+//! - a moving window: only heights in `next_height() .. next_height() + window` are requested, so
+//!   the blocks the caller holds waiting for a gap to fill are bounded by the window;
+//! - the connected peers that serve blocks, with their best height and score, and at most
+//!   `max_in_flight_per_peer` requests in flight each; requests go to the peer with the most free
+//!   slots (ties: the higher score, then the lower [`PeerId`]), lowest heights first;
+//! - a timeout per request, counted from when it was sent or from the peer's last answer,
+//!   whichever is later (a peer steadily delivering big blocks is not stalling): when it passes,
+//!   the peer is reported ([`DownloadAction::Stalled`]), gets no new requests until it answers
+//!   again, and the block is asked of another peer.
+//!
+//! Blocks are handed on strictly in height order ([`DownloadAction::Ready`]), however they
+//! arrive. A block nobody asked the peer for is reported ([`DownloadAction::Unrequested`]) and
+//! not used. Nothing is random: the same calls give the same actions.
+
+use crate::chain::{HashIdMap, HeaderTree};
+use crate::engine::PeerId;
+use crate::wire::hash::Hash256;
+use crate::wire::types::{InvType, Inventory};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+/// Default [`DownloadConfig::window`].
+pub const DEFAULT_WINDOW: u32 = 1024;
+/// Default [`DownloadConfig::max_in_flight_per_peer`].
+pub const DEFAULT_MAX_IN_FLIGHT_PER_PEER: usize = 16;
+/// Default [`DownloadConfig::block_timeout`].
+pub const DEFAULT_BLOCK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Limits of a [`BlockDownload`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DownloadConfig {
+    /// Heights requested at most this far above the lowest block not yet handed on (at least 1).
+    pub window: u32,
+    /// Requests in flight per peer (at least 1).
+    pub max_in_flight_per_peer: usize,
+    /// A request not answered this long after it was sent, or after the peer's last answer if
+    /// later, is given up on and asked of another peer.
+    pub block_timeout: Duration,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> DownloadConfig {
+        DownloadConfig {
+            window: DEFAULT_WINDOW,
+            max_in_flight_per_peer: DEFAULT_MAX_IN_FLIGHT_PER_PEER,
+            block_timeout: DEFAULT_BLOCK_TIMEOUT,
+        }
+    }
+}
+
+/// What the caller must do, or what it should know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DownloadAction {
+    /// Send `peer` one `getdata` for these blocks (see [`block_inventory`]), lowest height first.
+    Request {
+        /// The peer to ask.
+        peer: PeerId,
+        /// The blocks, at most the free slots of the peer.
+        hashes: Vec<Hash256>,
+    },
+    /// The block at `height` is the next one in chain order: process (connect, validate) it now.
+    /// Its bytes came with [`BlockDownload::block_received`] or are in the caller's store
+    /// ([`BlockDownload::have`]). Ready events come in strictly increasing height order.
+    Ready {
+        /// Its height on the best chain.
+        height: u32,
+        /// Its hash.
+        hash: Hash256,
+    },
+    /// `peer` did not deliver `hash` in time: the request was given up and the block will be
+    /// asked of another peer. Score the peer (or disconnect it); it gets no new requests until it
+    /// answers again.
+    Stalled {
+        /// The slow peer.
+        peer: PeerId,
+        /// The block it did not deliver.
+        hash: Hash256,
+    },
+    /// `peer` sent a block it was not asked for (or is not a known download peer): the block was
+    /// not used; drop it and score the peer.
+    Unrequested {
+        /// The peer.
+        peer: PeerId,
+        /// The block.
+        hash: Hash256,
+    },
+    /// `peer` sent a block it was asked for but that is no longer needed (it came from another
+    /// peer first, or left the best chain): drop it, no fault of the peer.
+    Unneeded {
+        /// The peer.
+        peer: PeerId,
+        /// The block.
+        hash: Hash256,
+    },
+    /// A received block that was waiting for a gap to fill left the best chain (a reorg): it
+    /// will not be Ready, the caller may drop its bytes.
+    Discard {
+        /// The height it had.
+        height: u32,
+        /// Its hash.
+        hash: Hash256,
+    },
+}
+
+/// The inventory of a `getdata` for blocks: one entry of type [`InvType::BLOCK`] per hash.
+pub fn block_inventory(hashes: &[Hash256]) -> Vec<Inventory> {
+    hashes
+        .iter()
+        .map(|&hash| Inventory {
+            kind: InvType::BLOCK,
+            hash,
+        })
+        .collect()
+}
+
+/// One request in flight.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    peer: PeerId,
+    height: u32,
+    sent: Instant,
+}
+
+/// A download peer.
+#[derive(Clone, Debug)]
+struct PeerState {
+    /// Its best height: it is asked for nothing above.
+    height: u32,
+    /// Its score: higher is preferred on equal free slots.
+    score: u32,
+    /// Requests in flight.
+    in_flight: usize,
+    /// When it last delivered a block it was asked for (or answered `notfound`).
+    last_progress: Option<Instant>,
+    /// A request to it timed out and it has not answered since: no new requests.
+    stalled: bool,
+    /// Blocks it was asked for that no longer count as in flight (timed out, delivered by
+    /// another peer, dropped by a reorg): delivering them is no fault. The height is kept while
+    /// the block may still be used. Oldest first, bounded.
+    late: VecDeque<(Hash256, Option<u32>)>,
+    /// Blocks it answered `notfound` for, by height: not asked of it again.
+    refused: BTreeMap<u32, Hash256>,
+}
+
+/// The parallel block download scheduler. See the [module documentation](self).
+#[derive(Clone, Debug)]
+pub struct BlockDownload {
+    config: DownloadConfig,
+    /// The lowest height not yet handed on.
+    next_ready: u32,
+    /// Blocks received or stored at heights `>= next_ready`, waiting for the gap below to fill.
+    received: BTreeMap<u32, Hash256>,
+    /// Requests in flight by hash (each hash in flight with one peer at most).
+    in_flight: HashIdMap<InFlight>,
+    peers: BTreeMap<PeerId, PeerState>,
+}
+
+impl BlockDownload {
+    /// A scheduler for which the blocks of heights `0..=stored_up_to` are already stored and
+    /// processed (0 when only genesis is): downloading starts at `stored_up_to + 1`.
+    pub fn new(config: DownloadConfig, stored_up_to: u32) -> BlockDownload {
+        let config = DownloadConfig {
+            window: config.window.max(1),
+            max_in_flight_per_peer: config.max_in_flight_per_peer.max(1),
+            block_timeout: config.block_timeout,
+        };
+        BlockDownload {
+            config,
+            next_ready: stored_up_to.saturating_add(1),
+            received: BTreeMap::new(),
+            in_flight: HashIdMap::default(),
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// The configuration (with the minimums applied).
+    pub fn config(&self) -> &DownloadConfig {
+        &self.config
+    }
+
+    /// A peer that serves blocks, with its best height and score (0-100, higher preferred).
+    /// For a peer already known, updates its height and score.
+    pub fn peer_connected(&mut self, id: PeerId, start_height: u32, score: u32) {
+        let p = self.peers.entry(id).or_insert_with(|| PeerState {
+            height: start_height,
+            score,
+            in_flight: 0,
+            last_progress: None,
+            stalled: false,
+            late: VecDeque::new(),
+            refused: BTreeMap::new(),
+        });
+        p.height = start_height;
+        p.score = score;
+    }
+
+    /// The peer's best height changed (it announced blocks, or its chain reorganised).
+    pub fn set_peer_height(&mut self, id: PeerId, height: u32) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.height = height;
+        }
+    }
+
+    /// The peer's score changed.
+    pub fn set_peer_score(&mut self, id: PeerId, score: u32) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.score = score;
+        }
+    }
+
+    /// The peer is gone: its requests in flight are asked of other peers at once, as far as they
+    /// have free slots (the rest on a later [`BlockDownload::tick`]). Returns those requests.
+    pub fn peer_disconnected(&mut self, id: PeerId, now: Instant) -> Vec<DownloadAction> {
+        let mut out = Vec::new();
+        if self.peers.remove(&id).is_none() {
+            return out;
+        }
+        let mut released: Vec<(u32, Hash256)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.peer == id)
+            .map(|(h, e)| (e.height, *h))
+            .collect();
+        released.sort_unstable();
+        for (_, hash) in &released {
+            self.in_flight.remove(hash);
+        }
+        self.assign(now, released, &mut out);
+        out
+    }
+
+    /// The caller already has the block `hash` at best-chain `height` (stored by an earlier run,
+    /// or received outside this scheduler): it is not requested, and is made Ready in its turn.
+    /// A request in flight for it is given up. Heights already handed on are ignored. Unlike
+    /// downloaded blocks, these may lie above the window (they cost the caller no memory).
+    pub fn have(&mut self, height: u32, hash: Hash256) {
+        if height < self.next_ready {
+            return;
+        }
+        self.received.insert(height, hash);
+        self.cancel(&hash);
+    }
+
+    /// Advances time against the best chain `chain`: drops what left the best chain
+    /// ([`DownloadAction::Discard`]), hands on what is in order ([`DownloadAction::Ready`]),
+    /// gives up timed-out requests ([`DownloadAction::Stalled`]) and fills the free slots of the
+    /// peers within the window ([`DownloadAction::Request`]), in that order.
+    pub fn tick(&mut self, now: Instant, chain: &HeaderTree) -> Vec<DownloadAction> {
+        let mut out = Vec::new();
+        self.check_chain(chain, &mut out);
+        self.drain_ready(&mut out);
+        self.expire(now, &mut out);
+        let next = self.next_ready;
+        for p in self.peers.values_mut() {
+            if p.refused.first_key_value().is_some_and(|(&h, _)| h < next) {
+                p.refused = p.refused.split_off(&next);
+            }
+        }
+
+        let top = next
+            .saturating_add(self.config.window - 1)
+            .min(chain.height());
+        let received = &self.received;
+        let in_flight = &self.in_flight;
+        let wanted: Vec<(u32, Hash256)> = if next > top || !self.has_free_slot() {
+            Vec::new()
+        } else {
+            (next..=top)
+                .filter(|h| !received.contains_key(h))
+                .filter_map(|h| chain.hash_at(h).map(|hash| (h, hash)))
+                .filter(|(_, hash)| !in_flight.contains_key(hash))
+                .collect()
+        };
+        self.assign(now, wanted, &mut out);
+        out
+    }
+
+    /// `peer` sent the block `hash`. Returns the blocks now in order ([`DownloadAction::Ready`],
+    /// this one included when the gap below it is filled), or why the block is not used
+    /// ([`DownloadAction::Unrequested`], [`DownloadAction::Unneeded`]). With neither, the block
+    /// waits: the caller keeps it until its Ready (or its [`DownloadAction::Discard`]).
+    ///
+    /// The freed slot is filled on the next [`BlockDownload::tick`] (call it after a batch of
+    /// received blocks).
+    pub fn block_received(
+        &mut self,
+        peer: PeerId,
+        hash: Hash256,
+        now: Instant,
+    ) -> Vec<DownloadAction> {
+        let mut out = Vec::new();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            out.push(DownloadAction::Unrequested { peer, hash });
+            return out;
+        };
+        let height = match self.in_flight.get(&hash) {
+            Some(e) if e.peer == peer => {
+                let h = e.height;
+                self.in_flight.remove(&hash);
+                p.in_flight -= 1;
+                h
+            }
+            _ => {
+                let Some(pos) = p.late.iter().position(|(x, _)| *x == hash) else {
+                    out.push(DownloadAction::Unrequested { peer, hash });
+                    return out;
+                };
+                let (_, h) = p.late.remove(pos).expect("position found");
+                p.last_progress = Some(now);
+                p.stalled = false;
+                match h {
+                    Some(h) if h >= self.next_ready && !self.received.contains_key(&h) => {
+                        // First to arrive: another peer asked later is let off.
+                        self.cancel(&hash);
+                        h
+                    }
+                    _ => {
+                        out.push(DownloadAction::Unneeded { peer, hash });
+                        return out;
+                    }
+                }
+            }
+        };
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.last_progress = Some(now);
+            p.stalled = false;
+        }
+        self.received.insert(height, hash);
+        self.drain_ready(&mut out);
+        out
+    }
+
+    /// `peer` answered `notfound` for `hash`: the block is not asked of it again and is asked of
+    /// another peer at once if one has a free slot (otherwise on a later tick). Returns that
+    /// request. A `notfound` for something not asked of the peer is ignored.
+    pub fn not_found(&mut self, peer: PeerId, hash: Hash256, now: Instant) -> Vec<DownloadAction> {
+        let mut out = Vec::new();
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return out;
+        };
+        match self.in_flight.get(&hash) {
+            Some(e) if e.peer == peer => {
+                let h = e.height;
+                self.in_flight.remove(&hash);
+                p.in_flight -= 1;
+                p.refused.insert(h, hash);
+                p.last_progress = Some(now);
+                p.stalled = false;
+                self.assign(now, [(h, hash)], &mut out);
+            }
+            _ => {
+                if let Some(pos) = p.late.iter().position(|(x, _)| *x == hash) {
+                    if let Some((_, Some(h))) = p.late.remove(pos) {
+                        p.refused.insert(h, hash);
+                    }
+                    p.last_progress = Some(now);
+                    p.stalled = false;
+                }
+            }
+        }
+        out
+    }
+
+    /// The best chain reorganised: everything above `fork_height` (the last height both branches
+    /// share) is dropped: requests in flight (a late delivery is [`DownloadAction::Unneeded`])
+    /// and received blocks not yet handed on ([`DownloadAction::Discard`], returned). When blocks
+    /// above the fork were already handed on, downloading starts again at `fork_height + 1` (the
+    /// caller disconnects those blocks itself, and may tell [`BlockDownload::have`] about blocks
+    /// of the new branch it already stores).
+    ///
+    /// [`BlockDownload::tick`] also drops by itself whatever it finds off the best chain above
+    /// the handed-on height, but only this call can rewind below it.
+    pub fn reorg(&mut self, fork_height: u32) -> Vec<DownloadAction> {
+        let mut out = Vec::new();
+        self.drop_above(fork_height, &mut out);
+        out
+    }
+
+    /// The lowest height not yet handed on (the bottom of the window).
+    pub fn next_height(&self) -> u32 {
+        self.next_ready
+    }
+
+    /// The highest height handed on (or stored at the start): every block up to it is done.
+    pub fn ready_height(&self) -> u32 {
+        self.next_ready - 1
+    }
+
+    /// Whether every block of `chain` has been handed on.
+    pub fn is_complete(&self, chain: &HeaderTree) -> bool {
+        self.ready_height() >= chain.height()
+    }
+
+    /// Requests in flight, all peers.
+    pub fn in_flight_len(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Requests in flight to `peer`, `None` for an unknown peer.
+    pub fn peer_in_flight(&self, peer: PeerId) -> Option<usize> {
+        self.peers.get(&peer).map(|p| p.in_flight)
+    }
+
+    /// Whether `peer` is stalled (a request timed out and it has not answered since).
+    pub fn is_stalled(&self, peer: PeerId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.stalled)
+    }
+
+    /// Whether a request for `hash` is in flight, and to whom.
+    pub fn in_flight_to(&self, hash: &Hash256) -> Option<PeerId> {
+        self.in_flight.get(hash).map(|e| e.peer)
+    }
+
+    /// Blocks received (or stored) above a gap, waiting to be handed on.
+    pub fn buffered_len(&self) -> usize {
+        self.received.len()
+    }
+
+    /// Download peers known.
+    pub fn peers_len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// The earliest time a request times out: when the next [`BlockDownload::tick`] has a stall
+    /// to report. `None` with nothing in flight.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.in_flight.values().map(|e| self.deadline(e)).min()
+    }
+
+    fn deadline(&self, e: &InFlight) -> Instant {
+        let progress = self
+            .peers
+            .get(&e.peer)
+            .and_then(|p| p.last_progress)
+            .map_or(e.sent, |t| t.max(e.sent));
+        progress + self.config.block_timeout
+    }
+
+    /// How many late entries a peer keeps.
+    fn late_cap(&self) -> usize {
+        self.config.max_in_flight_per_peer.saturating_mul(4).max(64)
+    }
+
+    fn push_late(p: &mut PeerState, cap: usize, hash: Hash256, height: Option<u32>) {
+        if let Some(e) = p.late.iter_mut().find(|(x, _)| *x == hash) {
+            e.1 = height;
+            return;
+        }
+        if p.late.len() >= cap {
+            p.late.pop_front();
+        }
+        p.late.push_back((hash, height));
+    }
+
+    /// Gives up the request for `hash`, if any: it stays acceptable from that peer while needed.
+    fn cancel(&mut self, hash: &Hash256) {
+        let cap = self.late_cap();
+        if let Some(e) = self.in_flight.remove(hash) {
+            if let Some(p) = self.peers.get_mut(&e.peer) {
+                p.in_flight -= 1;
+                Self::push_late(p, cap, *hash, Some(e.height));
+            }
+        }
+    }
+
+    fn has_free_slot(&self) -> bool {
+        let max = self.config.max_in_flight_per_peer;
+        self.peers.values().any(|p| !p.stalled && p.in_flight < max)
+    }
+
+    /// Hands on the received blocks that are next in order.
+    fn drain_ready(&mut self, out: &mut Vec<DownloadAction>) {
+        while let Some(hash) = self.received.remove(&self.next_ready) {
+            out.push(DownloadAction::Ready {
+                height: self.next_ready,
+                hash,
+            });
+            self.next_ready += 1;
+        }
+    }
+
+    /// Drops whatever above the handed-on height is no longer on the best chain.
+    fn check_chain(&mut self, chain: &HeaderTree, out: &mut Vec<DownloadAction>) {
+        let next = self.next_ready;
+        let off = |h: u32, hash: &Hash256| h >= next && chain.hash_at(h) != Some(*hash);
+        let mut first_off = self
+            .received
+            .iter()
+            .find(|(&h, hash)| off(h, hash))
+            .map(|(&h, _)| h);
+        let mut note = |h: u32| first_off = Some(first_off.map_or(h, |f: u32| f.min(h)));
+        let mut stale = Vec::new();
+        for (hash, e) in &self.in_flight {
+            if e.height < next {
+                stale.push(*hash);
+            } else if off(e.height, hash) {
+                note(e.height);
+            }
+        }
+        for p in self.peers.values() {
+            for (hash, h) in &p.late {
+                if let Some(h) = *h {
+                    if off(h, hash) {
+                        note(h);
+                    }
+                }
+            }
+        }
+        // In flight below the handed-on height: another block was stored at that height.
+        stale.sort_unstable();
+        for hash in &stale {
+            self.cancel(hash);
+        }
+        if let Some(h) = first_off {
+            self.drop_above(h - 1, out);
+        }
+    }
+
+    fn drop_above(&mut self, fork_height: u32, out: &mut Vec<DownloadAction>) {
+        let above = fork_height.saturating_add(1);
+        let mut dropped: Vec<(u32, Hash256, PeerId)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.height > fork_height)
+            .map(|(h, e)| (e.height, *h, e.peer))
+            .collect();
+        dropped.sort_unstable();
+        let cap = self.late_cap();
+        for (_, hash, peer) in dropped {
+            self.in_flight.remove(&hash);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.in_flight -= 1;
+                Self::push_late(p, cap, hash, None);
+            }
+        }
+        for (height, hash) in self.received.split_off(&above) {
+            out.push(DownloadAction::Discard { height, hash });
+        }
+        for p in self.peers.values_mut() {
+            for e in p.late.iter_mut() {
+                if e.1.is_some_and(|h| h > fork_height) {
+                    e.1 = None;
+                }
+            }
+            p.refused.split_off(&above);
+        }
+        self.next_ready = self.next_ready.min(above);
+    }
+
+    /// Gives up the requests past their deadline.
+    fn expire(&mut self, now: Instant, out: &mut Vec<DownloadAction>) {
+        let mut expired: Vec<(PeerId, u32, Hash256)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| now >= self.deadline(e))
+            .map(|(h, e)| (e.peer, e.height, *h))
+            .collect();
+        expired.sort_unstable();
+        let cap = self.late_cap();
+        for (peer, height, hash) in expired {
+            self.in_flight.remove(&hash);
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.in_flight -= 1;
+                p.stalled = true;
+                Self::push_late(p, cap, hash, Some(height));
+            }
+            out.push(DownloadAction::Stalled { peer, hash });
+        }
+    }
+
+    /// Asks for `wanted` (ascending heights, none in flight): each to the peer with the most
+    /// free slots that has the height, is not stalled and did not refuse it (ties: higher score,
+    /// then lower id). One Request per peer, peers in id order.
+    fn assign(
+        &mut self,
+        now: Instant,
+        wanted: impl IntoIterator<Item = (u32, Hash256)>,
+        out: &mut Vec<DownloadAction>,
+    ) {
+        let max = self.config.max_in_flight_per_peer;
+        let mut batches: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
+        for (height, hash) in wanted {
+            let free = |p: &PeerState| !p.stalled && p.in_flight < max;
+            if !self.peers.values().any(free) {
+                break;
+            }
+            let best = self
+                .peers
+                .iter_mut()
+                .filter(|(_, p)| {
+                    free(p) && p.height >= height && p.refused.get(&height) != Some(&hash)
+                })
+                .max_by_key(|(id, p)| (max - p.in_flight, p.score, Reverse(**id)));
+            let Some((&peer, p)) = best else {
+                continue;
+            };
+            p.in_flight += 1;
+            self.in_flight.insert(
+                hash,
+                InFlight {
+                    peer,
+                    height,
+                    sent: now,
+                },
+            );
+            batches.entry(peer).or_default().push(hash);
+        }
+        for (peer, hashes) in batches {
+            out.push(DownloadAction::Request { peer, hashes });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::Entry;
+    use crate::network::Network;
+    use crate::wire::block::BlockHeader;
+    use std::collections::{HashMap, HashSet};
+
+    fn mine(prev: &Entry, salt: u32) -> BlockHeader {
+        let mut h = BlockHeader {
+            version: 1,
+            prev_hash: prev.hash(),
+            merkle_root: Hash256::sha256d(&salt.to_le_bytes()),
+            time: prev.header.time + 600,
+            bits: 0x207fffff,
+            nonce: 0,
+        };
+        while !h.meets_own_target() {
+            h.nonce += 1;
+        }
+        h
+    }
+
+    /// Extends `from` by `n` regtest headers (real proof of work); returns their hashes.
+    fn extend(t: &mut HeaderTree, from: Hash256, n: usize, salt: u32) -> Vec<Hash256> {
+        let mut cur = *t.get(&from).unwrap();
+        let mut out = Vec::new();
+        for i in 0..n {
+            let h = mine(&cur, salt.wrapping_mul(100_000).wrapping_add(i as u32));
+            let ins = t.insert(h).unwrap();
+            cur = *t.get(&ins.hash).unwrap();
+            out.push(ins.hash);
+        }
+        out
+    }
+
+    /// A regtest tree of `n` headers above genesis and the best chain by height.
+    fn chain(n: usize) -> (HeaderTree, Vec<Hash256>) {
+        let mut t = HeaderTree::new(&Network::Regtest.params());
+        let g = t.genesis_hash();
+        let mut hashes = vec![g];
+        hashes.extend(extend(&mut t, g, n, 1));
+        assert_eq!(t.height() as usize, n);
+        (t, hashes)
+    }
+
+    fn cfg(window: u32, max: usize, timeout_ms: u64) -> DownloadConfig {
+        DownloadConfig {
+            window,
+            max_in_flight_per_peer: max,
+            block_timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    const A: PeerId = PeerId(1);
+    const B: PeerId = PeerId(2);
+    const C: PeerId = PeerId(3);
+
+    fn req(peer: PeerId, hashes: &[Hash256], heights: &[usize]) -> DownloadAction {
+        DownloadAction::Request {
+            peer,
+            hashes: heights.iter().map(|&h| hashes[h]).collect(),
+        }
+    }
+
+    fn ready(hashes: &[Hash256], heights: impl IntoIterator<Item = usize>) -> Vec<DownloadAction> {
+        heights
+            .into_iter()
+            .map(|h| DownloadAction::Ready {
+                height: h as u32,
+                hash: hashes[h],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn defaults_and_inventory() {
+        let c = DownloadConfig::default();
+        assert_eq!(c.window, 1024);
+        assert_eq!(c.max_in_flight_per_peer, 16);
+        assert_eq!(c.block_timeout, Duration::from_secs(60));
+        let h = Hash256::sha256d(b"x");
+        assert_eq!(
+            block_inventory(&[h]),
+            vec![Inventory {
+                kind: InvType::BLOCK,
+                hash: h
+            }]
+        );
+        let d = BlockDownload::new(cfg(0, 0, 1), 0);
+        assert_eq!(d.config().window, 1);
+        assert_eq!(d.config().max_in_flight_per_peer, 1);
+        assert_eq!((d.next_height(), d.ready_height()), (1, 0));
+    }
+
+    /// Three peers at different speeds, one delivering its batches backwards: every block is
+    /// requested exactly once, never more than 16 in flight per peer, never outside the window,
+    /// and the blocks come out Ready in height order.
+    #[test]
+    fn three_peers_download_5000_blocks() {
+        const N: usize = 5000;
+        let (tree, hashes) = chain(N);
+        let height_of: HashMap<Hash256, usize> =
+            hashes.iter().enumerate().map(|(h, x)| (*x, h)).collect();
+        let mut d = BlockDownload::new(DownloadConfig::default(), 0);
+        for (i, id) in [A, B, C].into_iter().enumerate() {
+            d.peer_connected(id, N as u32, 50 + i as u32);
+        }
+        let t0 = Instant::now();
+        let mut now = t0;
+        let mut queues: BTreeMap<PeerId, VecDeque<Hash256>> = BTreeMap::new();
+        let mut requested = HashSet::new();
+        let mut per_peer: BTreeMap<PeerId, usize> = BTreeMap::new();
+        let mut readied = 0usize;
+        let mut max_buffered = 0;
+        let mut handle =
+            |d: &BlockDownload,
+             actions: Vec<DownloadAction>,
+             queues: &mut BTreeMap<PeerId, VecDeque<Hash256>>| {
+                for a in actions {
+                    match a {
+                        DownloadAction::Request { peer, hashes: hs } => {
+                            assert!(!hs.is_empty() && hs.len() <= 16);
+                            for h in &hs {
+                                assert!(requested.insert(*h), "requested twice");
+                                let height = height_of[h];
+                                assert!(height >= d.next_height() as usize);
+                                assert!(height < d.next_height() as usize + 1024, "outside window");
+                            }
+                            *per_peer.entry(peer).or_default() += hs.len();
+                            let q = queues.entry(peer).or_default();
+                            q.extend(hs);
+                            assert!(q.len() <= 16);
+                            assert_eq!(d.peer_in_flight(peer), Some(q.len()));
+                        }
+                        DownloadAction::Ready { height, hash } => {
+                            readied += 1;
+                            assert_eq!(height as usize, readied, "Ready out of order");
+                            assert_eq!(hash, hashes[readied]);
+                        }
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            };
+        let mut steps = 0;
+        while !d.is_complete(&tree) {
+            steps += 1;
+            assert!(steps < 10_000, "no progress");
+            let a = d.tick(now, &tree);
+            handle(&d, a, &mut queues);
+            assert!(d.in_flight_len() <= 48);
+            // A delivers 1 block a step, B 3, C 5 from the back of its queue.
+            for (peer, rate) in [(A, 1), (B, 3), (C, 5)] {
+                for _ in 0..rate {
+                    let q = queues.entry(peer).or_default();
+                    let next = if peer == C {
+                        q.pop_back()
+                    } else {
+                        q.pop_front()
+                    };
+                    let Some(h) = next else { break };
+                    let a = d.block_received(peer, h, now);
+                    handle(&d, a, &mut queues);
+                }
+            }
+            max_buffered = max_buffered.max(d.buffered_len());
+            now += ms(10);
+        }
+        assert_eq!(readied, N);
+        assert_eq!(requested.len(), N);
+        assert_eq!(d.in_flight_len(), 0);
+        assert_eq!(d.buffered_len(), 0);
+        assert!(max_buffered <= 1024);
+        // Spread by speed: the fastest peer served most, every peer served some.
+        assert!(per_peer[&C] > per_peer[&B] && per_peer[&B] > per_peer[&A]);
+        assert!(per_peer[&A] > 0);
+        assert_eq!(d.next_deadline(), None);
+        assert!(d.tick(now, &tree).is_empty());
+    }
+
+    #[test]
+    fn out_of_order_arrival_is_ready_in_height_order() {
+        let (tree, hashes) = chain(20);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 16, 1000), 0);
+        d.peer_connected(A, 20, 50);
+        let a = d.tick(t0, &tree);
+        assert_eq!(a, vec![req(A, &hashes, &(1..=16).collect::<Vec<_>>())]);
+        for h in (2..=16).rev() {
+            assert!(d.block_received(A, hashes[h], t0).is_empty());
+        }
+        assert_eq!(d.buffered_len(), 15);
+        assert_eq!(d.ready_height(), 0);
+        assert_eq!(d.block_received(A, hashes[1], t0), ready(&hashes, 1..=16));
+        assert_eq!((d.ready_height(), d.buffered_len()), (16, 0));
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[17, 18, 19, 20])]);
+    }
+
+    #[test]
+    fn stalled_peer_is_reported_and_its_blocks_asked_elsewhere() {
+        let (tree, hashes) = chain(20);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 4, 100), 0);
+        d.peer_connected(A, 20, 50);
+        d.peer_connected(B, 20, 50);
+        // Equal peers alternate: A (lower id) first.
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![
+                req(A, &hashes, &[1, 3, 5, 7]),
+                req(B, &hashes, &[2, 4, 6, 8])
+            ]
+        );
+        assert_eq!(d.next_deadline(), Some(t0 + ms(100)));
+        for h in [2, 4, 6, 8] {
+            assert!(d.block_received(B, hashes[h], t0 + ms(10)).is_empty());
+        }
+        assert_eq!(
+            d.tick(t0 + ms(20), &tree),
+            vec![req(B, &hashes, &[9, 10, 11, 12])]
+        );
+        assert!(d.tick(t0 + ms(99), &tree).is_empty());
+        // A's requests time out; B is full, so nothing is re-requested yet.
+        let a = d.tick(t0 + ms(100), &tree);
+        assert_eq!(
+            a,
+            [1, 3, 5, 7]
+                .iter()
+                .map(|&h| DownloadAction::Stalled {
+                    peer: A,
+                    hash: hashes[h]
+                })
+                .collect::<Vec<_>>()
+        );
+        assert!(d.is_stalled(A));
+        assert_eq!(d.peer_in_flight(A), Some(0));
+        for h in &hashes[9..=12] {
+            assert!(d.block_received(B, *h, t0 + ms(110)).is_empty());
+        }
+        // The stalled peer gets nothing new; its blocks go to B, lowest first.
+        assert_eq!(
+            d.tick(t0 + ms(120), &tree),
+            vec![req(B, &hashes, &[1, 3, 5, 7])]
+        );
+        assert_eq!(
+            d.block_received(B, hashes[1], t0 + ms(130)),
+            ready(&hashes, 1..=2)
+        );
+        // A wakes up and delivers one of its old blocks first: used, and B is let off it.
+        assert_eq!(
+            d.block_received(A, hashes[3], t0 + ms(140)),
+            ready(&hashes, 3..=4)
+        );
+        assert!(!d.is_stalled(A));
+        assert_eq!(d.peer_in_flight(B), Some(2));
+        assert_eq!(
+            d.block_received(B, hashes[3], t0 + ms(150)),
+            vec![DownloadAction::Unneeded {
+                peer: B,
+                hash: hashes[3]
+            }]
+        );
+        // A is served again.
+        assert_eq!(
+            d.tick(t0 + ms(150), &tree),
+            vec![
+                req(A, &hashes, &[13, 14, 15, 17]),
+                req(B, &hashes, &[16, 18])
+            ]
+        );
+    }
+
+    #[test]
+    fn progress_pushes_the_deadline() {
+        let (tree, hashes) = chain(10);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 3, 100), 0);
+        d.peer_connected(A, 10, 50);
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[1, 2, 3])]);
+        assert_eq!(
+            d.block_received(A, hashes[1], t0 + ms(50)),
+            ready(&hashes, [1])
+        );
+        assert_eq!(d.next_deadline(), Some(t0 + ms(150)));
+        // The new request counts from when it was sent.
+        assert_eq!(d.tick(t0 + ms(60), &tree), vec![req(A, &hashes, &[4])]);
+        assert!(d.tick(t0 + ms(149), &tree).is_empty());
+        let a = d.tick(t0 + ms(150), &tree);
+        assert_eq!(
+            a,
+            vec![
+                DownloadAction::Stalled {
+                    peer: A,
+                    hash: hashes[2]
+                },
+                DownloadAction::Stalled {
+                    peer: A,
+                    hash: hashes[3]
+                }
+            ]
+        );
+        assert_eq!(d.next_deadline(), Some(t0 + ms(160)));
+    }
+
+    #[test]
+    fn disconnect_returns_in_flight_requests() {
+        let (tree, hashes) = chain(20);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 4, 1000), 0);
+        d.peer_connected(A, 20, 50);
+        d.peer_connected(B, 20, 50);
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![
+                req(A, &hashes, &[1, 3, 5, 7]),
+                req(B, &hashes, &[2, 4, 6, 8])
+            ]
+        );
+        for h in [2, 4] {
+            assert!(d.block_received(B, hashes[h], t0).is_empty());
+        }
+        // B has two free slots: the lowest two of A's go there at once.
+        assert_eq!(
+            d.peer_disconnected(A, t0 + ms(5)),
+            vec![req(B, &hashes, &[1, 3])]
+        );
+        assert_eq!(d.peer_in_flight(A), None);
+        assert_eq!(d.peers_len(), 1);
+        assert_eq!(d.in_flight_len(), 4);
+        assert!(d.peer_disconnected(A, t0 + ms(5)).is_empty());
+        // A late block from the gone peer is not used.
+        assert_eq!(
+            d.block_received(A, hashes[5], t0 + ms(6)),
+            vec![DownloadAction::Unrequested {
+                peer: A,
+                hash: hashes[5]
+            }]
+        );
+        assert_eq!(
+            d.block_received(B, hashes[1], t0 + ms(7)),
+            ready(&hashes, 1..=2)
+        );
+        assert_eq!(
+            d.block_received(B, hashes[3], t0 + ms(7)),
+            ready(&hashes, 3..=4)
+        );
+        // The rest of A's blocks on the next tick.
+        assert_eq!(d.tick(t0 + ms(8), &tree), vec![req(B, &hashes, &[5, 7])]);
+    }
+
+    #[test]
+    fn unrequested_blocks_are_reported() {
+        let (tree, hashes) = chain(5);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 1, 1000), 0);
+        d.peer_connected(A, 5, 50);
+        d.peer_connected(B, 0, 50); // has nothing to serve
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[1])]);
+        let unreq = |peer, h| vec![DownloadAction::Unrequested { peer, hash: h }];
+        // Asked of A, sent by B.
+        assert_eq!(d.block_received(B, hashes[1], t0), unreq(B, hashes[1]));
+        // Never asked of anyone.
+        assert_eq!(d.block_received(A, hashes[2], t0), unreq(A, hashes[2]));
+        let junk = Hash256::sha256d(b"junk");
+        assert_eq!(d.block_received(A, junk, t0), unreq(A, junk));
+        // Unknown peer.
+        assert_eq!(d.block_received(C, hashes[1], t0), unreq(C, hashes[1]));
+        assert_eq!(d.in_flight_to(&hashes[1]), Some(A));
+        assert_eq!(d.block_received(A, hashes[1], t0), ready(&hashes, [1]));
+        // Sent twice.
+        assert_eq!(d.block_received(A, hashes[1], t0), unreq(A, hashes[1]));
+    }
+
+    #[test]
+    fn window_is_respected() {
+        let (tree, hashes) = chain(30);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(8, 100, 1000), 0);
+        d.peer_connected(A, 30, 50);
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![req(A, &hashes, &[1, 2, 3, 4, 5, 6, 7, 8])]
+        );
+        for h in &hashes[2..=8] {
+            assert!(d.block_received(A, *h, t0).is_empty());
+        }
+        // Height 1 holds the window: nothing above 8 is asked for.
+        assert!(d.tick(t0, &tree).is_empty());
+        assert_eq!(d.buffered_len(), 7);
+        assert_eq!(d.block_received(A, hashes[1], t0), ready(&hashes, 1..=8));
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![req(A, &hashes, &[9, 10, 11, 12, 13, 14, 15, 16])]
+        );
+        assert_eq!(d.block_received(A, hashes[9], t0), ready(&hashes, [9]));
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[17])]);
+    }
+
+    #[test]
+    fn peers_get_only_heights_they_have_and_score_breaks_ties() {
+        let (tree, hashes) = chain(10);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 3, 1000), 0);
+        d.peer_connected(A, 2, 50);
+        d.peer_connected(B, 10, 80);
+        // B first (higher score), then A (more free slots) while it has the height.
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![req(A, &hashes, &[2]), req(B, &hashes, &[1, 3, 4])]
+        );
+        d.set_peer_height(A, 10);
+        d.set_peer_score(A, 90);
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[5, 6])]);
+    }
+
+    #[test]
+    fn have_and_start_height() {
+        let (tree, hashes) = chain(30);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 4, 1000), 10);
+        assert_eq!(d.next_height(), 11);
+        d.peer_connected(A, 30, 50);
+        d.have(12, hashes[12]);
+        d.have(13, hashes[13]);
+        d.have(5, hashes[5]); // already done: ignored
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[11, 14, 15, 16])]);
+        // Stored meanwhile: the request is given up, a late delivery is not a fault.
+        d.have(15, hashes[15]);
+        assert_eq!(d.peer_in_flight(A), Some(3));
+        assert_eq!(
+            d.block_received(A, hashes[15], t0),
+            vec![DownloadAction::Unneeded {
+                peer: A,
+                hash: hashes[15]
+            }]
+        );
+        assert_eq!(d.block_received(A, hashes[11], t0), ready(&hashes, 11..=13));
+        assert_eq!(d.block_received(A, hashes[14], t0), ready(&hashes, 14..=15));
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[17, 18, 19])]);
+    }
+
+    #[test]
+    fn have_makes_a_ready_at_tick() {
+        let (tree, hashes) = chain(5);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 4, 1000), 0);
+        d.have(1, hashes[1]);
+        d.have(2, hashes[2]);
+        assert_eq!(d.tick(t0, &tree), ready(&hashes, 1..=2));
+    }
+
+    #[test]
+    fn not_found_asks_another_peer() {
+        let (tree, hashes) = chain(10);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 2, 1000), 0);
+        d.peer_connected(A, 10, 50);
+        d.peer_connected(B, 10, 50);
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![req(A, &hashes, &[1, 3]), req(B, &hashes, &[2, 4])]
+        );
+        // B is full: nobody else to ask now.
+        assert!(d.not_found(A, hashes[1], t0).is_empty());
+        assert!(d.not_found(A, hashes[1], t0).is_empty());
+        assert!(d.block_received(B, hashes[2], t0).is_empty());
+        // A is not asked for 1 again; B is.
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![req(A, &hashes, &[5]), req(B, &hashes, &[1])]
+        );
+        assert!(d.block_received(B, hashes[4], t0).is_empty());
+        assert_eq!(d.not_found(A, hashes[3], t0), vec![req(B, &hashes, &[3])]);
+    }
+
+    /// Builds 20 headers, then a heavier branch forking at `fork`; returns the tree and both
+    /// branches by height (shared up to `fork`).
+    fn forked(fork: usize, len_b: usize) -> (HeaderTree, Vec<Hash256>, Vec<Hash256>) {
+        let (mut tree, a) = chain(20);
+        let mut b = a[..=fork].to_vec();
+        b.extend(extend(&mut tree, a[fork], len_b, 7));
+        (tree, a, b)
+    }
+
+    #[test]
+    fn reorg_drops_state_above_the_fork() {
+        let (tree_a, a) = chain(20);
+        let (tree_b, _, b) = forked(4, 20);
+        assert_eq!(tree_b.hash_at(24), Some(b[24]));
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 8, 1000), 0);
+        d.peer_connected(A, 20, 50);
+        assert_eq!(
+            d.tick(t0, &tree_a),
+            vec![req(A, &a, &[1, 2, 3, 4, 5, 6, 7, 8])]
+        );
+        for h in [1, 2, 3] {
+            assert_eq!(d.block_received(A, a[h], t0), ready(&a, [h]));
+        }
+        assert!(d.block_received(A, a[5], t0).is_empty());
+        assert!(d.block_received(A, a[6], t0).is_empty());
+        // The best chain now forks after height 4.
+        assert_eq!(
+            d.reorg(4),
+            vec![
+                DownloadAction::Discard {
+                    height: 5,
+                    hash: a[5]
+                },
+                DownloadAction::Discard {
+                    height: 6,
+                    hash: a[6]
+                }
+            ]
+        );
+        assert_eq!(d.peer_in_flight(A), Some(1)); // height 4, shared by both branches
+        assert_eq!(d.in_flight_to(&a[7]), None);
+        assert_eq!(d.next_height(), 4);
+        d.set_peer_height(A, 24);
+        assert_eq!(
+            d.tick(t0, &tree_b),
+            vec![req(A, &b, &[5, 6, 7, 8, 9, 10, 11])]
+        );
+        // The old branch's block arrives late: not a fault, not used.
+        assert_eq!(
+            d.block_received(A, a[7], t0),
+            vec![DownloadAction::Unneeded {
+                peer: A,
+                hash: a[7]
+            }]
+        );
+        assert_eq!(d.block_received(A, b[5], t0), Vec::new());
+        assert_eq!(d.block_received(A, a[4], t0), ready(&b, 4..=5));
+    }
+
+    #[test]
+    fn reorg_below_the_handed_on_height_rewinds() {
+        let (tree_a, a) = chain(20);
+        let (tree_b, _, b) = forked(2, 30);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 4, 1000), 0);
+        d.peer_connected(A, 20, 50);
+        assert_eq!(d.tick(t0, &tree_a), vec![req(A, &a, &[1, 2, 3, 4])]);
+        for h in 1..=4 {
+            assert_eq!(d.block_received(A, a[h], t0), ready(&a, [h]));
+        }
+        assert!(d.reorg(2).is_empty());
+        assert_eq!((d.next_height(), d.ready_height()), (3, 2));
+        d.set_peer_height(A, 32);
+        assert_eq!(d.tick(t0, &tree_b), vec![req(A, &b, &[3, 4, 5, 6])]);
+        assert_eq!(d.block_received(A, b[3], t0), ready(&b, [3]));
+    }
+
+    #[test]
+    fn tick_drops_what_left_the_best_chain_unannounced() {
+        let (tree_a, a) = chain(20);
+        let (tree_b, _, b) = forked(4, 20);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 8, 1000), 0);
+        d.peer_connected(A, 30, 50);
+        assert_eq!(
+            d.tick(t0, &tree_a),
+            vec![req(A, &a, &[1, 2, 3, 4, 5, 6, 7, 8])]
+        );
+        assert!(d.block_received(A, a[6], t0).is_empty());
+        let out = d.tick(t0, &tree_b);
+        assert_eq!(
+            out,
+            vec![
+                DownloadAction::Discard {
+                    height: 6,
+                    hash: a[6]
+                },
+                req(A, &b, &[5, 6, 7, 8])
+            ]
+        );
+        assert_eq!(d.block_received(A, a[1], t0), ready(&b, [1]));
+    }
+}
