@@ -4,6 +4,7 @@
 
 pub mod addrbook;
 pub mod bans;
+pub mod download;
 pub mod handshake;
 pub mod peer;
 pub mod ping;
