@@ -99,6 +99,12 @@ pub struct Config {
     /// Accept loopback and private addresses into the address book (regtest and tests);
     /// refused by default on the other networks.
     pub allow_local_addrs: bool,
+    /// Header client mode: sync and serve headers, store no blocks (advertise no NODE_NETWORK).
+    pub headers_only: bool,
+    /// Time the sync peer has to answer `getheaders` before another peer is asked.
+    pub sync_stall_timeout: Duration,
+    /// Time a peer has to deliver a requested block before it is asked of another.
+    pub block_timeout: Duration,
 }
 
 /// A configuration problem found at start.
@@ -151,7 +157,7 @@ impl Config {
             max_send_queue: 64 * 1024 * 1024,
             limits: Limits::default(),
             min_version: DEFAULT_MIN_VERSION,
-            services: 0,
+            services: crate::wire::types::NODE_NETWORK,
             user_agent: format!("/bsn:{}/", env!("CARGO_PKG_VERSION")),
             relay: true,
             max_payload_errors: 10,
@@ -169,6 +175,9 @@ impl Config {
             dial_interval: crate::discovery::DEFAULT_DIAL_INTERVAL,
             getaddr_on_connect: true,
             allow_local_addrs: is_regtest,
+            headers_only: false,
+            sync_stall_timeout: Duration::from_secs(30),
+            block_timeout: Duration::from_secs(60),
         }
     }
 

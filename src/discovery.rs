@@ -243,6 +243,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
             _ => return,
         }
         fill_outbound(&shared, &mut rng);
+        crate::syncer::tick(&shared);
     }
 }
 

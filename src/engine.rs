@@ -124,6 +124,15 @@ pub enum Event {
     },
     /// A ban ended (expired, lifted or cleared).
     Unbanned { subnet: Subnet },
+    /// The header chain caught up with the peers (the sync peer had no more headers).
+    HeadersSynced { height: u32 },
+    /// The block at `height` of the best chain is stored; raised in chain order.
+    BlockConnected {
+        height: u32,
+        hash: crate::wire::Hash256,
+    },
+    /// The best header chain switched branches.
+    Reorg(Box<crate::chain::Reorg>),
     /// A peer's ban score went up.
     BanScore {
         ip: IpAddr,
@@ -212,6 +221,9 @@ pub struct Shared {
     pub(crate) addrbook: Mutex<AddrBook>,
     pub(crate) rng: Mutex<XorShift64>,
     next_dial: AtomicUsize,
+    pub(crate) sync: Mutex<crate::syncer::SyncState>,
+    /// Blocks the embedder asked for itself.
+    pub(crate) embedder_blocks: Mutex<HashSet<crate::wire::Hash256>>,
 }
 
 impl Shared {
@@ -290,6 +302,19 @@ impl Shared {
                 per_ip.remove(&addr.ip());
             }
         }
+    }
+
+    /// Closes a connection (no-op if it is gone).
+    pub(crate) fn disconnect_peer(&self, id: PeerId) {
+        if id.shard() < self.shards.len() {
+            self.send_to_shard(id.shard(), ShardCmd::Disconnect(id));
+        }
+    }
+
+    /// The height announced in version messages.
+    pub(crate) fn set_start_height(&self, h: u32) {
+        self.start_height
+            .store(h.min(i32::MAX as u32) as i32, Ordering::Relaxed);
     }
 
     /// Sends a message to a peer without waiting.
@@ -499,7 +524,7 @@ impl Shared {
         self.to_worker(WorkerMsg::ConnectFailed { addr, reason });
     }
 
-    fn emit(&self, e: Event) {
+    pub(crate) fn emit(&self, e: Event) {
         match self.events.try_send(e) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -516,6 +541,13 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
             WorkerMsg::Connected(mut info, v) => {
                 info.version = v.version;
                 discovery::on_connected(&shared, info.id, info.addr, info.direction, v.services);
+                crate::syncer::on_connected(
+                    &shared,
+                    info.id,
+                    v.start_height,
+                    v.services,
+                    info.score,
+                );
                 let _ = shared.registry_tx.send(RegistryMsg::Connected(
                     info.id,
                     info.addr,
@@ -535,7 +567,8 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
             }
             WorkerMsg::Message(peer, message) => {
                 let message = discovery::on_message(&shared, peer, message)
-                    .and_then(|m| crate::serve::on_message(&shared, peer, m));
+                    .and_then(|m| crate::serve::on_message(&shared, peer, m))
+                    .and_then(|m| crate::syncer::on_message(&shared, peer, m));
                 if let Some(message) = message {
                     shared.emit(Event::Message { peer, message })
                 }
@@ -550,6 +583,9 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 rtt,
             } => {
                 discovery::on_disconnected(&shared, id, addr, direction, handshaken);
+                if handshaken {
+                    crate::syncer::on_disconnected(&shared, id);
+                }
                 let _ = shared.registry_tx.send(RegistryMsg::Disconnected(
                     id, addr, direction, handshaken, stats, rtt,
                 ));
@@ -677,8 +713,12 @@ fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
 impl Engine {
     /// Starts the engine. Every configuration problem (zero shards, unusable data dir, port in
     /// use) is reported here.
-    pub fn start(config: Config) -> Result<Engine, Error> {
+    pub fn start(mut config: Config) -> Result<Engine, Error> {
         config.validate()?;
+        if config.headers_only {
+            // A header client serves no blocks.
+            config.services &= !crate::wire::types::NODE_NETWORK;
+        }
         if let Some(d) = &config.data_dir {
             check_data_dir(d)?;
         }
@@ -719,6 +759,23 @@ impl Engine {
         let registry = Registry::load(store.as_ref()).map_err(Error::Store)?;
         let chain = ChainDb::load(store.as_ref(), &config.network).map_err(Error::Store)?;
         let height = chain.tree().height();
+        let sync_state = crate::syncer::SyncState {
+            headers: crate::fsm::sync::HeaderSync::new(crate::fsm::sync::SyncConfig {
+                stall_timeout: config.sync_stall_timeout,
+                headers_only: config.headers_only,
+                ..Default::default()
+            }),
+            blocks: (!config.headers_only).then(|| {
+                crate::fsm::download::BlockDownload::new(
+                    crate::fsm::download::DownloadConfig {
+                        block_timeout: config.block_timeout,
+                        ..Default::default()
+                    },
+                    crate::syncer::stored_up_to(&chain, store.as_ref()),
+                )
+            }),
+            buffer: HashMap::new(),
+        };
         let book_settings = AddrBookSettings {
             allow_local: config.allow_local_addrs,
             ..AddrBookSettings::default()
@@ -772,6 +829,8 @@ impl Engine {
             addrbook: Mutex::new(addrbook),
             rng: Mutex::new(XorShift64::new(crate::util::random_u64())),
             next_dial: AtomicUsize::new(0),
+            sync: Mutex::new(sync_state),
+            embedder_blocks: Mutex::new(HashSet::new()),
             config,
         });
 
@@ -907,9 +966,30 @@ impl Engine {
             .ok_or(Error::Stopped)
     }
 
+    /// Blocks the embedder asks for with its own `getdata` are handed to it when they come (as
+    /// [`Event::Message`]), and their senders are not scored for unrequested data.
+    fn note_requests(&self, msg: &Message) {
+        if let Message::GetData(items) = msg {
+            let mut w = self
+                .shared
+                .embedder_blocks
+                .lock()
+                .expect("embedder requests lock");
+            for i in items.iter().filter(|i| {
+                i.kind == crate::wire::InvType::BLOCK
+                    || i.kind == crate::wire::InvType::WITNESS_BLOCK
+            }) {
+                if w.len() < 100_000 {
+                    w.insert(i.hash);
+                }
+            }
+        }
+    }
+
     /// Sends a message to one peer and waits for the shard to accept it (queued for the socket).
     pub fn send(&self, id: PeerId, msg: Message) -> Result<(), Error> {
         self.running()?;
+        self.note_requests(&msg);
         let s = self.shard_of(id)?;
         let (tx, rx) = bounded(1);
         if !self
@@ -932,6 +1012,7 @@ impl Engine {
     /// Sends a message to one peer without waiting; problems are only logged.
     pub fn send_nowait(&self, id: PeerId, msg: Message) -> Result<(), Error> {
         self.running()?;
+        self.note_requests(&msg);
         let s = self.shard_of(id)?;
         self.shared
             .send_to_shard(s, ShardCmd::Send(id, msg, None))
@@ -942,6 +1023,7 @@ impl Engine {
     /// Sends a message to every peer that completed its handshake.
     pub fn broadcast(&self, msg: Message) -> Result<(), Error> {
         self.running()?;
+        self.note_requests(&msg);
         for s in 0..self.shared.shards.len() {
             self.shared
                 .send_to_shard(s, ShardCmd::Broadcast(msg.clone()));
@@ -1095,6 +1177,15 @@ impl Engine {
             crate::store::records::put_block(&mut batch, &b.hash(), b.raw().clone());
         }
         self.shared.writer.write(batch).map_err(Error::Store)?;
+        {
+            let mut st = self.shared.sync.lock().expect("sync lock");
+            if let Some(dl) = st.blocks.as_mut() {
+                for (i, b) in blocks[..stored].iter().enumerate() {
+                    let h = update.old_tip.height + 1 + i as u32;
+                    dl.have(h, b.hash());
+                }
+            }
+        }
         let height = update.new_tip.height;
         self.set_start_height(height.min(i32::MAX as u32) as i32);
         if let Some((i, e)) = update.error {

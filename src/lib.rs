@@ -35,6 +35,7 @@ pub mod reactor;
 pub mod registry;
 pub mod serve;
 pub mod store;
+pub mod syncer;
 pub mod util;
 pub mod wire;
 

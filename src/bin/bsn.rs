@@ -81,6 +81,9 @@ struct NodeArgs {
     /// so the node can serve them; repeat for more files, in chain order.
     #[arg(long)]
     import: Vec<PathBuf>,
+    /// Header client mode: sync and serve headers, store no blocks.
+    #[arg(long)]
+    headers_only: bool,
 }
 
 fn node(a: NodeArgs) -> ExitCode {
@@ -112,6 +115,7 @@ fn node(a: NodeArgs) -> ExitCode {
     }
     let config = match b.build().and_then(|mut c| {
         c.seeds = a.seed.clone();
+        c.headers_only = a.headers_only;
         if let Some(n) = a.target_outbound {
             c.target_outbound = n;
         }

@@ -10,6 +10,7 @@ pub mod peer;
 pub mod ping;
 pub mod ratelimit;
 pub mod scoring;
+pub mod sync;
 
 use crate::wire::{Command, FrameError, Magic, PayloadError};
 use std::fmt;

@@ -1,0 +1,169 @@
+//! Chain sync between engines over loopback: headers first, then blocks in parallel; a line of
+//! three engines; a header client that stores no blocks.
+
+mod common;
+
+use bsn::store::records::with_block;
+use bsn::wire::tx::{OutPoint, Transaction};
+use bsn::wire::{Block, BlockHeader, Hash256};
+use bsn::{Config, Engine, Event, Network};
+use common::*;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+fn regtest_blocks(n: usize) -> Vec<Block> {
+    let mut prev = Network::Regtest.params().genesis;
+    let mut out = Vec::new();
+    for i in 0..n as u32 {
+        let cb = Transaction::build(
+            1,
+            &[(
+                OutPoint {
+                    txid: Hash256::ZERO,
+                    vout: u32::MAX,
+                },
+                &i.to_le_bytes(),
+                u32::MAX,
+            )],
+            &[(50, b"\x51")],
+            0,
+        );
+        let mut h = BlockHeader {
+            version: 4,
+            prev_hash: prev.hash(),
+            merkle_root: cb.txid(),
+            time: prev.time + 1,
+            bits: 0x207fffff,
+            nonce: 0,
+        };
+        while !h.meets_own_target() {
+            h.nonce += 1;
+        }
+        prev = h;
+        out.push(Block::new(h, vec![cb]));
+    }
+    out
+}
+
+fn write_blk(path: &std::path::Path, blocks: &[Block]) {
+    let magic = Network::Regtest.params().disk_magic;
+    let mut f = Vec::new();
+    for b in blocks {
+        f.extend_from_slice(&magic.0);
+        f.extend_from_slice(&(b.raw().len() as u32).to_le_bytes());
+        f.extend_from_slice(b.raw());
+    }
+    std::fs::write(path, f).unwrap();
+}
+
+fn node(dir: &TempDir, name: &str, headers_only: bool) -> Config {
+    let mut c = config();
+    c.data_dir = Some(dir.0.join(name));
+    c.headers_only = headers_only;
+    c.dial_interval = Duration::from_millis(20);
+    c
+}
+
+/// Waits until `e` has `height` headers and (unless headers-only) every block stored.
+fn wait_synced(e: &Engine, blocks: &[Block], want_blocks: bool) {
+    let deadline = Instant::now() + T;
+    let tip = blocks.last().unwrap().hash();
+    loop {
+        let (h, height) = e.best_header();
+        let stored = want_blocks
+            && blocks.iter().all(|b| {
+                with_block(e.store().as_ref(), &b.hash(), |v| v == Some(&b.raw()[..])).unwrap()
+            });
+        if h == tip && height as usize == blocks.len() && (stored || !want_blocks) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not synced: at {height} of {}",
+            blocks.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_fresh_engine_syncs_headers_then_blocks_and_a_line_of_three_passes_them_on() {
+    let blocks = regtest_blocks(600);
+    let dir = TempDir::new("sync");
+    let file = dir.0.join("blk.dat");
+    write_blk(&file, &blocks);
+    let (a, _aev) = start(node(&dir, "a", false));
+    a.import_block_file(&file).unwrap();
+    // B syncs from A; C only knows B; H is a header client of B
+    let mut cb = node(&dir, "b", false);
+    cb.connect = vec![a.local_addr().unwrap()];
+    let (b, bev) = start(cb);
+    let mut cc = node(&dir, "c", false);
+    let mut ch = node(&dir, "h", true);
+    wait_synced(&b, &blocks, true);
+    // blocks were announced to B's embedder in chain order
+    let mut heights = Vec::new();
+    while let Ok(e) = bev.try_recv() {
+        if let Event::BlockConnected { height, .. } = e {
+            heights.push(height);
+        }
+    }
+    assert_eq!(heights, (1..=600).collect::<Vec<u32>>());
+    cc.connect = vec![b.local_addr().unwrap()];
+    ch.connect = vec![b.local_addr().unwrap()];
+    let (c, _cev) = start(cc);
+    let (h, _hev) = start(ch);
+    wait_synced(&c, &blocks, true);
+    wait_synced(&h, &blocks, false);
+    assert!(
+        blocks
+            .iter()
+            .all(|bl| !bsn::store::records::has_block(h.store().as_ref(), &bl.hash()).unwrap()),
+        "header client stored blocks"
+    );
+    for e in [h, c, b, a] {
+        e.stop();
+    }
+}
+
+#[test]
+fn the_real_early_mainnet_chain_syncs_bit_for_bit() {
+    let Some(d) = data_dir("sync: real early mainnet blocks") else {
+        return;
+    };
+    let file = d.join("btcd/blocks1-256.dat");
+    let data = std::fs::read(&file).unwrap();
+    let mut blocks = Vec::new();
+    let mut pos = 0;
+    while pos < data.len() {
+        let len = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        blocks.push(
+            <Block as bsn::wire::Decode>::decode_all(bytes::Bytes::copy_from_slice(
+                &data[pos + 8..pos + 8 + len],
+            ))
+            .unwrap(),
+        );
+        pos += 8 + len;
+    }
+    let dir = TempDir::new("sync-mainnet");
+    let mainnet = |name: &str| {
+        let mut c = node(&dir, name, false);
+        c.network = Network::Mainnet.params();
+        c
+    };
+    let (a, _aev) = start(mainnet("a"));
+    a.import_block_file(&file).unwrap();
+    let mut cb = mainnet("b");
+    cb.connect = vec![a.local_addr().unwrap()];
+    let (b, _bev) = start(cb);
+    wait_synced(&b, &blocks, true);
+    let mut cc = mainnet("c");
+    cc.connect = vec![b.local_addr().unwrap()];
+    let (c, _cev) = start(cc);
+    wait_synced(&c, &blocks, true);
+    assert_eq!(c.best_header(), a.best_header());
+    for e in [c, b, a] {
+        e.stop();
+    }
+}
