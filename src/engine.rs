@@ -687,6 +687,15 @@ fn registry_thread(shared: Arc<Shared>, rx: Receiver<RegistryMsg>) {
     }
 }
 
+/// Which header: by best-chain height or by hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderRef {
+    /// The best chain's header at this height.
+    Height(u32),
+    /// The header with this hash, on any branch.
+    Hash(crate::wire::Hash256),
+}
+
 /// A running engine. Dropping it stops it.
 pub struct Engine {
     shared: Arc<Shared>,
@@ -1203,6 +1212,48 @@ impl Engine {
         let mut v: Vec<_> = book.iter().map(|(a, i)| (a, *i)).collect();
         v.sort_by_key(|(a, _)| *a);
         v
+    }
+
+    /// Header sync progress, and the height up to which blocks are stored without a gap
+    /// (`None` in headers-only mode).
+    pub fn sync_progress(&self) -> (crate::fsm::sync::SyncProgress, Option<u32>) {
+        let chain = self.shared.chain.lock().expect("chain lock");
+        let st = self.shared.sync.lock().expect("sync lock");
+        let blocks = st.blocks.as_ref().map(|d| d.ready_height());
+        (st.headers.progress(chain.tree()), blocks)
+    }
+
+    /// A header of the best chain by height, or any known header by hash, with its height.
+    pub fn header(&self, at: HeaderRef) -> Option<(crate::wire::BlockHeader, u32)> {
+        let chain = self.shared.chain.lock().expect("chain lock");
+        let hash = match at {
+            HeaderRef::Height(h) => chain.tree().hash_at(h)?,
+            HeaderRef::Hash(h) => h,
+        };
+        chain.tree().get(&hash).map(|e| (e.header, e.height))
+    }
+
+    /// A stored block by height (best chain) or hash.
+    pub fn block(&self, at: HeaderRef) -> Result<Option<crate::wire::Block>, Error> {
+        let Some((h, _)) = self.header(at) else {
+            return Ok(None);
+        };
+        let store = self.shared.writer.store().clone();
+        let raw = crate::store::records::with_block(store.as_ref(), &h.hash(), |v| {
+            v.map(Bytes::copy_from_slice)
+        })
+        .map_err(Error::Store)?;
+        match raw {
+            None => Ok(None),
+            Some(r) => <crate::wire::Block as crate::wire::Decode>::decode_all(r)
+                .map(Some)
+                .map_err(|e| {
+                    Error::Store(crate::store::StoreError::Corrupt(format!(
+                        "stored block {}: {e}",
+                        h.hash()
+                    )))
+                }),
+        }
     }
 
     /// The store, for reads (writes go through the engine).

@@ -40,7 +40,7 @@ pub mod util;
 pub mod wire;
 
 pub use config::{Config, ConfigBuilder};
-pub use engine::{Engine, Event, PeerId, PeerInfo};
+pub use engine::{Engine, Event, HeaderRef, PeerId, PeerInfo};
 pub use error::Error;
 pub use fsm::{Direction, DisconnectReason};
 pub use network::{Network, NetworkParams};

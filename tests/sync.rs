@@ -167,3 +167,93 @@ fn the_real_early_mainnet_chain_syncs_bit_for_bit() {
         e.stop();
     }
 }
+
+#[test]
+fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored() {
+    use bsn::store::chain::ChainDb;
+    use bsn::store::lmdb::{LmdbOptions, LmdbStore};
+    use bsn::store::{Batch, Store};
+    use bsn::wire::Message;
+    const N: usize = 100_000;
+    let params = Network::Regtest.params();
+    let mut headers = Vec::with_capacity(N);
+    let mut prev = params.genesis;
+    for i in 0..N as u32 {
+        let mut h = BlockHeader {
+            version: 4,
+            prev_hash: prev.hash(),
+            merkle_root: Hash256::sha256d(&i.to_le_bytes()),
+            time: prev.time + 1,
+            bits: 0x207fffff,
+            nonce: 0,
+        };
+        while !h.meets_own_target() {
+            h.nonce += 1;
+        }
+        headers.push(h);
+        prev = h;
+    }
+    // the honest server H gets the chain in its store before it starts
+    let dir = TempDir::new("sync-100k");
+    {
+        let s = LmdbStore::open(&dir.0.join("h"), &LmdbOptions::default()).unwrap();
+        let mut db = ChainDb::new(&params);
+        for part in headers.chunks(2000) {
+            let mut b = Batch::new();
+            db.insert_headers(part, &mut b);
+            s.write(&b).unwrap();
+        }
+    }
+    let (h, _hev) = start(node(&dir, "h", false));
+    assert_eq!(h.best_header().1 as usize, N);
+    // S is a header client with a short stall timeout
+    let mut cs = node(&dir, "s", true);
+    cs.sync_stall_timeout = Duration::from_secs(2);
+    let (s, sev) = start(cs);
+    // a liar claims the highest chain and serves a batch with a bad proof of work at index 1000
+    let liar_ip: std::net::IpAddr = [127, 0, 14, 1].into();
+    let mut liar = ScriptPeer::connect_from(liar_ip, s.local_addr().unwrap(), REGTEST).unwrap();
+    let mut v = version_msg(70016, 4242);
+    v.start_height = 2 * N as i32;
+    liar.send(&Message::Version(v));
+    liar.expect(T, |m| matches!(m, Message::Verack));
+    liar.send(&Message::Verack);
+    liar.expect(T, |m| matches!(m, Message::GetHeaders(_)));
+    let mut bad = headers[..2000].to_vec();
+    bad[1000].nonce = bad[1000].nonce.wrapping_add(1);
+    while bad[1000].meets_own_target() {
+        bad[1000].nonce = bad[1000].nonce.wrapping_add(1);
+    }
+    liar.send(&Message::Headers(bad));
+    let reason = wait_for(&sev, T, "liar scored", |e| match e {
+        Event::BanScore { ip, reason, .. } if *ip == liar_ip => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(reason, bsn::fsm::bans::BanReason::InvalidHeaderPow);
+    assert_eq!(
+        s.best_header().1,
+        1000,
+        "the valid headers before the bad one are kept"
+    );
+    // an honest peer arrives: sync continues from it to the end
+    let t0 = Instant::now();
+    s.connect(h.local_addr().unwrap()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.best_header().0 != headers[N - 1].hash() {
+        assert!(Instant::now() < deadline, "stuck at {}", s.best_header().1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "synced {} headers engine to engine in {:?}",
+        N - 1000,
+        t0.elapsed()
+    );
+    assert_eq!(
+        s.sync_progress().1,
+        None,
+        "a header client downloads no blocks"
+    );
+    for e in [s, h] {
+        e.stop();
+    }
+}
