@@ -2,60 +2,13 @@
 
 mod common;
 
-use bsn::wire::tx::{OutPoint, Transaction};
-use bsn::wire::{Block, BlockHeader, Hash256, InvType, Inventory, Locator, Magic, Message};
+use bsn::wire::{BlockHeader, Hash256, InvType, Inventory, Locator, Message};
 use bsn::{Config, Network};
 use common::*;
 use std::path::Path;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(10);
-
-/// A regtest chain of `n` coinbase-only blocks with real proof of work.
-fn regtest_blocks(n: usize) -> Vec<Block> {
-    let params = Network::Regtest.params();
-    let mut prev = params.genesis;
-    let mut out = Vec::new();
-    for i in 0..n as u32 {
-        let cb = Transaction::build(
-            1,
-            &[(
-                OutPoint {
-                    txid: Hash256::ZERO,
-                    vout: u32::MAX,
-                },
-                &i.to_le_bytes(),
-                u32::MAX,
-            )],
-            &[(50, b"\x51")],
-            0,
-        );
-        let mut h = BlockHeader {
-            version: 4,
-            prev_hash: prev.hash(),
-            merkle_root: cb.txid(),
-            time: prev.time + 1,
-            bits: 0x207fffff,
-            nonce: 0,
-        };
-        while !h.meets_own_target() {
-            h.nonce += 1;
-        }
-        prev = h;
-        out.push(Block::new(h, vec![cb]));
-    }
-    out
-}
-
-fn write_blk(path: &Path, magic: Magic, blocks: &[&[u8]]) {
-    let mut f = Vec::new();
-    for b in blocks {
-        f.extend_from_slice(&magic.0);
-        f.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        f.extend_from_slice(b);
-    }
-    std::fs::write(path, f).unwrap();
-}
 
 fn serve_and_check(c: Config, file: &Path, raws: &[Vec<u8>]) {
     let magic = c.network.magic;

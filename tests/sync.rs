@@ -4,58 +4,12 @@
 mod common;
 
 use bsn::store::records::with_block;
-use bsn::wire::tx::{OutPoint, Transaction};
 use bsn::wire::{Block, BlockHeader, Hash256};
 use bsn::{Config, Engine, Event, Network};
 use common::*;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
-
-fn regtest_blocks(n: usize) -> Vec<Block> {
-    let mut prev = Network::Regtest.params().genesis;
-    let mut out = Vec::new();
-    for i in 0..n as u32 {
-        let cb = Transaction::build(
-            1,
-            &[(
-                OutPoint {
-                    txid: Hash256::ZERO,
-                    vout: u32::MAX,
-                },
-                &i.to_le_bytes(),
-                u32::MAX,
-            )],
-            &[(50, b"\x51")],
-            0,
-        );
-        let mut h = BlockHeader {
-            version: 4,
-            prev_hash: prev.hash(),
-            merkle_root: cb.txid(),
-            time: prev.time + 1,
-            bits: 0x207fffff,
-            nonce: 0,
-        };
-        while !h.meets_own_target() {
-            h.nonce += 1;
-        }
-        prev = h;
-        out.push(Block::new(h, vec![cb]));
-    }
-    out
-}
-
-fn write_blk(path: &std::path::Path, blocks: &[Block]) {
-    let magic = Network::Regtest.params().disk_magic;
-    let mut f = Vec::new();
-    for b in blocks {
-        f.extend_from_slice(&magic.0);
-        f.extend_from_slice(&(b.raw().len() as u32).to_le_bytes());
-        f.extend_from_slice(b.raw());
-    }
-    std::fs::write(path, f).unwrap();
-}
 
 fn node(dir: &TempDir, name: &str, headers_only: bool) -> Config {
     let mut c = config();
@@ -92,7 +46,11 @@ fn a_fresh_engine_syncs_headers_then_blocks_and_a_line_of_three_passes_them_on()
     let blocks = regtest_blocks(600);
     let dir = TempDir::new("sync");
     let file = dir.0.join("blk.dat");
-    write_blk(&file, &blocks);
+    write_blk(
+        &file,
+        Network::Regtest.params().disk_magic,
+        &blocks.iter().map(|b| &b.raw()[..]).collect::<Vec<_>>(),
+    );
     let (a, _aev) = start(node(&dir, "a", false));
     a.import_block_file(&file).unwrap();
     // B syncs from A; C only knows B; H is a header client of B

@@ -240,3 +240,49 @@ pub fn data_dir(test: &str) -> Option<std::path::PathBuf> {
     );
     None
 }
+
+/// A regtest chain of `n` coinbase-only blocks on genesis, with real proof of work.
+pub fn regtest_blocks(n: usize) -> Vec<bsn::wire::Block> {
+    let mut prev = bsn::Network::Regtest.params().genesis;
+    let mut out = Vec::new();
+    for i in 0..n as u32 {
+        let cb = bsn::wire::Transaction::build(
+            1,
+            &[(
+                bsn::wire::OutPoint {
+                    txid: bsn::wire::Hash256::ZERO,
+                    vout: u32::MAX,
+                },
+                &i.to_le_bytes(),
+                u32::MAX,
+            )],
+            &[(50, b"\x51")],
+            0,
+        );
+        let mut h = bsn::wire::BlockHeader {
+            version: 4,
+            prev_hash: prev.hash(),
+            merkle_root: cb.txid(),
+            time: prev.time + 1,
+            bits: 0x207fffff,
+            nonce: 0,
+        };
+        while !h.meets_own_target() {
+            h.nonce += 1;
+        }
+        prev = h;
+        out.push(bsn::wire::Block::new(h, vec![cb]));
+    }
+    out
+}
+
+/// Writes blocks as a block file (records of disk magic, length, block).
+pub fn write_blk(path: &std::path::Path, magic: Magic, blocks: &[&[u8]]) {
+    let mut f = Vec::new();
+    for b in blocks {
+        f.extend_from_slice(&magic.0);
+        f.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        f.extend_from_slice(b);
+    }
+    std::fs::write(path, f).unwrap();
+}
