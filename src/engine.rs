@@ -224,6 +224,8 @@ pub struct Shared {
     pub(crate) sync: Mutex<crate::syncer::SyncState>,
     /// Blocks the embedder asked for itself.
     pub(crate) embedder_blocks: Mutex<HashSet<crate::wire::Hash256>>,
+    /// Relay state of every ready peer.
+    pub(crate) relay: Mutex<HashMap<PeerId, crate::syncer::RelayPeer>>,
 }
 
 impl Shared {
@@ -840,6 +842,7 @@ impl Engine {
             next_dial: AtomicUsize::new(0),
             sync: Mutex::new(sync_state),
             embedder_blocks: Mutex::new(HashSet::new()),
+            relay: Mutex::new(HashMap::new()),
             config,
         });
 
@@ -1212,6 +1215,14 @@ impl Engine {
         let mut v: Vec<_> = book.iter().map(|(a, i)| (a, *i)).collect();
         v.sort_by_key(|(a, _)| *a);
         v
+    }
+
+    /// Hands in a new block (mined here or received elsewhere): its header joins the chain, the
+    /// block is stored, and if it is the new tip it is announced to every peer (headers to those
+    /// that sent `sendheaders`, inv to the others). Returns its height.
+    pub fn submit_block(&self, block: crate::wire::Block) -> Result<u32, Error> {
+        self.running()?;
+        crate::syncer::submit_block(&self.shared, block).map_err(Error::InvalidInput)
     }
 
     /// Header sync progress, and the height up to which blocks are stored without a gap

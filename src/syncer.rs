@@ -61,7 +61,12 @@ fn sync_actions(shared: &Shared, actions: Vec<SyncAction>) {
 }
 
 /// Carries out download decisions; `Ready` blocks are stored and announced in chain order.
-fn download_actions(shared: &Shared, st: &mut SyncState, actions: Vec<DownloadAction>) {
+#[must_use = "announce the returned blocks once the locks are released"]
+fn download_actions(
+    shared: &Shared,
+    st: &mut SyncState,
+    actions: Vec<DownloadAction>,
+) -> Vec<(u32, Hash256)> {
     let mut batch = Batch::new();
     let mut ready = Vec::new();
     for a in actions {
@@ -98,9 +103,127 @@ fn download_actions(shared: &Shared, st: &mut SyncState, actions: Vec<DownloadAc
     if !batch.is_empty() {
         shared.writer.submit(batch);
     }
-    for (height, hash) in ready {
-        shared.emit(Event::BlockConnected { height, hash });
+    for (height, hash) in &ready {
+        shared.emit(Event::BlockConnected {
+            height: *height,
+            hash: *hash,
+        });
     }
+    ready
+}
+
+/// Announces the newest of `ready` if it is the tip. Call with no lock held.
+fn announce(shared: &Shared, ready: Vec<(u32, Hash256)>) {
+    if let Some((height, hash)) = ready.last() {
+        announce_if_tip(shared, *height, *hash);
+    }
+}
+
+/// Most block hashes remembered per peer as already known to it.
+const KNOWN_PER_PEER: usize = 4096;
+
+/// What we know of a peer for relay: whether it wants headers announcements, and which blocks
+/// it already has (never announced back to it).
+#[derive(Default)]
+pub(crate) struct RelayPeer {
+    sendheaders: bool,
+    known: std::collections::VecDeque<Hash256>,
+}
+
+impl RelayPeer {
+    fn knows(&self, h: &Hash256) -> bool {
+        self.known.contains(h)
+    }
+    fn learn(&mut self, h: Hash256) {
+        if !self.knows(&h) {
+            if self.known.len() >= KNOWN_PER_PEER {
+                self.known.pop_front();
+            }
+            self.known.push_back(h);
+        }
+    }
+}
+
+fn learn(shared: &Shared, id: PeerId, h: Hash256) {
+    shared
+        .relay
+        .lock()
+        .expect("relay lock")
+        .entry(id)
+        .or_default()
+        .learn(h);
+}
+
+/// Announces a block that became our tip to every peer that does not know it: a `headers` to
+/// peers that asked for them with `sendheaders`, an `inv` to the others.
+fn announce_if_tip(shared: &Shared, height: u32, hash: Hash256) {
+    let header = {
+        let chain = shared.chain.lock().expect("chain lock");
+        if chain.tree().height() != height {
+            return; // still catching up: only the newest block is news
+        }
+        match chain.tree().get(&hash) {
+            Some(e) => e.header,
+            None => return,
+        }
+    };
+    let mut relay = shared.relay.lock().expect("relay lock");
+    for (id, r) in relay.iter_mut() {
+        if r.knows(&hash) {
+            continue;
+        }
+        r.learn(hash);
+        let m = if r.sendheaders {
+            Message::Headers(vec![header])
+        } else {
+            Message::Inv(vec![crate::wire::Inventory {
+                kind: InvType::BLOCK,
+                hash,
+            }])
+        };
+        shared.send_to_peer(*id, m);
+    }
+}
+
+/// A block handed in by the embedder (mined or received elsewhere): header into the chain,
+/// block into the store, then announced like any new tip.
+pub(crate) fn submit_block(shared: &Shared, block: Block) -> Result<u32, String> {
+    let hash = block.hash();
+    if block.compute_merkle_root() != block.header.merkle_root {
+        return Err(format!(
+            "block {hash}: merkle root does not match its transactions"
+        ));
+    }
+    let mut chain = shared.chain.lock().expect("chain lock");
+    let mut batch = Batch::new();
+    let u = chain.insert_headers(&[block.header], &mut batch);
+    if let Some((_, e)) = u.error {
+        return Err(format!("block {hash}: {e}"));
+    }
+    let height = chain
+        .tree()
+        .get(&hash)
+        .map(|e| e.height)
+        .ok_or("header not in the tree")?;
+    put_block(&mut batch, &hash, block.raw().clone());
+    shared.writer.write(batch).map_err(|e| e.to_string())?;
+    if u.new_tip != u.old_tip {
+        shared.set_start_height(u.new_tip.height);
+    }
+    let mut st = shared.sync.lock().expect("sync lock");
+    let mut d = Vec::new();
+    if let Some(dl) = st.blocks.as_mut() {
+        if let Some(r) = &u.reorg {
+            d.extend(dl.reorg(r.fork_point.height));
+        }
+        dl.have(height, hash);
+        d.extend(dl.tick(Instant::now(), chain.tree()));
+    }
+    drop(chain);
+    let ann = download_actions(shared, &mut st, d);
+    drop(st);
+    announce(shared, ann);
+    Ok(height)
 }
 
 /// A handshake completed.
@@ -111,6 +234,12 @@ pub(crate) fn on_connected(
     services: u64,
     score: u32,
 ) {
+    shared
+        .relay
+        .lock()
+        .expect("relay lock")
+        .insert(id, RelayPeer::default());
+    shared.send_to_peer(id, Message::SendHeaders);
     let now = Instant::now();
     let chain = shared.chain.lock().expect("chain lock");
     let mut st = shared.sync.lock().expect("sync lock");
@@ -129,6 +258,7 @@ pub(crate) fn on_connected(
 
 /// A connection ended.
 pub(crate) fn on_disconnected(shared: &Shared, id: PeerId) {
+    shared.relay.lock().expect("relay lock").remove(&id);
     let now = Instant::now();
     let chain = shared.chain.lock().expect("chain lock");
     let mut st = shared.sync.lock().expect("sync lock");
@@ -138,9 +268,10 @@ pub(crate) fn on_disconnected(shared: &Shared, id: PeerId) {
         .as_mut()
         .map(|d| d.peer_disconnected(id, now))
         .unwrap_or_default();
-    download_actions(shared, &mut st, d);
+    let ann = download_actions(shared, &mut st, d);
     drop(st);
     drop(chain);
+    announce(shared, ann);
     sync_actions(shared, a);
 }
 
@@ -155,9 +286,10 @@ pub(crate) fn tick(shared: &Shared) {
         .as_mut()
         .map(|d| d.tick(now, chain.tree()))
         .unwrap_or_default();
-    download_actions(shared, &mut st, d);
+    let ann = download_actions(shared, &mut st, d);
     drop(st);
     drop(chain);
+    announce(shared, ann);
     sync_actions(shared, a);
 }
 
@@ -167,6 +299,9 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
     let now = Instant::now();
     match msg {
         Message::Headers(headers) => {
+            for h in headers.iter().rev().take(16) {
+                learn(shared, id, h.hash());
+            }
             let mut chain = shared.chain.lock().expect("chain lock");
             let mut batch = Batch::new();
             let u = chain.insert_headers(&headers, &mut batch);
@@ -185,20 +320,43 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
                 .headers
                 .headers_received(id, &headers, outcome, chain.tree(), now);
             let mut d = Vec::new();
+            // The sender has at least the last header it sent: it may be asked for blocks up
+            // to there (its start height from the handshake is out of date by now).
+            let sender_height = headers
+                .last()
+                .and_then(|h| chain.tree().get(&h.hash()))
+                .map(|e| e.height);
             if let Some(dl) = st.blocks.as_mut() {
+                if let Some(h) = sender_height {
+                    dl.raise_peer_height(id, h);
+                }
                 if let Some(r) = &u.reorg {
                     d.extend(dl.reorg(r.fork_point.height));
                     shared.emit(Event::Reorg(Box::new(r.clone())));
                 }
                 d.extend(dl.tick(now, chain.tree()));
             }
-            download_actions(shared, &mut st, d);
+            let ann = download_actions(shared, &mut st, d);
             drop(st);
             drop(chain);
+            announce(shared, ann);
             sync_actions(shared, a);
             None
         }
+        Message::SendHeaders => {
+            shared
+                .relay
+                .lock()
+                .expect("relay lock")
+                .entry(id)
+                .or_default()
+                .sendheaders = true;
+            None
+        }
         Message::Inv(ref items) => {
+            for i in items.iter().filter(|i| i.kind == InvType::BLOCK) {
+                learn(shared, id, i.hash);
+            }
             let unknown: Vec<Hash256> = {
                 let chain = shared.chain.lock().expect("chain lock");
                 items
@@ -219,6 +377,7 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
         }
         Message::Block(b) => {
             let hash = b.hash();
+            learn(shared, id, hash);
             let for_embedder = shared
                 .embedder_blocks
                 .lock()
@@ -248,7 +407,10 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
             if let Some(dl) = st.blocks.as_mut() {
                 all.extend(dl.tick(now, chain.tree()));
             }
-            download_actions(shared, &mut st, all);
+            let ann = download_actions(shared, &mut st, all);
+            drop(st);
+            drop(chain);
+            announce(shared, ann);
             None
         }
         Message::NotFound(ref items) => {
@@ -259,7 +421,9 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
                     d.extend(dl.not_found(id, i.hash, now));
                 }
             }
-            download_actions(shared, &mut st, d);
+            let ann = download_actions(shared, &mut st, d);
+            drop(st);
+            announce(shared, ann);
             Some(msg)
         }
         other => Some(other),

@@ -204,6 +204,14 @@ impl BlockDownload {
         p.score = score;
     }
 
+    /// Raises a peer's best height to `height` if it is higher (the peer announced or sent
+    /// headers up to there).
+    pub fn raise_peer_height(&mut self, id: PeerId, height: u32) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.height = p.height.max(height);
+        }
+    }
+
     /// The peer's best height changed (it announced blocks, or its chain reorganised).
     pub fn set_peer_height(&mut self, id: PeerId, height: u32) {
         if let Some(p) = self.peers.get_mut(&id) {
