@@ -105,6 +105,9 @@ pub struct Config {
     pub sync_stall_timeout: Duration,
     /// Time a peer has to deliver a requested block before it is asked of another.
     pub block_timeout: Duration,
+    /// What happens to transactions peers send: handed to the embedder (default), or accepted
+    /// and relayed at once.
+    pub tx_policy: crate::txrelay::TxPolicy,
 }
 
 /// A configuration problem found at start.
@@ -178,6 +181,7 @@ impl Config {
             headers_only: false,
             sync_stall_timeout: Duration::from_secs(30),
             block_timeout: Duration::from_secs(60),
+            tx_policy: crate::txrelay::TxPolicy::Embedder,
         }
     }
 

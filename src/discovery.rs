@@ -244,6 +244,7 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
         }
         fill_outbound(&shared, &mut rng);
         crate::syncer::tick(&shared);
+        crate::txrelay::flush(&shared);
     }
 }
 

@@ -133,6 +133,12 @@ pub enum Event {
     },
     /// The best header chain switched branches.
     Reorg(Box<crate::chain::Reorg>),
+    /// A transaction from a peer: call `accept_tx` to relay it or `reject_tx` to refuse it
+    /// (with [`crate::txrelay::TxPolicy::AcceptAll`] it is relayed already).
+    TxReceived {
+        peer: PeerId,
+        tx: crate::wire::Transaction,
+    },
     /// A peer's ban score went up.
     BanScore {
         ip: IpAddr,
@@ -226,6 +232,8 @@ pub struct Shared {
     pub(crate) embedder_blocks: Mutex<HashSet<crate::wire::Hash256>>,
     /// Relay state of every ready peer.
     pub(crate) relay: Mutex<HashMap<PeerId, crate::syncer::RelayPeer>>,
+    /// Transaction relay state.
+    pub(crate) txs: Mutex<crate::txrelay::TxRelay>,
 }
 
 impl Shared {
@@ -543,6 +551,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
             WorkerMsg::Connected(mut info, v) => {
                 info.version = v.version;
                 discovery::on_connected(&shared, info.id, info.addr, info.direction, v.services);
+                crate::txrelay::on_connected(&shared, info.id);
                 crate::syncer::on_connected(
                     &shared,
                     info.id,
@@ -568,7 +577,8 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 shared.emit(Event::PeerConnected(Box::new(info)));
             }
             WorkerMsg::Message(peer, message) => {
-                let message = discovery::on_message(&shared, peer, message)
+                let message = crate::txrelay::on_message(&shared, peer, message)
+                    .and_then(|m| discovery::on_message(&shared, peer, m))
                     .and_then(|m| crate::serve::on_message(&shared, peer, m))
                     .and_then(|m| crate::syncer::on_message(&shared, peer, m));
                 if let Some(message) = message {
@@ -587,6 +597,7 @@ fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
                 discovery::on_disconnected(&shared, id, addr, direction, handshaken);
                 if handshaken {
                     crate::syncer::on_disconnected(&shared, id);
+                    crate::txrelay::on_disconnected(&shared, id);
                 }
                 let _ = shared.registry_tx.send(RegistryMsg::Disconnected(
                     id, addr, direction, handshaken, stats, rtt,
@@ -843,6 +854,7 @@ impl Engine {
             sync: Mutex::new(sync_state),
             embedder_blocks: Mutex::new(HashSet::new()),
             relay: Mutex::new(HashMap::new()),
+            txs: Mutex::new(crate::txrelay::TxRelay::default()),
             config,
         });
 
@@ -1223,6 +1235,25 @@ impl Engine {
     pub fn submit_block(&self, block: crate::wire::Block) -> Result<u32, Error> {
         self.running()?;
         crate::syncer::submit_block(&self.shared, block).map_err(Error::InvalidInput)
+    }
+
+    /// Relays a transaction from the embedder to every peer (announced at the next tick).
+    pub fn submit_tx(&self, tx: crate::wire::Transaction) -> Result<(), Error> {
+        self.running()?;
+        crate::txrelay::submit(&self.shared, tx);
+        Ok(())
+    }
+
+    /// Accepts a transaction handed over with [`Event::TxReceived`]: it is relayed on. False
+    /// when no such transaction waits for a decision.
+    pub fn accept_tx(&self, txid: &crate::wire::Hash256) -> bool {
+        crate::txrelay::accept(&self.shared, txid)
+    }
+
+    /// Rejects a transaction handed over with [`Event::TxReceived`]: a `reject` goes to its
+    /// source, which is scored. False when no such transaction waits for a decision.
+    pub fn reject_tx(&self, txid: &crate::wire::Hash256, reason: &str) -> bool {
+        crate::txrelay::reject(&self.shared, txid, reason)
     }
 
     /// Header sync progress, and the height up to which blocks are stored without a gap

@@ -36,6 +36,7 @@ pub mod registry;
 pub mod serve;
 pub mod store;
 pub mod syncer;
+pub mod txrelay;
 pub mod util;
 pub mod wire;
 

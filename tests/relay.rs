@@ -67,3 +67,153 @@ fn a_new_block_reaches_a_ring_of_five_and_each_downloads_it_once() {
         e.stop();
     }
 }
+
+fn sample_tx(n: u32) -> bsn::wire::Transaction {
+    bsn::wire::Transaction::build(
+        1,
+        &[(
+            bsn::wire::OutPoint {
+                txid: bsn::wire::Hash256([n as u8; 32]),
+                vout: n,
+            },
+            b"\x51",
+            u32::MAX,
+        )],
+        &[(1_000, b"\x76\xa9")],
+        0,
+    )
+}
+
+#[test]
+fn a_transaction_reaches_a_ring_of_five_exactly_once_each_after_each_embedder_accepts_it() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut engines: Vec<Arc<Engine>> = Vec::new();
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        let mut c = config();
+        c.dial_interval = Duration::from_millis(20);
+        let (e, ev) = start(c);
+        engines.push(Arc::new(e));
+        events.push(ev);
+    }
+    for i in 0..5 {
+        let next = engines[(i + 1) % 5].local_addr().unwrap();
+        engines[i].connect(next).unwrap();
+    }
+    for e in &engines {
+        let deadline = Instant::now() + T;
+        while e.peers().iter().filter(|p| p.ready).count() < 2 {
+            assert!(Instant::now() < deadline, "ring not formed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let tx = sample_tx(7);
+    let txid = tx.txid();
+    // each embedder accepts what it is handed, and counts how often it was handed this one
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Vec<Arc<AtomicUsize>> = (0..5).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let mut threads = Vec::new();
+    for (i, ev) in events.into_iter().enumerate() {
+        let (e, stop, n) = (engines[i].clone(), stop.clone(), counts[i].clone());
+        threads.push(std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok(Event::TxReceived { tx, .. }) = ev.recv_timeout(Duration::from_millis(20))
+                {
+                    if tx.txid() == txid {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    assert!(e.accept_tx(&tx.txid()));
+                }
+            }
+        }));
+    }
+    engines[0].submit_tx(tx).unwrap();
+    let deadline = Instant::now() + T;
+    while (1..5).any(|i| counts[i].load(Ordering::Relaxed) == 0) {
+        assert!(
+            Instant::now() < deadline,
+            "not everywhere: {:?}",
+            counts
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // give echoes and duplicates time to show up, then count
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let got: Vec<usize> = counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    assert_eq!(
+        got,
+        vec![0, 1, 1, 1, 1],
+        "each engine but the source handed it exactly once"
+    );
+    for e in &engines {
+        let tx_in: u64 = e
+            .peers()
+            .iter()
+            .flat_map(|p| {
+                p.stats
+                    .by_command
+                    .iter()
+                    .filter(|(c, _)| c.as_str() == "tx")
+                    .map(|(_, s)| s.msgs_in)
+            })
+            .sum();
+        assert!(tx_in <= 1, "a tx message arrived {tx_in} times");
+    }
+    for e in engines {
+        Arc::try_unwrap(e).ok().expect("threads joined").stop();
+    }
+}
+
+#[test]
+fn a_rejected_transaction_is_not_relayed_and_its_source_is_told_and_scored() {
+    let (a, aev) = start(config());
+    let (b, bev) = start(config());
+    let (c, cev) = start(config());
+    b.connect(a.local_addr().unwrap()).unwrap();
+    c.connect(b.local_addr().unwrap()).unwrap();
+    for e in [&a, &b, &c] {
+        let deadline = Instant::now() + T;
+        while e.peers().iter().filter(|p| p.ready).count() < if std::ptr::eq(e, &b) { 2 } else { 1 }
+        {
+            assert!(Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let tx = sample_tx(9);
+    let txid = tx.txid();
+    a.submit_tx(tx).unwrap();
+    wait_for(&bev, T, "b handed the tx", |e| match e {
+        Event::TxReceived { tx, .. } if tx.txid() == txid => Some(()),
+        _ => None,
+    });
+    assert!(b.reject_tx(&txid, "bad script"));
+    let r = wait_for(&aev, T, "reject on a", |e| match e {
+        Event::Message {
+            message: bsn::wire::Message::Reject(r),
+            ..
+        } => Some(r.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (r.message.as_str(), r.code, r.reason.as_str()),
+        ("tx", 0x10, "bad script")
+    );
+    assert_eq!(&r.data[..], &txid.0);
+    assert!(b.ban_score("127.0.0.1".parse().unwrap()) >= 10);
+    // c never hears of it
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!cev
+        .try_iter()
+        .any(|e| matches!(e, Event::TxReceived { .. })));
+    for e in [c, b, a] {
+        e.stop();
+    }
+}

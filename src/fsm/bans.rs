@@ -287,6 +287,8 @@ pub enum BanReason {
     UnrequestedData,
     /// A rate limit exceeded.
     RateLimitExceeded,
+    /// A transaction the embedder rejected.
+    InvalidTransaction,
 }
 
 impl BanReason {
@@ -302,6 +304,7 @@ impl BanReason {
             BanReason::InvalidHeaderPow => 50,
             BanReason::UnrequestedData => 10,
             BanReason::RateLimitExceeded => 50,
+            BanReason::InvalidTransaction => 10,
         }
     }
 
@@ -317,6 +320,7 @@ impl BanReason {
             BanReason::InvalidHeaderPow => "invalid header proof of work",
             BanReason::UnrequestedData => "unrequested data",
             BanReason::RateLimitExceeded => "rate limit exceeded",
+            BanReason::InvalidTransaction => "invalid transaction",
         }
     }
 }
