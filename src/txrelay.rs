@@ -13,6 +13,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 const MAX_ACCEPTED: usize = 50_000;
 /// Transactions remembered per peer as known to it.
 const KNOWN_PER_PEER: usize = 20_000;
+/// Transactions asked for or waiting for the embedder's decision, at most; past that, new
+/// announcements are not fetched until some are decided (memory stays bounded whatever peers
+/// send and however slow the embedder is).
+const MAX_UNDECIDED: usize = 20_000;
 /// Most entries in one `inv`.
 const MAX_INV_BATCH: usize = 50_000;
 
@@ -200,7 +204,7 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
                     if let Some(p) = r.peers.get_mut(&id) {
                         p.learn(i.hash);
                     }
-                    if !r.seen(&i.hash) {
+                    if !r.seen(&i.hash) && r.requested.len() + r.pending.len() < MAX_UNDECIDED {
                         r.requested.insert(i.hash, id);
                         want.push(i);
                     }
