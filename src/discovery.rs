@@ -88,17 +88,14 @@ pub(crate) fn on_disconnected(
         .expect("getaddr lock")
         .remove(&id);
     if direction == Direction::Outbound {
-        shared
-            .dialing
-            .lock()
-            .expect("dialing lock")
-            .remove(&canonical(addr));
-        if !handshaken {
+        if handshaken {
             shared
-                .addrbook
+                .dialing
                 .lock()
-                .expect("address book lock")
-                .failure(&addr, now());
+                .expect("dialing lock")
+                .remove(&canonical(addr));
+        } else {
+            on_connect_failed(shared, addr);
         }
     }
 }

@@ -340,6 +340,11 @@ impl Shared {
         self.send_to_shard(shard, ShardCmd::Connect { addr, static_peer })
     }
 
+    /// Inbound connections.
+    pub(crate) fn inbound_count(&self) -> usize {
+        self.inbound.load(Ordering::Acquire)
+    }
+
     /// Outbound connections, made or being made.
     pub(crate) fn outbound_count(&self) -> usize {
         self.outbound.load(Ordering::Acquire)
