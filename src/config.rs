@@ -108,6 +108,9 @@ pub struct Config {
     /// What happens to transactions peers send: handed to the embedder (default), or accepted
     /// and relayed at once.
     pub tx_policy: crate::txrelay::TxPolicy,
+    /// `(height, hash)` pairs the chain must pass through: headers contradicting one are refused
+    /// (and their sender scored), and no fork below the highest one reached is accepted.
+    pub checkpoints: Vec<(u32, crate::wire::hash::Hash256)>,
 }
 
 /// A configuration problem found at start.
@@ -182,6 +185,7 @@ impl Config {
             sync_stall_timeout: Duration::from_secs(30),
             block_timeout: Duration::from_secs(60),
             tx_policy: crate::txrelay::TxPolicy::Embedder,
+            checkpoints: Vec::new(),
         }
     }
 
@@ -236,6 +240,22 @@ impl Config {
         }
         if self.event_capacity == 0 {
             return e("event_capacity must be at least 1");
+        }
+        for &(height, hash) in &self.checkpoints {
+            if height == 0 && hash != self.network.genesis_hash() {
+                return Err(ConfigError(format!(
+                    "checkpoint at height 0 ({hash}) is not this network's genesis"
+                )));
+            }
+            if self
+                .checkpoints
+                .iter()
+                .any(|&(h, other)| h == height && other != hash)
+            {
+                return Err(ConfigError(format!(
+                    "two different checkpoints at height {height}"
+                )));
+            }
         }
         Ok(())
     }
@@ -389,6 +409,14 @@ impl ConfigBuilder {
         self.config.tick = d;
         self
     }
+    /// Adds a checkpoint written `HEIGHT:HASH` (the hash in the usual reversed hex).
+    pub fn checkpoint(mut self, spec: &str) -> Self {
+        match parse_checkpoint(spec) {
+            Ok(c) => self.config.checkpoints.push(c),
+            Err(e) => self.errors.push(e),
+        }
+        self
+    }
     /// Service bits.
     pub fn services(mut self, s: u64) -> Self {
         self.config.services = s;
@@ -402,6 +430,22 @@ impl ConfigBuilder {
         self.config.validate()?;
         Ok(self.config)
     }
+}
+
+/// Parses a checkpoint written `HEIGHT:HASH`.
+pub fn parse_checkpoint(spec: &str) -> Result<(u32, crate::wire::hash::Hash256), String> {
+    let (h, hash) = spec
+        .split_once(':')
+        .ok_or_else(|| format!("checkpoint {spec:?}: expected HEIGHT:HASH"))?;
+    let height = h
+        .trim()
+        .parse::<u32>()
+        .map_err(|e| format!("checkpoint {spec:?}: bad height: {e}"))?;
+    let hash = hash
+        .trim()
+        .parse()
+        .map_err(|_| format!("checkpoint {spec:?}: bad hash (64 hex digits expected)"))?;
+    Ok((height, hash))
 }
 
 #[cfg(test)]
@@ -430,5 +474,35 @@ mod tests {
             .build()
             .is_err());
         assert_eq!(DEFAULT_MAX_PAYLOAD, Config::default().limits.max_payload);
+    }
+
+    #[test]
+    fn checkpoints_parse_and_validate() {
+        let genesis = Network::Regtest.params().genesis_hash();
+        let h = "00000000839a8e6886ab5951d76f411475428afc90947ee320161bbf18eb6048";
+        let c = Config::builder(Network::Regtest)
+            .checkpoint(&format!("1:{h}"))
+            .checkpoint(&format!("0:{genesis}"))
+            .build()
+            .unwrap();
+        assert_eq!(c.checkpoints.len(), 2);
+        assert_eq!(c.checkpoints[0], (1, h.parse().unwrap()));
+        for bad in ["1", "x:00", &format!("1:{}", &h[1..]), &format!("0:{h}")] {
+            assert!(
+                Config::builder(Network::Regtest)
+                    .checkpoint(bad)
+                    .build()
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        let conflicting = Config::builder(Network::Regtest)
+            .checkpoint(&format!("5:{h}"))
+            .checkpoint(&format!("5:{genesis}"))
+            .build();
+        assert!(conflicting
+            .unwrap_err()
+            .0
+            .contains("two different checkpoints"));
     }
 }

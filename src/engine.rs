@@ -784,7 +784,17 @@ impl Engine {
             None => Arc::new(MemoryStore::new()),
         };
         let registry = Registry::load(store.as_ref()).map_err(Error::Store)?;
-        let chain = ChainDb::load(store.as_ref(), &config.network).map_err(Error::Store)?;
+        let mut chain = ChainDb::load(store.as_ref(), &config.network).map_err(Error::Store)?;
+        let conflicts = chain.set_rules(crate::chain::HeaderRules {
+            checkpoints: config.checkpoints.clone(),
+            ..Default::default()
+        });
+        if let Some((height, want, stored)) = conflicts.first() {
+            return Err(Error::Config(crate::config::ConfigError(format!(
+                "the stored chain has {stored} at height {height}, the checkpoint says {want}: \
+                 start with another data directory or without that checkpoint"
+            ))));
+        }
         let height = chain.tree().height();
         let sync_state = crate::syncer::SyncState {
             headers: crate::fsm::sync::HeaderSync::new(crate::fsm::sync::SyncConfig {

@@ -215,3 +215,72 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
         e.stop();
     }
 }
+
+#[test]
+fn checkpoints_hold_the_chain_to_them_and_refuse_forks_below() {
+    use bsn::fsm::bans::BanReason;
+    use bsn::wire::Message;
+    let blocks = regtest_blocks(300);
+    let dir = TempDir::new("sync-checkpoints");
+    let file = dir.0.join("blk.dat");
+    write_blk(
+        &file,
+        Network::Regtest.params().disk_magic,
+        &blocks.iter().map(|b| &b.raw()[..]).collect::<Vec<_>>(),
+    );
+    let (a, _aev) = start(node(&dir, "a", false));
+    a.import_block_file(&file).unwrap();
+    // B's checkpoint agrees with A's chain: B syncs all of it.
+    let mut cb = node(&dir, "b", true);
+    cb.checkpoints = vec![(150, blocks[149].hash())];
+    cb.connect = vec![a.local_addr().unwrap()];
+    let (b, bev) = start(cb);
+    wait_synced(&b, &blocks, false);
+    // A liar (its own address) forks off at height 100, below the checkpoint B has passed.
+    let liar_ip: std::net::IpAddr = [127, 0, 15, 1].into();
+    let mut liar = ScriptPeer::connect_from(liar_ip, b.local_addr().unwrap(), REGTEST).unwrap();
+    liar.send(&Message::Version(version_msg(70016, 4343)));
+    liar.expect(T, |m| matches!(m, Message::Verack));
+    liar.send(&Message::Verack);
+    let mut fork = blocks[100].header;
+    fork.merkle_root = Hash256::sha256d(b"fork");
+    while !fork.meets_own_target() {
+        fork.nonce = fork.nonce.wrapping_add(1);
+    }
+    liar.send(&Message::Headers(vec![fork]));
+    let reason = wait_for(&bev, T, "liar scored", |e| match e {
+        Event::BanScore { ip, reason, .. } if *ip == liar_ip => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(reason, BanReason::InvalidHeader);
+    assert!(b.header(bsn::HeaderRef::Hash(fork.hash())).is_none());
+    assert_eq!(b.best_header().1, 300);
+
+    // C's checkpoint at 150 names another block: C stops at 149 and scores A's address.
+    let mut cc = node(&dir, "c", true);
+    cc.checkpoints = vec![(150, blocks[10].hash())];
+    cc.connect = vec![a.local_addr().unwrap()];
+    let (c, cev) = start(cc);
+    let reason = wait_for(&cev, T, "A scored by C", |e| match e {
+        Event::BanScore { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(reason, BanReason::InvalidHeader);
+    assert_eq!(c.best_header(), (blocks[148].hash(), 149));
+
+    // B's stored chain contradicts that checkpoint: B refuses to start with it, and its data
+    // is untouched (it starts again without it).
+    b.stop();
+    let mut cb = node(&dir, "b", true);
+    cb.checkpoints = vec![(150, blocks[10].hash())];
+    match Engine::start(cb) {
+        Err(bsn::Error::Config(e)) => assert!(e.0.contains("height 150"), "{e}"),
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("started with a checkpoint its stored chain contradicts"),
+    }
+    let (b, _bev) = start(node(&dir, "b", true));
+    assert_eq!(b.best_header(), (blocks[299].hash(), 300));
+    for e in [c, b, a] {
+        e.stop();
+    }
+}

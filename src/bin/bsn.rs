@@ -84,6 +84,9 @@ struct NodeArgs {
     /// Header client mode: sync and serve headers, store no blocks.
     #[arg(long)]
     headers_only: bool,
+    /// A checkpoint HEIGHT:HASH the chain must pass through; repeat for more.
+    #[arg(long)]
+    checkpoint: Vec<String>,
 }
 
 fn node(a: NodeArgs) -> ExitCode {
@@ -100,6 +103,9 @@ fn node(a: NodeArgs) -> ExitCode {
     };
     for c in &a.connect {
         b = b.connect(c);
+    }
+    for c in &a.checkpoint {
+        b = b.checkpoint(c);
     }
     if let Some(n) = a.shards {
         b = b.shards(n);

@@ -3,10 +3,12 @@
 //!
 //! No store, no clock, no sockets. [`HeaderTree`] accepts headers whose parent it knows, keeps
 //! forks, and picks the best chain by cumulative work (on a tie the tip seen first stays best).
-//! It checks only what a tree can know: the parent is known, the bits are within the network's
-//! proof-of-work limit, and the hash meets the header's own bits. Contextual rules (difficulty
-//! adjustment, timestamps against [`HeaderTree::median_time_past`] and the clock, checkpoints)
-//! belong to the caller.
+//! It checks: the parent is known, the bits are within the network's proof-of-work limit, the
+//! hash meets the header's own bits, and the contextual rules of [`HeaderRules`]: the timestamp is
+//! above the parent's median time past and not too far ahead of the clock the caller sets
+//! ([`HeaderTree::set_clock`]), a header at a checkpoint height has the checkpoint's hash, and no
+//! fork starts below a checkpoint the tree holds. Difficulty adjustment is not checked (the
+//! chain's work still has to be done: every header meets its own bits).
 //!
 //! ## Persisting the tree
 //!
@@ -34,7 +36,7 @@
 
 mod tree;
 
-pub use tree::{BatchOutcome, ChainPoint, Entry, HeaderTree, Inserted, Reorg};
+pub use tree::{BatchOutcome, ChainPoint, Entry, HeaderRules, HeaderTree, Inserted, Reorg};
 
 use crate::wire::hash::Hash256;
 use crate::wire::u256::U256;
@@ -76,6 +78,43 @@ pub enum HeaderError {
         /// The refused header's hash.
         hash: Hash256,
     },
+    /// The timestamp is not above the median time past of the parent and its ten ancestors.
+    TimeTooOld {
+        /// The refused header's hash.
+        hash: Hash256,
+        /// Its timestamp.
+        time: u32,
+        /// The parent's median time past, which the timestamp must exceed.
+        median: u32,
+    },
+    /// The timestamp is further ahead of the tree's clock than [`HeaderRules::max_future_secs`].
+    /// Not proof of misbehaviour (our clock may be behind): the header may be valid later.
+    TimeTooNew {
+        /// The refused header's hash.
+        hash: Hash256,
+        /// Its timestamp.
+        time: u32,
+        /// The latest timestamp accepted now.
+        limit: u32,
+    },
+    /// A checkpoint names another hash at this header's height.
+    CheckpointMismatch {
+        /// The refused header's hash.
+        hash: Hash256,
+        /// Its height.
+        height: u32,
+        /// The checkpoint's hash at that height.
+        expected: Hash256,
+    },
+    /// The header forks off the chain below a checkpoint the tree already holds.
+    ForkBeforeCheckpoint {
+        /// The refused header's hash.
+        hash: Hash256,
+        /// Its height.
+        height: u32,
+        /// Height of the highest checkpoint in the tree.
+        checkpoint: u32,
+    },
 }
 
 impl HeaderError {
@@ -85,7 +124,11 @@ impl HeaderError {
             HeaderError::Orphan { hash, .. }
             | HeaderError::BadProofOfWork { hash }
             | HeaderError::BitsAboveLimit { hash, .. }
-            | HeaderError::WorkOverflow { hash } => *hash,
+            | HeaderError::WorkOverflow { hash }
+            | HeaderError::TimeTooOld { hash, .. }
+            | HeaderError::TimeTooNew { hash, .. }
+            | HeaderError::CheckpointMismatch { hash, .. }
+            | HeaderError::ForkBeforeCheckpoint { hash, .. } => *hash,
         }
     }
 }
@@ -109,6 +152,30 @@ impl fmt::Display for HeaderError {
             HeaderError::WorkOverflow { hash } => {
                 write!(f, "header {hash} overflows the cumulative chain work")
             }
+            HeaderError::TimeTooOld { hash, time, median } => write!(
+                f,
+                "header {hash} has time {time}, not above its parent's median time past {median}"
+            ),
+            HeaderError::TimeTooNew { hash, time, limit } => write!(
+                f,
+                "header {hash} has time {time}, more than allowed ahead of our clock (limit {limit})"
+            ),
+            HeaderError::CheckpointMismatch {
+                hash,
+                height,
+                expected,
+            } => write!(
+                f,
+                "header {hash} at height {height} contradicts the checkpoint {expected}"
+            ),
+            HeaderError::ForkBeforeCheckpoint {
+                hash,
+                height,
+                checkpoint,
+            } => write!(
+                f,
+                "header {hash} at height {height} forks below the checkpoint at height {checkpoint}"
+            ),
         }
     }
 }

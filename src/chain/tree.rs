@@ -12,6 +12,34 @@ use std::fmt;
 /// Number of timestamps whose median is the median time past.
 const MTP_SPAN: usize = 11;
 
+/// Bitcoin's limit on how far a header's time may be ahead of the clock: two hours.
+pub const MAX_FUTURE_BLOCK_TIME: u32 = 2 * 60 * 60;
+
+/// Contextual rules a [`HeaderTree`] enforces besides proof of work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// `(height, hash)` pairs the chain must pass through: a header at a checkpoint height must
+    /// have the checkpoint's hash, and once a checkpoint header is in the tree no header below
+    /// its height is accepted any more (forks there would be cheap to make: old difficulty).
+    pub checkpoints: Vec<(u32, Hash256)>,
+    /// How far (seconds) a header's time may be ahead of the clock set with
+    /// [`HeaderTree::set_clock`]; the check is off while the clock is not set.
+    pub max_future_secs: u32,
+    /// Refuse headers whose time is not above their parent's median time past.
+    pub median_time_past: bool,
+}
+
+impl Default for HeaderRules {
+    /// Bitcoin's rules without checkpoints: median time past, two hours into the future.
+    fn default() -> HeaderRules {
+        HeaderRules {
+            checkpoints: Vec::new(),
+            max_future_secs: MAX_FUTURE_BLOCK_TIME,
+            median_time_past: true,
+        }
+    }
+}
+
 /// One header in the tree, with what the tree derived from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -176,6 +204,32 @@ impl BitsCache {
     }
 }
 
+/// The checkpoint hash at `height` in `rules` (checkpoints sorted), if one is configured.
+fn checkpoint_at(rules: &HeaderRules, height: u32) -> Option<Hash256> {
+    let c = &rules.checkpoints;
+    c.binary_search_by_key(&height, |&(h, _)| h)
+        .ok()
+        .map(|i| c[i].1)
+}
+
+/// The median time past of node `id` and up to ten ancestors.
+fn mtp_of(nodes: &[Node], id: NodeId) -> u32 {
+    let mut times = [0u32; MTP_SPAN];
+    let mut n = 0;
+    let mut node = nodes.get(id as usize);
+    while let Some(x) = node {
+        times[n] = x.entry.header.time;
+        n += 1;
+        if n == MTP_SPAN {
+            break;
+        }
+        node = nodes.get(x.parent as usize);
+    }
+    let times = &mut times[..n];
+    times.sort_unstable();
+    times[n / 2]
+}
+
 /// Index of a node in the arena.
 type NodeId = u32;
 
@@ -205,6 +259,12 @@ pub struct HeaderTree {
     best: Vec<Hash256>,
     tip_work: U256,
     bits: BitsCache,
+    /// Checkpoints sorted by height, and the rest of the rules.
+    rules: HeaderRules,
+    /// Seconds since the Unix epoch as the caller last set them (0: not set).
+    clock: u32,
+    /// Height of the highest checkpoint in the tree (0: none): no new header below it.
+    checkpoint_floor: u32,
 }
 
 impl HeaderTree {
@@ -230,7 +290,47 @@ impl HeaderTree {
             best: vec![genesis],
             tip_work: entry.work,
             bits: BitsCache::new(params.genesis.bits),
+            rules: HeaderRules::default(),
+            clock: 0,
+            checkpoint_floor: 0,
         }
+    }
+
+    /// Replaces the contextual rules. Headers already in the tree are not checked again; the
+    /// highest checkpoint whose header is in the tree becomes the floor below which no new
+    /// header is accepted. Returns the checkpoints the best chain contradicts (a stored chain
+    /// made before the checkpoint was configured), as `(height, checkpoint hash, best hash)`.
+    pub fn set_rules(&mut self, mut rules: HeaderRules) -> Vec<(u32, Hash256, Hash256)> {
+        rules.checkpoints.sort_unstable();
+        rules.checkpoints.dedup();
+        self.checkpoint_floor = rules
+            .checkpoints
+            .iter()
+            .filter(|(_, h)| self.contains(h))
+            .map(|&(height, _)| height)
+            .max()
+            .unwrap_or(0);
+        let conflicts = rules
+            .checkpoints
+            .iter()
+            .filter_map(|&(height, h)| match self.hash_at(height) {
+                Some(best) if best != h => Some((height, h, best)),
+                _ => None,
+            })
+            .collect();
+        self.rules = rules;
+        conflicts
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &HeaderRules {
+        &self.rules
+    }
+
+    /// Sets the clock (seconds since the Unix epoch) that headers' times are checked against:
+    /// the tree has no clock of its own.
+    pub fn set_clock(&mut self, unix_secs: u32) {
+        self.clock = unix_secs;
     }
 
     /// Makes room for `additional` more headers (a sync that knows roughly how many to expect).
@@ -311,6 +411,47 @@ impl HeaderTree {
         // Cannot overflow: heights in the tree are at most the number of entries, and the
         // arena cannot hold 2^32 nodes of 128 bytes.
         let height = p.height + 1;
+        if height < self.checkpoint_floor {
+            return Err(HeaderError::ForkBeforeCheckpoint {
+                hash,
+                height,
+                checkpoint: self.checkpoint_floor,
+            });
+        }
+        let is_checkpoint = match checkpoint_at(&self.rules, height) {
+            Some(expected) if expected != hash => {
+                return Err(HeaderError::CheckpointMismatch {
+                    hash,
+                    height,
+                    expected,
+                })
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if self.rules.median_time_past {
+            let median = mtp_of(&self.nodes, parent);
+            if header.time <= median {
+                return Err(HeaderError::TimeTooOld {
+                    hash,
+                    time: header.time,
+                    median,
+                });
+            }
+        }
+        if self.clock != 0 {
+            let limit = self.clock.saturating_add(self.rules.max_future_secs);
+            if header.time > limit {
+                return Err(HeaderError::TimeTooNew {
+                    hash,
+                    time: header.time,
+                    limit,
+                });
+            }
+        }
+        if is_checkpoint {
+            self.checkpoint_floor = self.checkpoint_floor.max(height);
+        }
         let id = self.nodes.len() as NodeId;
         let better = work > self.tip_work;
         let extends_tip = self.best.last() == Some(&header.prev_hash);
@@ -506,23 +647,8 @@ impl HeaderTree {
     /// The median of the timestamps of `hash` and up to ten ancestors (fewer near genesis): a
     /// child of `hash` must have a time above it. `None` when `hash` is unknown.
     pub fn median_time_past(&self, hash: &Hash256) -> Option<u32> {
-        let mut times = [0u32; MTP_SPAN];
-        let mut n = 0;
-        let mut node = self.node(hash);
-        while let Some(x) = node {
-            times[n] = x.entry.header.time;
-            n += 1;
-            if n == MTP_SPAN {
-                break;
-            }
-            node = self.nodes.get(x.parent as usize);
-        }
-        if n == 0 {
-            return None;
-        }
-        let times = &mut times[..n];
-        times.sort_unstable();
-        Some(times[n / 2])
+        let id = *self.index.get(hash)?;
+        Some(mtp_of(&self.nodes, id))
     }
 
     /// A block locator of the best chain, newest first, ending with genesis: Bitcoin Core's
@@ -767,6 +893,131 @@ mod tests {
             out.push(ins.hash);
         }
         out
+    }
+
+    /// `h` with another time, mined again.
+    fn retime(mut h: BlockHeader, time: u32) -> BlockHeader {
+        h.time = time;
+        h.nonce = 0;
+        while !h.meets_own_target() {
+            h.nonce += 1;
+        }
+        h
+    }
+
+    #[test]
+    fn time_must_pass_the_median_of_eleven() {
+        let mut t = regtest();
+        let g = t.genesis_hash();
+        let hashes = extend(&mut t, g, 20, 1);
+        let tip = *t.get(hashes.last().unwrap()).unwrap();
+        let median = t.median_time_past(&tip.hash()).unwrap();
+        // Times step by 600: the median of the last eleven is the sixth newest.
+        assert_eq!(median, tip.header.time - 5 * 600);
+        let at_median = retime(mine(&tip, 7), median);
+        assert_eq!(
+            t.insert(at_median),
+            Err(HeaderError::TimeTooOld {
+                hash: at_median.hash(),
+                time: median,
+                median
+            })
+        );
+        // One second above the median is fine, even though it is before the parent's time.
+        let above = retime(mine(&tip, 8), median + 1);
+        assert!(t.insert(above).is_ok());
+        // The rule can be switched off (a test chain with equal times).
+        let mut t2 = regtest();
+        t2.set_rules(HeaderRules {
+            median_time_past: false,
+            ..Default::default()
+        });
+        let g = *t2.get(&t2.genesis_hash()).unwrap();
+        assert!(t2.insert(retime(mine(&g, 1), g.header.time)).is_ok());
+    }
+
+    #[test]
+    fn time_ahead_of_the_clock() {
+        let mut t = regtest();
+        let g = *t.get(&t.genesis_hash()).unwrap();
+        let far = retime(mine(&g, 1), g.header.time + 10_000);
+        // No clock set: no check.
+        assert!(t.clone().insert(far).is_ok());
+        t.set_clock(g.header.time);
+        let limit = g.header.time + MAX_FUTURE_BLOCK_TIME;
+        assert_eq!(
+            t.insert(far),
+            Err(HeaderError::TimeTooNew {
+                hash: far.hash(),
+                time: far.time,
+                limit
+            })
+        );
+        assert!(!t.contains(&far.hash()), "refused headers are not stored");
+        assert!(t.insert(retime(mine(&g, 2), limit)).is_ok());
+        // Later, with the clock moved on, the same header is fine.
+        t.set_clock(far.time);
+        assert!(t.insert(far).is_ok());
+    }
+
+    #[test]
+    fn checkpoints_pin_the_chain_and_stop_forks_below_them() {
+        // The honest chain, built without rules.
+        let mut honest = regtest();
+        let g = honest.genesis_hash();
+        let hashes = extend(&mut honest, g, 30, 1);
+        let headers: Vec<BlockHeader> = hashes
+            .iter()
+            .map(|h| honest.get(h).unwrap().header)
+            .collect();
+
+        let mut t = regtest();
+        let conflicts = t.set_rules(HeaderRules {
+            checkpoints: vec![(20, hashes[19]), (10, hashes[9])],
+            ..Default::default()
+        });
+        assert!(conflicts.is_empty());
+        assert_eq!(t.rules().checkpoints[0].0, 10, "sorted");
+        // A fork of 15 headers from genesis contradicts the checkpoint at 10.
+        let mut liar = regtest();
+        let fork = extend(&mut liar, g, 15, 2);
+        let fork: Vec<BlockHeader> = fork.iter().map(|h| liar.get(h).unwrap().header).collect();
+        let (i, e) = t.insert_many(&fork).unwrap_err();
+        assert_eq!(i, 9);
+        assert_eq!(
+            e,
+            HeaderError::CheckpointMismatch {
+                hash: fork[9].hash(),
+                height: 10,
+                expected: hashes[9]
+            }
+        );
+        // The honest chain passes both checkpoints.
+        let out = t.insert_many(&headers).unwrap();
+        assert_eq!(out.new_tip.height, 30);
+        // Now a fork from below the checkpoint at 20 is refused, even one with more work...
+        let low = *t.get(&hashes[14]).unwrap();
+        let f = mine(&low, 99);
+        assert_eq!(
+            t.insert(f),
+            Err(HeaderError::ForkBeforeCheckpoint {
+                hash: f.hash(),
+                height: 16,
+                checkpoint: 20
+            })
+        );
+        // ...while a fork above it is fine.
+        let high = *t.get(&hashes[24]).unwrap();
+        assert!(t.insert(mine(&high, 99)).is_ok());
+        // Duplicates below the floor are still duplicates, not errors.
+        assert!(t.insert(headers[3]).unwrap().duplicate);
+
+        // Rules set on a tree that holds another chain report the contradiction.
+        let conflicts = liar.set_rules(HeaderRules {
+            checkpoints: vec![(10, hashes[9])],
+            ..Default::default()
+        });
+        assert_eq!(conflicts, vec![(10, hashes[9], liar.hash_at(10).unwrap())]);
     }
 
     #[test]

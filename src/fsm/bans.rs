@@ -289,6 +289,9 @@ pub enum BanReason {
     RateLimitExceeded,
     /// A transaction the embedder rejected.
     InvalidTransaction,
+    /// A header that breaks a contextual rule: timestamp not above the median time past, a
+    /// checkpoint contradicted, a fork below a checkpoint.
+    InvalidHeader,
 }
 
 impl BanReason {
@@ -305,6 +308,7 @@ impl BanReason {
             BanReason::UnrequestedData => 10,
             BanReason::RateLimitExceeded => 50,
             BanReason::InvalidTransaction => 10,
+            BanReason::InvalidHeader => 50,
         }
     }
 
@@ -321,6 +325,7 @@ impl BanReason {
             BanReason::UnrequestedData => "unrequested data",
             BanReason::RateLimitExceeded => "rate limit exceeded",
             BanReason::InvalidTransaction => "invalid transaction",
+            BanReason::InvalidHeader => "invalid header",
         }
     }
 }

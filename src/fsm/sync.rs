@@ -365,6 +365,30 @@ impl HeaderSync {
                     BanReason::ProtocolViolation,
                     format!("header {index} of {}: {error}", headers.len()),
                 ),
+                HeaderError::TimeTooOld { .. }
+                | HeaderError::CheckpointMismatch { .. }
+                | HeaderError::ForkBeforeCheckpoint { .. } => (
+                    BanReason::InvalidHeader,
+                    format!("header {index} of {}: {error}", headers.len()),
+                ),
+                // Maybe our clock is behind: not misbehaviour, but nothing more from this peer
+                // until it announces something new (the header may be valid by then).
+                HeaderError::TimeTooNew { .. } => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.exhausted = true;
+                        p.pending = false;
+                        p.continue_from = None;
+                    }
+                    if from_sync_peer {
+                        self.in_flight = None;
+                        if !self.maybe_start(tree, now, &mut out) {
+                            out.push(SyncAction::SyncDone {
+                                height: tree.height(),
+                            });
+                        }
+                    }
+                    return out;
+                }
             };
             self.misbehaved(id, reason, detail, tree, now, &mut out);
             return out;
@@ -988,6 +1012,49 @@ mod tests {
         // A is never asked again, even when it announces.
         let x = mine(&hs[2999], 77);
         assert!(s.header_announced(A, x.hash(), &tree, t0).is_empty());
+    }
+
+    #[test]
+    fn timestamp_rules_score_the_past_and_forgive_the_future() {
+        let hs = chain(&genesis(), 30, 9);
+        let t0 = Instant::now();
+        // A header at or below its parent's median time past: InvalidHeader, B takes over.
+        let mut tree = regtest();
+        let mut s = HeaderSync::new(cfg());
+        only_request(&s.peer_connected(A, 30, NODE_NETWORK, 80, &tree, t0), A);
+        s.peer_connected(B, 30, NODE_NETWORK, 20, &tree, t0);
+        let mut bad = hs.clone();
+        bad[20].time = bad[14].time;
+        while !bad[20].meets_own_target() {
+            bad[20].nonce += 1;
+        }
+        let a = deliver(&mut s, &mut tree, A, &bad, t0 + MS);
+        assert_eq!(tree.height(), 20);
+        match &a[0] {
+            SyncAction::Misbehaved {
+                peer,
+                reason,
+                detail,
+            } => {
+                assert_eq!((*peer, *reason), (A, BanReason::InvalidHeader));
+                assert!(detail.contains("median time past"), "{detail}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(get_headers_to(&a[1..]), vec![B]);
+
+        // A header too far ahead of our clock: not scored, the round with A ends.
+        let mut tree = regtest();
+        tree.set_clock(hs[10].time);
+        let mut s = HeaderSync::new(cfg());
+        only_request(&s.peer_connected(A, 30, NODE_NETWORK, 80, &tree, t0), A);
+        let a = deliver(&mut s, &mut tree, A, &hs, t0 + MS);
+        assert_eq!(tree.height(), 23, "height 11 + two hours (12 x 600 s)");
+        assert_eq!(a, vec![SyncAction::SyncDone { height: 23 }]);
+        // When A announces a new block later, it is asked again.
+        tree.set_clock(hs[29].time);
+        let x = mine(&hs[29], 5);
+        only_request(&s.header_announced(A, x.hash(), &tree, t0 + 2 * MS), A);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! batch of headers into one store batch, including the rewrites a reorg needs.
 
 use super::{Batch, Store, StoreError, StoreResult, Table};
-use crate::chain::{ChainPoint, Entry, HeaderError, HeaderTree, Reorg, RECORD_LEN};
+use crate::chain::{ChainPoint, Entry, HeaderError, HeaderRules, HeaderTree, Reorg, RECORD_LEN};
 use crate::network::NetworkParams;
 use crate::wire::{BlockHeader, Hash256};
 use bytes::BytesMut;
@@ -94,11 +94,22 @@ impl ChainDb {
         &self.tree
     }
 
+    /// Sets the tree's contextual rules (see [`HeaderTree::set_rules`]); returns the
+    /// checkpoints the stored best chain contradicts.
+    pub fn set_rules(&mut self, rules: HeaderRules) -> Vec<(u32, Hash256, Hash256)> {
+        self.tree.set_rules(rules)
+    }
+
     /// Adds headers in order and appends to `batch` every write that makes the store match:
     /// new header records, the height index and tip, and on a reorg the records and heights of
     /// the branches that switched.
     pub fn insert_headers(&mut self, headers: &[BlockHeader], batch: &mut Batch) -> ChainUpdate {
         let old_tip = self.tree.tip_point();
+        // Headers' times are checked against the wall clock (two hours ahead at most).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+        self.tree.set_clock(now);
         let (added, error) = match self.tree.insert_many(headers) {
             Ok(outcome) => (outcome.added, None),
             // The headers before the bad one are in the tree; which of them were new is not
