@@ -134,7 +134,8 @@ pub enum Event {
     /// The best header chain switched branches.
     Reorg(Box<crate::chain::Reorg>),
     /// A transaction from a peer: call `accept_tx` to relay it or `reject_tx` to refuse it
-    /// (with [`crate::txrelay::TxPolicy::AcceptAll`] it is relayed already).
+    /// (with [`crate::txrelay::TxPolicy::AcceptAll`] it is relayed already). Undecided after
+    /// [`crate::txrelay::TX_DECISION_TIMEOUT`] (ten minutes), it is forgotten.
     TxReceived {
         peer: PeerId,
         tx: crate::wire::Transaction,

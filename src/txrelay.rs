@@ -8,6 +8,7 @@ use crate::engine::{Event, PeerId, Shared};
 use crate::fsm::bans::BanReason;
 use crate::wire::{Hash256, InvType, Inventory, Message, Reject, Transaction};
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 /// Transactions kept for serving `getdata` after they were accepted.
 const MAX_ACCEPTED: usize = 50_000;
@@ -19,6 +20,14 @@ const KNOWN_PER_PEER: usize = 20_000;
 const MAX_UNDECIDED: usize = 20_000;
 /// Most entries in one `inv`.
 const MAX_INV_BATCH: usize = 50_000;
+/// Rejected transactions remembered (so they are not fetched again), at most.
+const MAX_REJECTED: usize = 50_000;
+/// Time a peer has to deliver a transaction we asked for (Bitcoin nodes give a minute); after
+/// that the request is forgotten and the next announcement of it is followed.
+pub const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time the embedder has to accept or reject a transaction it was handed; after that it is
+/// forgotten (neither relayed nor held against its source).
+pub const TX_DECISION_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// What the engine does with a transaction a peer sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,16 +65,101 @@ impl PeerTx {
 #[derive(Default)]
 pub(crate) struct TxRelay {
     peers: HashMap<PeerId, PeerTx>,
-    /// Asked for, from whom.
-    requested: HashMap<Hash256, PeerId>,
-    /// Waiting for the embedder's decision, with their source.
-    pending: HashMap<Hash256, (PeerId, Transaction)>,
+    /// Asked for, from whom, when.
+    requested: HashMap<Hash256, (PeerId, Instant)>,
+    /// `requested` in the order asked (entries may be gone or renewed since).
+    requested_order: VecDeque<(Instant, Hash256)>,
+    /// Waiting for the embedder's decision, with their source and when they were handed over.
+    pending: HashMap<Hash256, (PeerId, Transaction, Instant)>,
+    /// `pending` in the order handed over.
+    pending_order: VecDeque<(Instant, Hash256)>,
     accepted: HashMap<Hash256, Transaction>,
     accepted_order: VecDeque<Hash256>,
     rejected: HashSet<Hash256>,
+    rejected_order: VecDeque<Hash256>,
+}
+
+/// What [`TxRelay::expire`] dropped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Expired {
+    /// Requests no answer came for.
+    pub requests: usize,
+    /// Transactions the embedder did not decide on.
+    pub undecided: usize,
 }
 
 impl TxRelay {
+    fn undecided(&self) -> usize {
+        self.requested.len() + self.pending.len()
+    }
+
+    /// Asks `id` for `h` (the caller sends the getdata).
+    fn request(&mut self, h: Hash256, id: PeerId, now: Instant) {
+        self.requested.insert(h, (id, now));
+        self.requested_order.push_back((now, h));
+    }
+
+    /// Who `h` was asked of.
+    fn requested_from(&self, h: &Hash256) -> Option<PeerId> {
+        self.requested.get(h).map(|&(id, _)| id)
+    }
+
+    /// `h` arrived from `id` and waits for the embedder.
+    fn hold(&mut self, tx: Transaction, id: PeerId, now: Instant) {
+        let h = tx.txid();
+        self.pending.insert(h, (id, tx, now));
+        self.pending_order.push_back((now, h));
+    }
+
+    fn remember_rejected(&mut self, h: Hash256) {
+        if self.rejected.insert(h) {
+            self.rejected_order.push_back(h);
+            if self.rejected_order.len() > MAX_REJECTED {
+                if let Some(old) = self.rejected_order.pop_front() {
+                    self.rejected.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Forgets requests older than [`TX_REQUEST_TIMEOUT`] and undecided transactions older
+    /// than [`TX_DECISION_TIMEOUT`]. Cost: the entries that expire (and stale order entries).
+    pub(crate) fn expire(&mut self, now: Instant) -> Expired {
+        let mut out = Expired::default();
+        while let Some(&(at, h)) = self.requested_order.front() {
+            if now.saturating_duration_since(at) < TX_REQUEST_TIMEOUT {
+                break;
+            }
+            self.requested_order.pop_front();
+            if self.requested.get(&h).is_some_and(|&(_, t)| t == at) {
+                self.requested.remove(&h);
+                out.requests += 1;
+            }
+        }
+        while let Some(&(at, h)) = self.pending_order.front() {
+            if now.saturating_duration_since(at) < TX_DECISION_TIMEOUT {
+                break;
+            }
+            self.pending_order.pop_front();
+            if self.pending.get(&h).is_some_and(|&(_, _, t)| t == at) {
+                self.pending.remove(&h);
+                out.undecided += 1;
+            }
+        }
+        // Order entries of requests answered long ago must not pile up either.
+        if self.requested_order.len() > 2 * MAX_UNDECIDED + self.requested.len() {
+            let live = &self.requested;
+            self.requested_order
+                .retain(|(at, h)| live.get(h).is_some_and(|&(_, t)| t == *at));
+        }
+        if self.pending_order.len() > 2 * MAX_UNDECIDED + self.pending.len() {
+            let live = &self.pending;
+            self.pending_order
+                .retain(|(at, h)| live.get(h).is_some_and(|&(_, _, t)| t == *at));
+        }
+        out
+    }
+
     fn seen(&self, h: &Hash256) -> bool {
         self.requested.contains_key(h)
             || self.pending.contains_key(h)
@@ -103,14 +197,23 @@ pub(crate) fn on_connected(shared: &Shared, id: PeerId) {
 pub(crate) fn on_disconnected(shared: &Shared, id: PeerId) {
     let mut r = shared.txs.lock().expect("tx relay lock");
     r.peers.remove(&id);
-    r.requested.retain(|_, p| *p != id);
+    r.requested.retain(|_, (p, _)| *p != id);
 }
 
-/// Sends every peer's queued announcements (called at each tick).
+/// Sends every peer's queued announcements and forgets expired requests and undecided
+/// transactions (called at each tick).
 pub(crate) fn flush(shared: &Shared) {
     let mut out = Vec::new();
     {
         let mut r = shared.txs.lock().expect("tx relay lock");
+        let x = r.expire(Instant::now());
+        if x != Expired::default() {
+            log::debug!(
+                "tx relay: {} requests unanswered, {} transactions undecided, forgotten",
+                x.requests,
+                x.undecided
+            );
+        }
         for (id, p) in r.peers.iter_mut() {
             if !p.queue.is_empty() {
                 let q = std::mem::take(&mut p.queue);
@@ -138,7 +241,7 @@ pub(crate) fn flush(shared: &Shared) {
 pub(crate) fn accept(shared: &Shared, txid: &Hash256) -> bool {
     let mut r = shared.txs.lock().expect("tx relay lock");
     match r.pending.remove(txid) {
-        Some((src, tx)) => {
+        Some((src, tx, _)) => {
             r.accept(tx, Some(src));
             true
         }
@@ -150,10 +253,10 @@ pub(crate) fn accept(shared: &Shared, txid: &Hash256) -> bool {
 pub(crate) fn reject(shared: &Shared, txid: &Hash256, reason: &str) -> bool {
     let src = {
         let mut r = shared.txs.lock().expect("tx relay lock");
-        let Some((src, _)) = r.pending.remove(txid) else {
+        let Some((src, _, _)) = r.pending.remove(txid) else {
             return false;
         };
-        r.rejected.insert(*txid);
+        r.remember_rejected(*txid);
         src
     };
     let reason: String = reason.chars().take(100).collect();
@@ -192,6 +295,7 @@ pub(crate) fn submit(shared: &Shared, tx: Transaction) {
 pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Message> {
     match msg {
         Message::Inv(items) => {
+            let now = Instant::now();
             let mut want = Vec::new();
             let mut rest = Vec::new();
             {
@@ -204,8 +308,8 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
                     if let Some(p) = r.peers.get_mut(&id) {
                         p.learn(i.hash);
                     }
-                    if !r.seen(&i.hash) && r.requested.len() + r.pending.len() < MAX_UNDECIDED {
-                        r.requested.insert(i.hash, id);
+                    if !r.seen(&i.hash) && r.undecided() < MAX_UNDECIDED {
+                        r.request(i.hash, id, now);
                         want.push(i);
                     }
                 }
@@ -218,7 +322,7 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
         Message::Tx(tx) => {
             let h = tx.txid();
             let mut r = shared.txs.lock().expect("tx relay lock");
-            if r.requested.get(&h) != Some(&id) {
+            if r.requested_from(&h) != Some(id) {
                 drop(r);
                 if let Some(ip) = shared
                     .ready
@@ -242,9 +346,7 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
             }
             match shared.config.tx_policy {
                 TxPolicy::AcceptAll => r.accept(tx.clone(), Some(id)),
-                TxPolicy::Embedder => {
-                    r.pending.insert(h, (id, tx.clone()));
-                }
+                TxPolicy::Embedder => r.hold(tx.clone(), id, Instant::now()),
             }
             drop(r);
             shared.emit(Event::TxReceived { peer: id, tx });
@@ -274,6 +376,81 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
             }
             (!rest.is_empty()).then_some(Message::GetData(rest))
         }
+        Message::NotFound(items) => {
+            // The peer does not have what we asked of it: the next announcer will be asked.
+            let mut r = shared.txs.lock().expect("tx relay lock");
+            for i in items.iter().filter(|i| i.kind == InvType::TX) {
+                if r.requested_from(&i.hash) == Some(id) {
+                    r.requested.remove(&i.hash);
+                }
+            }
+            Some(Message::NotFound(items))
+        }
         other => Some(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Decode;
+
+    fn tx(n: u8) -> Transaction {
+        // version 1, one input (prev n:0, empty script), one output (0 sat, empty script)
+        let mut raw = vec![1, 0, 0, 0, 1];
+        raw.extend_from_slice(&[n; 32]);
+        raw.extend_from_slice(&[0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 1]);
+        raw.extend_from_slice(&[0; 8]);
+        raw.extend_from_slice(&[0, 0, 0, 0, 0]);
+        Transaction::decode_all(bytes::Bytes::from(raw)).unwrap()
+    }
+
+    #[test]
+    fn requests_and_undecided_transactions_expire() {
+        let mut r = TxRelay::default();
+        let t0 = Instant::now();
+        let (a, b) = (tx(1), tx(2));
+        r.request(a.txid(), PeerId(1), t0);
+        r.request(b.txid(), PeerId(2), t0 + Duration::from_secs(30));
+        assert_eq!(r.expire(t0 + Duration::from_secs(59)), Expired::default());
+        // The first request times out; the second is answered and waits for the embedder.
+        r.requested.remove(&b.txid());
+        r.hold(b.clone(), PeerId(2), t0 + Duration::from_secs(31));
+        let x = r.expire(t0 + Duration::from_secs(60));
+        assert_eq!(
+            x,
+            Expired {
+                requests: 1,
+                undecided: 0
+            }
+        );
+        assert!(!r.seen(&a.txid()), "asked again at the next announcement");
+        assert!(r.seen(&b.txid()));
+        // A renewed request is not expired by the old order entry.
+        r.request(a.txid(), PeerId(3), t0 + Duration::from_secs(61));
+        assert_eq!(r.expire(t0 + Duration::from_secs(90)), Expired::default());
+        assert_eq!(r.requested_from(&a.txid()), Some(PeerId(3)));
+        // Ten minutes on, the embedder never decided on b: forgotten.
+        let x = r.expire(t0 + Duration::from_secs(31) + TX_DECISION_TIMEOUT);
+        assert_eq!(
+            x,
+            Expired {
+                requests: 1,
+                undecided: 1
+            }
+        );
+        assert_eq!(r.undecided(), 0);
+        assert!(r.requested_order.is_empty() && r.pending_order.is_empty());
+    }
+
+    #[test]
+    fn rejected_memory_is_bounded() {
+        let mut r = TxRelay::default();
+        for i in 0..(MAX_REJECTED as u32 + 10) {
+            r.remember_rejected(Hash256::sha256d(&i.to_le_bytes()));
+        }
+        assert_eq!(r.rejected.len(), MAX_REJECTED);
+        assert!(!r.seen(&Hash256::sha256d(&0u32.to_le_bytes())));
+        assert!(r.seen(&Hash256::sha256d(&(MAX_REJECTED as u32 + 9).to_le_bytes())));
     }
 }
