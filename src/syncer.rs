@@ -128,6 +128,9 @@ const KNOWN_PER_PEER: usize = 4096;
 pub(crate) struct RelayPeer {
     sendheaders: bool,
     known: std::collections::VecDeque<Hash256>,
+    /// The last block of a `getblocks` answer cut at its limit (Bitcoin's `hashContinue`):
+    /// when the peer asks for it, [`crate::serve`] announces our tip so it asks for more.
+    pub(crate) continuation: Option<Hash256>,
 }
 
 impl RelayPeer {

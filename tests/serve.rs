@@ -137,3 +137,153 @@ fn imports_the_real_early_mainnet_blocks_and_serves_them() {
     c.data_dir = Some(dir.0.clone());
     serve_and_check(c, &file, &raws);
 }
+
+/// Everything `p` is sent until the answer to a `getheaders` from `tip` (the engine's header
+/// tip, so an empty `headers`): a peer's messages are answered in order, so this is everything
+/// it was sent in answer to what it sent before.
+fn answers(p: &mut ScriptPeer, tip: Hash256) -> Vec<Message> {
+    p.send(&Message::GetHeaders(Locator {
+        version: 70016,
+        hashes: vec![tip],
+        stop: Hash256::ZERO,
+    }));
+    let mut seen = Vec::new();
+    loop {
+        match p.recv(T) {
+            Some(Message::Headers(h)) if h.is_empty() => return seen,
+            Some(m) => seen.push(m),
+            None => panic!("no answer to getheaders; got {} messages", seen.len()),
+        }
+    }
+}
+
+fn invs(seen: &[Message]) -> Vec<Vec<Hash256>> {
+    seen.iter()
+        .filter_map(|m| match m {
+            Message::Inv(i) => Some(i.iter().map(|i| i.hash).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn getblocks(from: Hash256) -> Message {
+    Message::GetBlocks(Locator {
+        version: 70016,
+        hashes: vec![from],
+        stop: Hash256::ZERO,
+    })
+}
+
+fn getdata(hashes: &[Hash256]) -> Message {
+    Message::GetData(
+        hashes
+            .iter()
+            .map(|h| Inventory {
+                kind: InvType::BLOCK,
+                hash: *h,
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn getblocks_continues_past_500_with_the_tip_and_lists_only_blocks_held() {
+    // A holds 1,200 blocks; B the first 600 blocks and all 1,200 headers; H only headers
+    let blocks = regtest_blocks(1_200);
+    let h: Vec<Hash256> = std::iter::once(Network::Regtest.params().genesis_hash())
+        .chain(blocks.iter().map(|b| b.hash()))
+        .collect();
+    let dir = TempDir::new("serve-getblocks");
+    let raws: Vec<&[u8]> = blocks.iter().map(|b| &b.raw()[..]).collect();
+    let magic = Network::Regtest.params().disk_magic;
+    let (all, first) = (dir.0.join("all.dat"), dir.0.join("first.dat"));
+    write_blk(&all, magic, &raws);
+    write_blk(&first, magic, &raws[..600]);
+    let node = |name: &str, headers_only: bool| {
+        let mut c = config();
+        c.data_dir = Some(dir.0.join(name));
+        c.headers_only = headers_only;
+        c
+    };
+    let (a, _aev) = start(node("a", false));
+    a.import_block_file(&all).unwrap();
+
+    // a getblocks client: 500 hashes; asking for the last of them brings the tip after it
+    let mut p = ScriptPeer::connect(a.local_addr().unwrap(), REGTEST);
+    p.handshake(1);
+    p.send(&getblocks(h[0]));
+    assert_eq!(invs(&answers(&mut p, h[1_200])), vec![h[1..=500].to_vec()]);
+    p.send(&getdata(&[h[499]]));
+    let seen = answers(&mut p, h[1_200]);
+    assert!(invs(&seen).is_empty(), "not the end of the batch");
+    p.send(&getdata(&[h[500]]));
+    let seen = answers(&mut p, h[1_200]);
+    let order: Vec<&Message> = seen
+        .iter()
+        .filter(|m| matches!(m, Message::Block(_) | Message::Inv(_)))
+        .collect();
+    assert!(
+        matches!(&order[..], [Message::Block(b), Message::Inv(_)] if b.hash() == h[500]),
+        "the block, then the inv"
+    );
+    assert_eq!(
+        invs(&seen),
+        vec![vec![h[1_200]]],
+        "the tip after the batch's last block"
+    );
+    // once only
+    p.send(&getdata(&[h[500]]));
+    assert!(invs(&answers(&mut p, h[1_200])).is_empty());
+    // the last batch is short: no continuation
+    p.send(&getblocks(h[1_000]));
+    assert_eq!(invs(&answers(&mut p, h[1_200])), vec![h[1_001..].to_vec()]);
+    p.send(&getdata(&[h[1_200]]));
+    assert!(invs(&answers(&mut p, h[1_200])).is_empty());
+
+    // B learns headers past its blocks from a peer that never delivers the blocks: it lists
+    // (and continues to) only the blocks it holds
+    let (b, _bev) = start(node("b", false));
+    b.import_block_file(&first).unwrap();
+    let mut teller = ScriptPeer::connect(b.local_addr().unwrap(), REGTEST);
+    teller.handshake(2);
+    teller.send(&Message::Headers(
+        blocks[600..].iter().map(|b| b.header).collect(),
+    ));
+    let deadline = std::time::Instant::now() + T;
+    while b.best_header().1 < 1_200 {
+        assert!(std::time::Instant::now() < deadline, "B took the headers");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut q = ScriptPeer::connect(b.local_addr().unwrap(), REGTEST);
+    q.handshake(3);
+    q.send(&getblocks(h[0]));
+    assert_eq!(invs(&answers(&mut q, h[1_200])), vec![h[1..=500].to_vec()]);
+    q.send(&getdata(&[h[500]]));
+    assert_eq!(
+        invs(&answers(&mut q, h[1_200])),
+        vec![vec![h[600]]],
+        "B's tip is its last block"
+    );
+    q.send(&getblocks(h[500]));
+    assert_eq!(
+        invs(&answers(&mut q, h[1_200])),
+        vec![h[501..=600].to_vec()]
+    );
+
+    // a header client lists nothing: it holds no block
+    let mut hc = node("h", true);
+    hc.connect = vec![a.local_addr().unwrap()];
+    let (hd, _hev) = start(hc);
+    let deadline = std::time::Instant::now() + T;
+    while hd.best_header().1 < 1_200 {
+        assert!(std::time::Instant::now() < deadline, "header client synced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut r = ScriptPeer::connect(hd.local_addr().unwrap(), REGTEST);
+    r.handshake(4);
+    r.send(&getblocks(h[0]));
+    assert!(invs(&answers(&mut r, h[1_200])).is_empty());
+    for e in [hd, b, a] {
+        e.stop();
+    }
+}
