@@ -83,6 +83,11 @@ pub struct SyncConfig {
     /// `headers` messages in a row that do not connect after which the sender misbehaved
     /// (at least 1).
     pub max_unconnecting: u32,
+    /// Wait for the answer to a request the peer may have nothing for (its known height is not
+    /// above our tip: the batch before ended exactly at its tip). Some nodes (bcoin) send no
+    /// empty `headers`; their silence past this (or the stall timeout, if shorter) ends their
+    /// round without a stall.
+    pub probe_timeout: Duration,
 }
 
 impl Default for SyncConfig {
@@ -92,6 +97,7 @@ impl Default for SyncConfig {
             headers_only: false,
             max_stalls: 2,
             max_unconnecting: 10,
+            probe_timeout: Duration::from_secs(2),
         }
     }
 }
@@ -220,6 +226,8 @@ struct SyncPeer {
 struct InFlight {
     peer: PeerId,
     sent: Instant,
+    /// Sent to a peer not known to be above our tip (see [`SyncConfig::probe_timeout`]).
+    probe: bool,
 }
 
 /// The header-first sync decision maker (see the [module documentation](self)).
@@ -255,7 +263,15 @@ impl HeaderSync {
 
     /// When [`HeaderSync::tick`] next has something to do (the in-flight request's stall time).
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.in_flight.map(|f| f.sent + self.config.stall_timeout)
+        self.in_flight.map(|f| f.sent + self.timeout_of(&f))
+    }
+
+    fn timeout_of(&self, f: &InFlight) -> Duration {
+        if f.probe {
+            self.config.stall_timeout.min(self.config.probe_timeout)
+        } else {
+            self.config.stall_timeout
+        }
     }
 
     /// Where the sync stands against `tree`.
@@ -521,6 +537,21 @@ impl HeaderSync {
     pub fn tick(&mut self, now: Instant, tree: &HeaderTree) -> Vec<SyncAction> {
         let mut out = Vec::new();
         if let Some(f) = self.in_flight {
+            if f.probe && now.saturating_duration_since(f.sent) >= self.timeout_of(&f) {
+                // Nothing more from it (it does not say so with an empty `headers`): its round
+                // ends as if it had.
+                self.in_flight = None;
+                if let Some(p) = self.peers.get_mut(&f.peer) {
+                    p.exhausted = true;
+                    p.continue_from = None;
+                }
+                if !self.maybe_start(tree, now, &mut out) {
+                    out.push(SyncAction::SyncDone {
+                        height: tree.height(),
+                    });
+                }
+                return out;
+            }
             if now.saturating_duration_since(f.sent) >= self.config.stall_timeout {
                 self.in_flight = None;
                 if let Some(p) = self.peers.get_mut(&f.peer) {
@@ -606,7 +637,9 @@ impl HeaderSync {
     /// its last full batch when that is on a side branch.
     fn request(&mut self, id: PeerId, tree: &HeaderTree, now: Instant) -> SyncAction {
         let mut locator = tree.locator();
+        let mut probe = false;
         if let Some(p) = self.peers.get_mut(&id) {
+            probe = !p.pending && p.height <= tree.height();
             p.pending = false;
             p.pending_hash = None;
             if let Some(last) = p.continue_from.take() {
@@ -618,6 +651,7 @@ impl HeaderSync {
         self.in_flight = Some(InFlight {
             peer: id,
             sent: now,
+            probe,
         });
         SyncAction::SendGetHeaders {
             peer: id,
@@ -840,7 +874,12 @@ mod tests {
 
         // Several candidates at once (a fresh sync after a restart): the choice among all.
         let mut s = HeaderSync::new(cfg());
-        s.in_flight = Some(InFlight { peer: E, sent: t0 }); // hold the start back
+        // hold the start back
+        s.in_flight = Some(InFlight {
+            peer: E,
+            sent: t0,
+            probe: false,
+        });
         for (id, h, score) in [(A, 100, 10), (B, 300, 10), (C, 300, 90), (D, 200, 99)] {
             assert!(s
                 .peer_connected(id, h, NODE_NETWORK, score, &tree, t0)
@@ -866,6 +905,7 @@ mod tests {
         s.in_flight = Some(InFlight {
             peer: PeerId(99),
             sent: t0,
+            probe: false,
         });
         for (id, h, services) in [(A, 100, NODE_NETWORK), (B, 1000, 0), (C, 300, NODE_NETWORK)] {
             s.peer_connected(id, h, services, 50, &tree, t0);
@@ -1012,6 +1052,44 @@ mod tests {
         // A is never asked again, even when it announces.
         let x = mine(&hs[2999], 77);
         assert!(s.header_announced(A, x.hash(), &tree, t0).is_empty());
+    }
+
+    #[test]
+    fn a_silent_peer_whose_chain_ends_on_a_full_batch_is_done_not_stalled() {
+        // The peer's chain is exactly two batches; it answers the third request with nothing
+        // at all (bcoin does this), not an empty `headers`.
+        let hs = chain(&genesis(), 4000, 12);
+        let peer = remote(&hs);
+        let mut tree = regtest();
+        let mut s = HeaderSync::new(SyncConfig {
+            stall_timeout: 30 * 1000 * MS,
+            probe_timeout: 100 * MS,
+            ..cfg()
+        });
+        let t0 = Instant::now();
+        let req = only_request(&s.peer_connected(A, 4000, NODE_NETWORK, 50, &tree, t0), A).clone();
+        let a = deliver(&mut s, &mut tree, A, &answer(&peer, &req), t0 + MS);
+        let req = only_request(&a, A).clone();
+        assert_eq!(
+            s.next_deadline(),
+            Some(t0 + MS + 30 * 1000 * MS),
+            "A is above our tip"
+        );
+        let a = deliver(&mut s, &mut tree, A, &answer(&peer, &req), t0 + 2 * MS);
+        only_request(&a, A);
+        assert_eq!(
+            s.next_deadline(),
+            Some(t0 + 102 * MS),
+            "a probe: A is not above our tip"
+        );
+        assert!(s.tick(t0 + 101 * MS, &tree).is_empty());
+        let a = s.tick(t0 + 102 * MS, &tree);
+        assert_eq!(a, vec![SyncAction::SyncDone { height: 4000 }]);
+        assert_eq!(s.next_deadline(), None);
+        // No stall was counted: when A announces a new block, it is the sync peer again.
+        let x = mine(&hs[3999], 5);
+        only_request(&s.header_announced(A, x.hash(), &tree, t0 + 200 * MS), A);
+        assert_eq!(s.next_deadline(), Some(t0 + 200 * MS + 30 * 1000 * MS));
     }
 
     #[test]
