@@ -76,7 +76,12 @@ impl Default for RateSettings {
                 (Command::from_static("getaddr"), 0.1, 3.0),
                 (Command::from_static("ping"), 100.0, 200.0),
                 (Command::from_static("inv"), 2_000.0, 5_000.0),
-                (Command::from_static("getheaders"), 20.0, 100.0),
+                // A header sync from us asks 2,000 headers a time: 500 a second is a million
+                // headers a second, and the burst covers a whole mainnet chain (~900,000).
+                (Command::from_static("getheaders"), 500.0, 1_000.0),
+                // Each costs up to 500 store lookups; clients that sync with it (bcoin) send
+                // one per 500 blocks.
+                (Command::from_static("getblocks"), 50.0, 200.0),
             ],
         }
     }
