@@ -129,6 +129,123 @@ impl Bcoin {
         Ok(reply["result"].clone())
     }
 
+    /// Several node JSON-RPC calls in one HTTP request (a JSON-RPC batch); `calls` are (method,
+    /// params as a JSON array text). Returns the results in order; panics if any call failed.
+    pub fn rpc_batch(&self, calls: &[(&str, String)]) -> Vec<Json> {
+        if calls.is_empty() {
+            return Vec::new();
+        }
+        let body = format!(
+            "[{}]",
+            calls
+                .iter()
+                .enumerate()
+                .map(|(i, (m, p))| format!(r#"{{"method":{},"params":{p},"id":{i}}}"#, json_str(m)))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let r = http(self.http_port, "POST", "/", Some(&body), &self.api_key)
+            .and_then(|(_, text)| Json::parse(&text).map_err(|e| format!("{e} in reply {text:?}")));
+        let reply = r.unwrap_or_else(|e| {
+            panic!(
+                "bcoin rpc batch of {}: {e}\n--- bcoin log tail ---\n{}",
+                calls.len(),
+                self.log_tail(40)
+            )
+        });
+        let answers = reply
+            .as_array()
+            .unwrap_or_else(|| panic!("bcoin rpc batch: not an array: {reply}"));
+        assert_eq!(answers.len(), calls.len(), "bcoin rpc batch answers");
+        answers
+            .iter()
+            .zip(calls)
+            .map(|(a, (m, p))| {
+                if !a["error"].is_null() {
+                    panic!("bcoin rpc {m} {p} (in a batch): {}", a["error"]);
+                }
+                a["result"].clone()
+            })
+            .collect()
+    }
+
+    /// The hashes of its best chain at `heights` (`getblockhash`, RPC byte order).
+    pub fn block_hashes(&self, heights: impl IntoIterator<Item = u32>) -> Vec<String> {
+        let calls: Vec<(&str, String)> = heights
+            .into_iter()
+            .map(|h| ("getblockhash", format!("[{h}]")))
+            .collect();
+        self.rpc_batch(&calls)
+            .into_iter()
+            .map(|h| {
+                h.as_str()
+                    .unwrap_or_else(|| panic!("getblockhash returned {h}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Its tip's hash (`getbestblockhash`, RPC byte order).
+    pub fn best_hash(&self) -> String {
+        let r = self.rpc("getbestblockhash", "[]");
+        r.as_str()
+            .unwrap_or_else(|| panic!("getbestblockhash returned {r}"))
+            .to_string()
+    }
+
+    /// The txids in its mempool (`getrawmempool`, RPC byte order).
+    pub fn mempool(&self) -> Vec<String> {
+        let r = self.rpc("getrawmempool", "[]");
+        r.as_array()
+            .unwrap_or_else(|| panic!("getrawmempool returned {r}"))
+            .iter()
+            .map(|t| t.as_str().expect("txid is a string").to_string())
+            .collect()
+    }
+
+    /// Mines a chain up to `height` whose blocks carry wallet transactions: 101 blocks first
+    /// (coinbases mature after 100), then rounds of `txs_per_round` payments (into the mempool)
+    /// and `blocks_per_round` blocks, so every round's first block confirms that many
+    /// transactions. Returns the txids sent (RPC byte order).
+    pub fn mine_with_transactions(
+        &self,
+        height: i64,
+        blocks_per_round: usize,
+        txs_per_round: usize,
+    ) -> Vec<String> {
+        assert!(blocks_per_round > 0);
+        let first = (101 - self.height()).clamp(0, height - self.height());
+        if first > 0 {
+            self.mine(first as usize);
+        }
+        let mut txids = Vec::new();
+        while self.height() < height {
+            for _ in 0..txs_per_round {
+                txids.push(self.send_to(&self.address(), 100_000_000));
+            }
+            let n = (blocks_per_round as i64).min(height - self.height());
+            self.mine(n as usize);
+        }
+        txids
+    }
+
+    /// A signed payment of `satoshis` to `address` from the primary wallet that is neither
+    /// broadcast nor recorded by the wallet; returns (txid, raw transaction hex).
+    pub fn create_tx(&self, address: &str, satoshis: u64) -> (String, String) {
+        let body = format!(
+            r#"{{"outputs":[{{"address":{},"value":{satoshis}}}],"sign":true}}"#,
+            json_str(address)
+        );
+        let tx = self.wallet("POST", "/wallet/primary/create", Some(&body));
+        let field = |k: &str| {
+            tx[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {k} in {tx}"))
+                .to_string()
+        };
+        (field("hash"), field("hex"))
+    }
+
     /// A wallet HTTP API call, e.g. `wallet("GET", "/wallet/primary/balance", None)`. Panics on
     /// a transport error or an HTTP status other than 200.
     pub fn wallet(&self, method: &str, path: &str, body: Option<&str>) -> Json {
