@@ -121,6 +121,9 @@ fn announce(shared: &Shared, ready: Vec<(u32, Hash256)>) {
 
 /// Most block hashes remembered per peer as already known to it.
 const KNOWN_PER_PEER: usize = 4096;
+/// Most headers room is made for ahead of a sync (~1M headers: ~170 MB of tree, untouched until
+/// used), whatever height peers claim.
+const MAX_RESERVE: usize = 1 << 20;
 
 /// What we know of a peer for relay: whether it wants headers announcements, and which blocks
 /// it already has (never announced back to it).
@@ -306,6 +309,30 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
                 learn(shared, id, h.hash());
             }
             let mut chain = shared.chain.lock().expect("chain lock");
+            // A full batch from the sync peer: the next one is asked for before this one is
+            // validated, so the peer serves while we work.
+            let ahead = shared
+                .sync
+                .lock()
+                .expect("sync lock")
+                .headers
+                .headers_arriving(id, &headers, chain.tree(), now);
+            if let Some(a) = ahead {
+                sync_actions(shared, vec![a]);
+                // A long sync: room for what the peers claim is left, within reason (a start
+                // height is the peer's word).
+                let tree = chain.tree();
+                let left = shared
+                    .sync
+                    .lock()
+                    .expect("sync lock")
+                    .headers
+                    .progress(tree)
+                    .best_known_height
+                    .saturating_sub(tree.height()) as usize;
+                // (a no-op when there is room already)
+                chain.reserve(left.min(MAX_RESERVE));
+            }
             let mut batch = Batch::new();
             let u = chain.insert_headers(&headers, &mut batch);
             if !batch.is_empty() {

@@ -5,7 +5,8 @@
 //!
 //! ## Policy
 //!
-//! - **One sync peer at a time**, with one `getheaders` in flight. The sync peer is the best
+//! - **One sync peer at a time**, with one `getheaders` in flight, and one more sent ahead
+//!   while a full batch is being validated ([`HeaderSync::headers_arriving`]). The sync peer is the best
 //!   candidate: a connected peer that claims a start height above our tip (and serves the chain:
 //!   [`NODE_NETWORK`], or any peer with [`SyncConfig::headers_only`]), highest start height first,
 //!   then the highest score, then the lowest id; peers that stalled before come after those that
@@ -39,7 +40,8 @@
 //! ```text
 //! handshake done          -> peer_connected(id, version.start_height, version.services, score, &tree, now)
 //! connection gone         -> peer_disconnected(id, &tree, now)
-//! `headers` received      -> let r = tree.insert_many(&headers);   // store r's new records
+//! `headers` received      -> headers_arriving(id, &headers, &tree, now)  // optional: pipelining
+//!                            let r = tree.insert_many(&headers);   // store r's new records
 //!                            headers_received(id, &headers, r.map(|_| ()), &tree, now)
 //! `inv` of unknown block  -> header_announced(id, hash, &tree, now)
 //! first header's parent unknown, checked before inserting (optional: an `Orphan` error at
@@ -228,6 +230,9 @@ struct InFlight {
     sent: Instant,
     /// Sent to a peer not known to be above our tip (see [`SyncConfig::probe_timeout`]).
     probe: bool,
+    /// Sent ahead, continuing from the end of a full batch that was still being validated
+    /// (see [`HeaderSync::headers_arriving`]): that batch's last hash.
+    after: Option<Hash256>,
 }
 
 /// The header-first sync decision maker (see the [module documentation](self)).
@@ -343,6 +348,44 @@ impl HeaderSync {
         out
     }
 
+    /// A `headers` message from `id`, before it is inserted into the tree. When it is a full
+    /// batch from the sync peer, the next request goes out now, continuing from the batch's last
+    /// header, so the peer serves the next batch while this one is validated and stored (one
+    /// request ahead; [`HeaderSync::headers_received`] then does not ask again). If the batch
+    /// turns out invalid, the peer is reported as usual and the answer to the early request,
+    /// which no longer connects, is not followed.
+    pub fn headers_arriving(
+        &mut self,
+        id: PeerId,
+        headers: &[BlockHeader],
+        tree: &HeaderTree,
+        now: Instant,
+    ) -> Option<SyncAction> {
+        let f = self.in_flight?;
+        if f.peer != id || headers.len() < HEADERS_BATCH {
+            return None;
+        }
+        let end = headers.last()?.hash();
+        let p = self.peers.get(&id)?;
+        if p.bad || f.after == Some(end) || p.last_full_end == Some(end) {
+            return None;
+        }
+        let reach = tree.height().saturating_add(headers.len() as u32);
+        let mut locator = tree.locator();
+        locator.insert(0, end);
+        self.in_flight = Some(InFlight {
+            peer: id,
+            sent: now,
+            probe: p.height <= reach,
+            after: Some(end),
+        });
+        Some(SyncAction::SendGetHeaders {
+            peer: id,
+            locator,
+            stop: Hash256::ZERO,
+        })
+    }
+
     /// A `headers` message from `id`, already passed to [`HeaderTree::insert_many`], whose result
     /// (without the batch details) is `outcome`.
     ///
@@ -429,6 +472,14 @@ impl HeaderSync {
             p.continue_from = end;
         }
         if from_sync_peer {
+            if full
+                && self
+                    .in_flight
+                    .is_some_and(|f| f.after.is_some() && f.after == end)
+            {
+                // asked already, by headers_arriving
+                return out;
+            }
             self.in_flight = None;
             if full {
                 out.push(self.request(id, tree, now));
@@ -652,6 +703,7 @@ impl HeaderSync {
             peer: id,
             sent: now,
             probe,
+            after: None,
         });
         SyncAction::SendGetHeaders {
             peer: id,
@@ -879,6 +931,7 @@ mod tests {
             peer: E,
             sent: t0,
             probe: false,
+            after: None,
         });
         for (id, h, score) in [(A, 100, 10), (B, 300, 10), (C, 300, 90), (D, 200, 99)] {
             assert!(s
@@ -906,6 +959,7 @@ mod tests {
             peer: PeerId(99),
             sent: t0,
             probe: false,
+            after: None,
         });
         for (id, h, services) in [(A, 100, NODE_NETWORK), (B, 1000, 0), (C, 300, NODE_NETWORK)] {
             s.peer_connected(id, h, services, 50, &tree, t0);
@@ -1052,6 +1106,100 @@ mod tests {
         // A is never asked again, even when it announces.
         let x = mine(&hs[2999], 77);
         assert!(s.header_announced(A, x.hash(), &tree, t0).is_empty());
+    }
+
+    /// `deliver`, with the early request of a pipelined sync first.
+    fn deliver_ahead(
+        s: &mut HeaderSync,
+        tree: &mut HeaderTree,
+        peer: PeerId,
+        headers: &[BlockHeader],
+        now: Instant,
+    ) -> (Option<SyncAction>, Vec<SyncAction>) {
+        let ahead = s.headers_arriving(peer, headers, tree, now);
+        (ahead, deliver(s, tree, peer, headers, now))
+    }
+
+    #[test]
+    fn full_batches_are_followed_by_a_request_sent_before_they_are_validated() {
+        let hs = chain(&genesis(), 5000, 13);
+        let peer = remote(&hs);
+        let mut tree = regtest();
+        let mut s = HeaderSync::new(cfg());
+        let t0 = Instant::now();
+        let req = only_request(&s.peer_connected(A, 5000, NODE_NETWORK, 50, &tree, t0), A).clone();
+        let b1 = answer(&peer, &req);
+        let (ahead, after) = deliver_ahead(&mut s, &mut tree, A, &b1, t0 + MS);
+        let req = ahead.expect("asked ahead");
+        assert_eq!(get_headers_to(std::slice::from_ref(&req)), vec![A]);
+        assert_eq!(
+            locator_of(&req)[0],
+            hs[1999].hash(),
+            "continues from the batch's end"
+        );
+        assert!(after.is_empty(), "not asked twice: {after:?}");
+        assert_eq!(s.next_deadline(), Some(t0 + MS + 50 * MS));
+        let b2 = answer(&peer, &req);
+        assert_eq!(b2[0], hs[2000]);
+        let (ahead, after) = deliver_ahead(&mut s, &mut tree, A, &b2, t0 + 2 * MS);
+        let req = ahead.expect("asked ahead");
+        assert!(after.is_empty());
+        // The same batch again (a repeated request's answer): no second early request.
+        assert_eq!(s.headers_arriving(A, &b2, &tree, t0 + 3 * MS), None);
+        let b3 = answer(&peer, &req);
+        assert_eq!(b3.len(), 1000);
+        let (ahead, after) = deliver_ahead(&mut s, &mut tree, A, &b3, t0 + 4 * MS);
+        assert_eq!(ahead, None, "a short batch is the last");
+        assert_eq!(after, vec![SyncAction::SyncDone { height: 5000 }]);
+        assert_eq!(tree.height(), 5000);
+    }
+
+    #[test]
+    fn an_invalid_batch_asked_ahead_is_not_followed() {
+        let hs = chain(&genesis(), 5000, 14);
+        let honest = remote(&hs);
+        let mut tree = regtest();
+        let mut s = HeaderSync::new(cfg());
+        let t0 = Instant::now();
+        only_request(&s.peer_connected(A, 5000, NODE_NETWORK, 80, &tree, t0), A);
+        s.peer_connected(B, 5000, NODE_NETWORK, 20, &tree, t0);
+        let mut bad = hs[..2000].to_vec();
+        while bad[1500].meets_own_target() {
+            bad[1500].nonce += 1;
+        }
+        let (ahead, after) = deliver_ahead(&mut s, &mut tree, A, &bad, t0 + MS);
+        assert!(ahead.is_some(), "asked ahead before the batch was checked");
+        assert!(
+            matches!(after[0], SyncAction::Misbehaved { peer: A, .. }),
+            "{after:?}"
+        );
+        let req = after[1].clone();
+        assert_eq!(get_headers_to(&after[1..]), vec![B]);
+        // A's answer to the early request arrives: A is no longer asked anything.
+        let late = hs[2000..4000].to_vec();
+        let (ahead, after) = deliver_ahead(&mut s, &mut tree, A, &late, t0 + 2 * MS);
+        assert_eq!(ahead, None);
+        assert!(after.is_empty(), "{after:?}");
+        // B carries the sync to the end, pipelined.
+        let mut req = req;
+        let mut n = 0;
+        loop {
+            let batch = answer(&honest, &req);
+            let (ahead, after) = deliver_ahead(&mut s, &mut tree, B, &batch, t0 + 3 * MS);
+            n += 1;
+            match ahead {
+                Some(r) => {
+                    assert!(after.is_empty());
+                    req = r;
+                }
+                None => {
+                    assert_eq!(after, vec![SyncAction::SyncDone { height: 5000 }]);
+                    break;
+                }
+            }
+            assert!(n < 10);
+        }
+        assert_eq!(tree.tip().0, hs[4999].hash());
     }
 
     #[test]

@@ -94,6 +94,12 @@ impl ChainDb {
         &self.tree
     }
 
+    /// Makes room in the tree for `additional` more headers (a sync that knows how many to
+    /// expect), so the tree does not grow and copy itself step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.tree.reserve(additional);
+    }
+
     /// Sets the tree's contextual rules (see [`HeaderTree::set_rules`]); returns the
     /// checkpoints the stored best chain contradicts.
     pub fn set_rules(&mut self, rules: HeaderRules) -> Vec<(u32, Hash256, Hash256)> {
