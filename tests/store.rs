@@ -387,3 +387,65 @@ fn writer_merges_and_acks() {
     assert_eq!(s.count(Table::Heights).unwrap(), 1000);
     w.stop();
 }
+
+/// Puts in ascending runs (LMDB appends them), out of order, over existing keys, and deletes of
+/// the largest key, in random batches: LMDB and the memory store end up with the same tables.
+#[test]
+fn appends_and_random_writes_match_the_memory_store() {
+    let dir = TempDir::new("store-append");
+    let lmdb = LmdbStore::open(&dir.0, &LmdbOptions::default()).unwrap();
+    let mem = MemoryStore::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let mut next = 0u32;
+    for _ in 0..300 {
+        let mut b = Batch::new();
+        for _ in 0..rnd(20) + 1 {
+            let t = if rnd(2) == 0 {
+                Table::Headers
+            } else {
+                Table::Heights
+            };
+            match rnd(10) {
+                // an ascending run (a sync batch)
+                0..=5 => {
+                    next += 1 + rnd(3) as u32;
+                    b.put(t, next.to_be_bytes().to_vec(), next.to_le_bytes().to_vec());
+                }
+                // below the largest key: new or existing
+                6 | 7 => {
+                    let k = rnd(next as u64 + 1) as u32;
+                    b.put(t, k.to_be_bytes().to_vec(), vec![rnd(256) as u8; 3]);
+                }
+                // the largest key goes, then keys above the old largest come again
+                8 => b.delete(t, next.to_be_bytes().to_vec()),
+                _ => {
+                    let k = next.saturating_sub(rnd(2) as u32);
+                    b.delete(t, k.to_be_bytes().to_vec());
+                    next = next.saturating_sub(2);
+                }
+            }
+        }
+        lmdb.write(&b).unwrap();
+        mem.write(&b).unwrap();
+    }
+    for t in [Table::Headers, Table::Heights] {
+        let dump = |s: &dyn Store| {
+            let mut v = Vec::new();
+            s.scan(t, &[], &mut |k, val| {
+                v.push((k.to_vec(), val.to_vec()));
+                true
+            })
+            .unwrap();
+            v
+        };
+        let (a, b) = (dump(&lmdb), dump(&mem));
+        assert!(a.len() > 100, "{}", a.len());
+        assert_eq!(a, b, "{t:?}");
+    }
+}
