@@ -100,8 +100,16 @@ fn download_actions(
             }
         }
     }
+    // Committed before the event and the announcement: the embedder reading the block and a
+    // peer asking for it right after must find it in the store.
     if !batch.is_empty() {
-        shared.writer.submit(batch);
+        if let Err(e) = shared.writer.write(batch) {
+            log::error!(
+                "blocks {:?} could not be stored: {e}",
+                ready.iter().map(|(h, _)| h).collect::<Vec<_>>()
+            );
+            return Vec::new();
+        }
     }
     for (height, hash) in &ready {
         shared.emit(Event::BlockConnected {

@@ -59,15 +59,23 @@ fn a_fresh_engine_syncs_headers_then_blocks_and_a_line_of_three_passes_them_on()
     let (b, bev) = start(cb);
     let mut cc = node(&dir, "c", false);
     let mut ch = node(&dir, "h", true);
-    wait_synced(&b, &blocks, true);
-    // blocks were announced to B's embedder in chain order
+    // blocks are announced to B's embedder in chain order, each readable when its event comes
     let mut heights = Vec::new();
-    while let Ok(e) = bev.try_recv() {
-        if let Event::BlockConnected { height, .. } = e {
-            heights.push(height);
+    let deadline = Instant::now() + T;
+    while heights.len() < 600 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match bev.recv_timeout(left) {
+            Ok(Event::BlockConnected { height, hash }) => {
+                let stored = b.block(bsn::HeaderRef::Hash(hash)).unwrap();
+                assert!(stored.is_some(), "block {height} not readable at its event");
+                heights.push(height);
+            }
+            Ok(_) => {}
+            Err(e) => panic!("{} blocks connected: {e}", heights.len()),
         }
     }
     assert_eq!(heights, (1..=600).collect::<Vec<u32>>());
+    wait_synced(&b, &blocks, true);
     cc.connect = vec![b.local_addr().unwrap()];
     ch.connect = vec![b.local_addr().unwrap()];
     let (c, _cev) = start(cc);
