@@ -36,7 +36,7 @@
 //!    engine 0 with `submit_block`, timed until the last engine raises `BlockConnected`; a
 //!    transaction given to `submit_tx`, timed until the last engine raises `TxReceived` (three
 //!    per network, at random moments, on several fresh networks so that the timers' phases
-//!    vary). Also the transaction with the default relay flush interval (500 ms). Baseline: the same frame
+//!    vary). Also the transaction with the default announce interval (250 ms). Baseline: the same frame
 //!    store-and-forwarded over a chain of raw TCP forwarders with as many hops as the farthest
 //!    engine is from engine 0. Several repetitions; p50 (and p90) reported.
 //!
@@ -1255,7 +1255,7 @@ impl Net {
             let mut c = config(None);
             c.shards = 1;
             c.tx_policy = TxPolicy::AcceptAll;
-            c.dial_interval = flush_every;
+            c.tx_announce_interval = flush_every;
             engines.push(Engine::start(c).unwrap());
         }
         let edges = edges();
@@ -1506,9 +1506,9 @@ fn bench_relay(reps: usize, big: Option<Vec<Transaction>>) {
     for (flush, nets, what) in [
         (Duration::from_millis(20), nets, "flush 20 ms"),
         (
-            bsn::discovery::DEFAULT_DIAL_INTERVAL,
+            Config::new(Network::Regtest).tx_announce_interval,
             nets.min(3),
-            "default flush 500 ms",
+            "default announce interval 250 ms",
         ),
     ] {
         let mut lat = Vec::new();

@@ -108,6 +108,9 @@ pub struct Config {
     /// What happens to transactions peers send: handed to the embedder (default), or accepted
     /// and relayed at once.
     pub tx_policy: crate::txrelay::TxPolicy,
+    /// How often queued transaction announcements go out, one `inv` per peer (the Bitcoin SV
+    /// node's `txnpropagationfreq` is 250 ms).
+    pub tx_announce_interval: Duration,
     /// `(height, hash)` pairs the chain must pass through: headers contradicting one are refused
     /// (and their sender scored), and no fork below the highest one reached is accepted.
     pub checkpoints: Vec<(u32, crate::wire::hash::Hash256)>,
@@ -185,6 +188,7 @@ impl Config {
             sync_stall_timeout: Duration::from_secs(30),
             block_timeout: Duration::from_secs(60),
             tx_policy: crate::txrelay::TxPolicy::Embedder,
+            tx_announce_interval: Duration::from_millis(250),
             checkpoints: Vec::new(),
         }
     }
@@ -218,6 +222,7 @@ impl Config {
             ("redial_base", self.redial_base),
             ("persist_interval", self.persist_interval),
             ("dial_interval", self.dial_interval),
+            ("tx_announce_interval", self.tx_announce_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than zero")));

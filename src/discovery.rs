@@ -234,14 +234,28 @@ pub(crate) fn run(shared: Arc<Shared>, stop: Receiver<()>) {
         log::info!("seeds: {} addresses, {n} new", seeds.len());
     }
     let mut rng = XorShift64::new(crate::util::random_u64());
+    let (dial_every, tx_every) = (
+        shared.config.dial_interval,
+        shared.config.tx_announce_interval,
+    );
+    let start = std::time::Instant::now();
+    let (mut next_dial, mut next_tx) = (start + dial_every, start + tx_every);
     loop {
-        match stop.recv_timeout(shared.config.dial_interval) {
+        let wake = next_dial.min(next_tx);
+        match stop.recv_timeout(wake.saturating_duration_since(std::time::Instant::now())) {
             Err(RecvTimeoutError::Timeout) => {}
             _ => return,
         }
-        fill_outbound(&shared, &mut rng);
-        crate::syncer::tick(&shared);
-        crate::txrelay::flush(&shared);
+        let now = std::time::Instant::now();
+        if now >= next_tx {
+            crate::txrelay::flush(&shared);
+            next_tx = now + tx_every;
+        }
+        if now >= next_dial {
+            fill_outbound(&shared, &mut rng);
+            crate::syncer::tick(&shared);
+            next_dial = now + dial_every;
+        }
     }
 }
 

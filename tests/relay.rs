@@ -28,6 +28,7 @@ fn a_new_block_reaches_a_ring_of_five_and_each_downloads_it_once() {
     for _ in 0..5 {
         let mut c = config();
         c.dial_interval = Duration::from_millis(20);
+        c.tx_announce_interval = Duration::from_millis(20);
         engines.push(start(c));
     }
     // ring: each engine dials the next one
@@ -93,6 +94,7 @@ fn a_transaction_reaches_a_ring_of_five_exactly_once_each_after_each_embedder_ac
     for _ in 0..5 {
         let mut c = config();
         c.dial_interval = Duration::from_millis(20);
+        c.tx_announce_interval = Duration::from_millis(20);
         let (e, ev) = start(c);
         engines.push(Arc::new(e));
         events.push(ev);
