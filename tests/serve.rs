@@ -287,3 +287,58 @@ fn getblocks_continues_past_500_with_the_tip_and_lists_only_blocks_held() {
         e.stop();
     }
 }
+
+#[test]
+fn a_block_over_the_peers_message_limit_is_still_served() {
+    // A peer that sent no protoconf takes messages up to 1 MiB, except blocks: a 1.5 MB block
+    // (served as its stored bytes) must go out whole.
+    let params = Network::Regtest.params();
+    let parent = regtest_blocks(1).pop().unwrap();
+    let coinbase = parent.txs[0].clone();
+    let big = bsn::wire::Transaction::build(
+        1,
+        &[(
+            bsn::wire::OutPoint {
+                txid: coinbase.txid(),
+                vout: 0,
+            },
+            b"\x51",
+            u32::MAX,
+        )],
+        &[(0, &vec![0x6a; 1_500_000][..])],
+        0,
+    );
+    let mut header = BlockHeader {
+        version: 4,
+        prev_hash: parent.hash(),
+        merkle_root: Hash256::ZERO,
+        time: parent.header.time + 1,
+        bits: 0x207fffff,
+        nonce: 0,
+    };
+    let cb = regtest_blocks(2).pop().unwrap().txs[0].clone();
+    header.merkle_root =
+        bsn::wire::Block::new(header, vec![cb.clone(), big.clone()]).compute_merkle_root();
+    while !header.meets_own_target() {
+        header.nonce += 1;
+    }
+    let block = bsn::wire::Block::new(header, vec![cb, big]);
+    assert!(block.raw().len() > 1_500_000);
+    let dir = TempDir::new("serve-big");
+    let file = dir.0.join("blk00000.dat");
+    write_blk(
+        &file,
+        params.disk_magic,
+        &[&parent.raw()[..], &block.raw()[..]],
+    );
+    let (a, _aev) = start(config());
+    assert_eq!(a.import_block_file(&file).unwrap(), (2, 2));
+    let mut p = ScriptPeer::connect(a.local_addr().unwrap(), params.magic);
+    p.handshake(78);
+    p.send(&getdata(&[block.hash()]));
+    match p.expect(T, |m| matches!(m, Message::Block(_) | Message::NotFound(_))) {
+        Message::Block(b) => assert_eq!(&b.raw()[..], &block.raw()[..]),
+        other => panic!("{other:?}"),
+    }
+    a.stop();
+}

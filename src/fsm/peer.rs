@@ -244,7 +244,8 @@ impl PeerProtocol {
     /// Whether a message fits what the peer accepts.
     pub fn check_send(&self, msg: &Message) -> Result<(), String> {
         let len = msg.payload_len() as u64;
-        let is_block = matches!(msg, Message::Block(_));
+        // (a stored block is served as its raw bytes under the block command)
+        let is_block = msg.command() == crate::wire::message::commands::BLOCK;
         if !is_block && len > self.their_max_payload.max(LEGACY_MAX_PAYLOAD) {
             return Err(format!(
                 "{} payload of {len} bytes exceeds the peer's limit of {}",
