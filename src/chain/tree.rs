@@ -230,6 +230,24 @@ fn mtp_of(nodes: &[Node], id: NodeId) -> u32 {
     times[n / 2]
 }
 
+/// Whether `time` is above the median time past of node `id` (as `time > mtp_of(nodes, id)`,
+/// without sorting: above the median means fewer than half of the times are at or above it).
+#[inline]
+fn above_median(nodes: &[Node], id: NodeId, time: u32) -> bool {
+    let (mut n, mut at_or_above) = (0usize, 0usize);
+    let mut node = nodes.get(id as usize);
+    while let Some(x) = node {
+        n += 1;
+        at_or_above += usize::from(x.entry.header.time >= time);
+        if n == MTP_SPAN {
+            break;
+        }
+        node = nodes.get(x.parent as usize);
+    }
+    // median = sorted[n / 2]; time > median <=> #(t < time) >= n / 2 + 1
+    n - at_or_above > n / 2
+}
+
 /// Index of a node in the arena.
 type NodeId = u32;
 
@@ -333,6 +351,16 @@ impl HeaderTree {
         self.clock = unix_secs;
     }
 
+    /// The entries added since the tree held `len` of them, in the order they were added (the
+    /// arena is append-only: a batch's new headers are its last entries, in input order).
+    pub fn entries_since(&self, len: usize) -> impl Iterator<Item = &Entry> + '_ {
+        self.nodes
+            .get(len..)
+            .unwrap_or(&[])
+            .iter()
+            .map(|n| &n.entry)
+    }
+
     /// Makes room for `additional` more headers (a sync that knows roughly how many to expect).
     pub fn reserve(&mut self, additional: usize) {
         self.index.reserve(additional);
@@ -429,15 +457,12 @@ impl HeaderTree {
             Some(_) => true,
             None => false,
         };
-        if self.rules.median_time_past {
-            let median = mtp_of(&self.nodes, parent);
-            if header.time <= median {
-                return Err(HeaderError::TimeTooOld {
-                    hash,
-                    time: header.time,
-                    median,
-                });
-            }
+        if self.rules.median_time_past && !above_median(&self.nodes, parent, header.time) {
+            return Err(HeaderError::TimeTooOld {
+                hash,
+                time: header.time,
+                median: mtp_of(&self.nodes, parent),
+            });
         }
         if self.clock != 0 {
             let limit = self.clock.saturating_add(self.rules.max_future_secs);
@@ -934,6 +959,39 @@ mod tests {
         });
         let g = *t2.get(&t2.genesis_hash()).unwrap();
         assert!(t2.insert(retime(mine(&g, 1), g.header.time)).is_ok());
+    }
+
+    #[test]
+    fn above_median_agrees_with_the_sorted_median() {
+        let mut t = regtest();
+        t.set_rules(HeaderRules {
+            median_time_past: false,
+            ..Default::default()
+        });
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut cur = *t.get(&t.genesis_hash()).unwrap();
+        for i in 0..40 {
+            // times jumping around within a small range, with many ties
+            let time = 1_000_000 + (rnd() % 8) as u32 * 100;
+            let h = retime(mine(&cur, i), time);
+            let hash = t.insert(h).unwrap().hash;
+            cur = *t.get(&hash).unwrap();
+            let id = *t.index.get(&cur.hash()).unwrap();
+            let median = mtp_of(&t.nodes, id);
+            for probe in [median - 1, median, median + 1, 999_000, 1_001_000] {
+                assert_eq!(
+                    above_median(&t.nodes, id, probe),
+                    probe > median,
+                    "{i} {probe}"
+                );
+            }
+        }
     }
 
     #[test]

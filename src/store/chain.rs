@@ -116,6 +116,7 @@ impl ChainDb {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
         self.tree.set_clock(now);
+        let len_before = self.tree.len();
         let (added, error) = match self.tree.insert_many(headers) {
             Ok(outcome) => (outcome.added, None),
             // The headers before the bad one are in the tree; which of them were new is not
@@ -127,17 +128,27 @@ impl ChainDb {
         };
         // All values of the batch are carved out of one buffer: one allocation, not one per op.
         let mut arena = BytesMut::with_capacity(added.len() * (RECORD_LEN + 36 + 4 + 32) + 64);
-        let mut put_entry = |batch: &mut Batch, tree: &HeaderTree, h: &Hash256| {
-            let e = tree
-                .get(h)
-                .expect("a hash the tree just reported is in the tree");
+        let mut put_record = |batch: &mut Batch, h: &Hash256, e: &Entry| {
             arena.extend_from_slice(&header_key(e.height, h));
             let key = arena.split().freeze();
             arena.extend_from_slice(&e.to_record());
             batch.put(Table::Headers, key, arena.split().freeze());
         };
-        for h in &added {
-            put_entry(batch, &self.tree, h);
+        let lookup = |tree: &HeaderTree, h: &Hash256| {
+            *tree
+                .get(h)
+                .expect("a hash the tree just reported is in the tree")
+        };
+        if error.is_none() {
+            // The new entries are the arena's last, in the order of `added`: no lookups.
+            for (h, e) in added.iter().zip(self.tree.entries_since(len_before)) {
+                debug_assert_eq!(e.hash(), *h);
+                put_record(batch, h, e);
+            }
+        } else {
+            for h in &added {
+                put_record(batch, h, &lookup(&self.tree, h));
+            }
         }
         let new_tip = self.tree.tip_point();
         let mut reorg = None;
@@ -145,7 +156,7 @@ impl ChainDb {
             let from = match self.tree.reorg_since(&old_tip.hash) {
                 Some(r) => {
                     for h in r.disconnected.iter().chain(r.connected.iter()) {
-                        put_entry(batch, &self.tree, h);
+                        put_record(batch, h, &lookup(&self.tree, h));
                     }
                     for gone in (new_tip.height + 1)..=old_tip.height {
                         batch.delete(Table::Heights, height_key(gone).to_vec());
