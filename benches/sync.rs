@@ -44,31 +44,10 @@
 //! `headers`, `serve`, `blocks`, `relay` after `--` pick sections (`sync` runs only the
 //! engine-to-engine header sync, 8 times, for profiling: it is not part of the default run).
 //!
-//! Measured on the dev machine (a shared 2-vCPU VM; other sessions' builds ran at times, so
-//! expect ±30%), two full runs, medians:
-//!
-//! ```text
-//!                                                   run 1        run 2    target
-//!   1. engine -> engine header sync, headers/s    612,866      577,275   1,000,000  MISSED
-//!      (best run)                                 639,049      929,657
-//!      store alone (ChainDb + StoreWriter)        939,493      937,844
-//!      raw TCP, same frames, 1 in flight        7,660,361    8,509,674
-//!   2. headers served, 16 in flight, headers/s  4,403,345    6,310,681   2,000,000  met
-//!      raw TCP server, same frames              9,580,423   11,533,666
-//!      small blocks served, 16 in flight         89,306       75,583      10,000  met
-//!      raw TCP server, same frames              154,455      125,391
-//!   3. real 1-2 MB blocks, MB/s: raw server 927 / 670; engine -> client 668 / 668;
-//!      engine -> engine 417 / 423
-//!   4. 10 engines, p50 to the last (3 hops) vs raw 3-hop store-and-forward:
-//!      146-byte block 1.40 / 1.45 ms (raw 0.14 / 0.17); 1 MB block 19.3 / 23.1 ms (raw 4.4 /
-//!      4.9); tx 27.6 / 27.0 ms with a 20 ms relay flush, 585 / 771 ms with the default 500 ms
-//! ```
-//!
-//! Where the header sync's time goes (perf + the per-thread CPU lines): one `getheaders` is in
-//! flight, so each 2,000-header batch costs B's validation (~1.7 ms, `ChainDb::insert_headers`:
-//! half of it the header's double SHA-256, then the hash index, memory growth, record
-//! building) plus the whole round trip through six threads; B's LMDB writer (~1.5 ms a batch,
-//! mostly `mdb_put` B-tree searches) runs alongside. CPU use is only 1.1-1.3 of 2 cores.
+//! Results, their baselines and what changed because of them are in the README ("Measured").
+//! The first version of this bench found the header sync at 0.50-0.61 M/s with one request in
+//! flight and the cores half idle; pipelining the requests, `MDB_APPEND`, reserving the tree and
+//! a set for the per-peer block filter brought it to ~0.9-1.0 M/s, now CPU-bound on 2 cores.
 
 use bsn::store::chain::{stored_tip, ChainDb};
 use bsn::store::lmdb::{LmdbOptions, LmdbStore};
