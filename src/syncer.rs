@@ -22,7 +22,7 @@ pub(crate) struct SyncState {
     pub(crate) buffer: HashMap<Hash256, Block>,
 }
 
-fn ip_of(shared: &Shared, id: PeerId) -> Option<std::net::IpAddr> {
+pub(crate) fn ip_of(shared: &Shared, id: PeerId) -> Option<std::net::IpAddr> {
     shared
         .ready
         .lock()
@@ -323,27 +323,18 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
             }
             let mut chain = shared.chain.lock().expect("chain lock");
             // A full batch from the sync peer: the next one is asked for before this one is
-            // validated, so the peer serves while we work.
-            let ahead = shared
-                .sync
-                .lock()
-                .expect("sync lock")
-                .headers
-                .headers_arriving(id, &headers, chain.tree(), now);
+            // validated, so the peer serves while we work; and the tree makes room for what the
+            // peers claim is left, within reason (a start height is the peer's word; a no-op
+            // when there is room already).
+            let (ahead, left) = {
+                let mut st = shared.sync.lock().expect("sync lock");
+                let tree = chain.tree();
+                let ahead = st.headers.headers_arriving(id, &headers, tree, now);
+                let known = st.headers.progress(tree).best_known_height;
+                (ahead, known.saturating_sub(tree.height()) as usize)
+            };
             if let Some(a) = ahead {
                 sync_actions(shared, vec![a]);
-                // A long sync: room for what the peers claim is left, within reason (a start
-                // height is the peer's word).
-                let tree = chain.tree();
-                let left = shared
-                    .sync
-                    .lock()
-                    .expect("sync lock")
-                    .headers
-                    .progress(tree)
-                    .best_known_height
-                    .saturating_sub(tree.height()) as usize;
-                // (a no-op when there is room already)
                 chain.reserve(left.min(MAX_RESERVE));
             }
             let mut batch = Batch::new();

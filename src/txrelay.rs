@@ -269,13 +269,7 @@ pub(crate) fn reject(shared: &Shared, txid: &Hash256, reason: &str) -> bool {
             data: bytes::Bytes::copy_from_slice(&txid.0),
         }),
     );
-    if let Some(ip) = shared
-        .ready
-        .lock()
-        .expect("ready lock")
-        .get(&src)
-        .map(|(a, _)| a.ip())
-    {
+    if let Some(ip) = crate::syncer::ip_of(shared, src) {
         shared.misbehaving(
             ip,
             Some(src),
@@ -324,13 +318,7 @@ pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Me
             let mut r = shared.txs.lock().expect("tx relay lock");
             if r.requested_from(&h) != Some(id) {
                 drop(r);
-                if let Some(ip) = shared
-                    .ready
-                    .lock()
-                    .expect("ready lock")
-                    .get(&id)
-                    .map(|(a, _)| a.ip())
-                {
+                if let Some(ip) = crate::syncer::ip_of(shared, id) {
                     shared.misbehaving(
                         ip,
                         Some(id),

@@ -212,18 +212,22 @@ fn checkpoint_at(rules: &HeaderRules, height: u32) -> Option<Hash256> {
         .map(|i| c[i].1)
 }
 
+/// The timestamps of node `id` and up to ten ancestors, newest first.
+fn mtp_times(nodes: &[Node], id: NodeId) -> impl Iterator<Item = u32> + '_ {
+    std::iter::successors(nodes.get(id as usize), move |x| {
+        nodes.get(x.parent as usize)
+    })
+    .take(MTP_SPAN)
+    .map(|x| x.entry.header.time)
+}
+
 /// The median time past of node `id` and up to ten ancestors.
 fn mtp_of(nodes: &[Node], id: NodeId) -> u32 {
     let mut times = [0u32; MTP_SPAN];
     let mut n = 0;
-    let mut node = nodes.get(id as usize);
-    while let Some(x) = node {
-        times[n] = x.entry.header.time;
+    for t in mtp_times(nodes, id) {
+        times[n] = t;
         n += 1;
-        if n == MTP_SPAN {
-            break;
-        }
-        node = nodes.get(x.parent as usize);
     }
     let times = &mut times[..n];
     times.sort_unstable();
@@ -235,14 +239,9 @@ fn mtp_of(nodes: &[Node], id: NodeId) -> u32 {
 #[inline]
 fn above_median(nodes: &[Node], id: NodeId, time: u32) -> bool {
     let (mut n, mut at_or_above) = (0usize, 0usize);
-    let mut node = nodes.get(id as usize);
-    while let Some(x) = node {
+    for t in mtp_times(nodes, id) {
         n += 1;
-        at_or_above += usize::from(x.entry.header.time >= time);
-        if n == MTP_SPAN {
-            break;
-        }
-        node = nodes.get(x.parent as usize);
+        at_or_above += usize::from(t >= time);
     }
     // median = sorted[n / 2]; time > median <=> #(t < time) >= n / 2 + 1
     n - at_or_above > n / 2

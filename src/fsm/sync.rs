@@ -434,18 +434,9 @@ impl HeaderSync {
                 // until it announces something new (the header may be valid by then).
                 HeaderError::TimeTooNew { .. } => {
                     if let Some(p) = self.peers.get_mut(&id) {
-                        p.exhausted = true;
                         p.pending = false;
-                        p.continue_from = None;
                     }
-                    if from_sync_peer {
-                        self.in_flight = None;
-                        if !self.maybe_start(tree, now, &mut out) {
-                            out.push(SyncAction::SyncDone {
-                                height: tree.height(),
-                            });
-                        }
-                    }
+                    self.round_over(id, from_sync_peer, tree, now, &mut out);
                     return out;
                 }
             };
@@ -484,15 +475,7 @@ impl HeaderSync {
             if full {
                 out.push(self.request(id, tree, now));
             } else {
-                if let Some(p) = self.peers.get_mut(&id) {
-                    p.exhausted = true;
-                    p.continue_from = None;
-                }
-                if !self.maybe_start(tree, now, &mut out) {
-                    out.push(SyncAction::SyncDone {
-                        height: tree.height(),
-                    });
-                }
+                self.round_over(id, true, tree, now, &mut out);
             }
         } else if full {
             // A late answer to a request that timed out, or unrequested: the peer has more.
@@ -591,16 +574,7 @@ impl HeaderSync {
             if f.probe && now.saturating_duration_since(f.sent) >= self.timeout_of(&f) {
                 // Nothing more from it (it does not say so with an empty `headers`): its round
                 // ends as if it had.
-                self.in_flight = None;
-                if let Some(p) = self.peers.get_mut(&f.peer) {
-                    p.exhausted = true;
-                    p.continue_from = None;
-                }
-                if !self.maybe_start(tree, now, &mut out) {
-                    out.push(SyncAction::SyncDone {
-                        height: tree.height(),
-                    });
-                }
+                self.round_over(f.peer, true, tree, now, &mut out);
                 return out;
             }
             if now.saturating_duration_since(f.sent) >= self.config.stall_timeout {
@@ -618,6 +592,30 @@ impl HeaderSync {
         }
         self.maybe_start(tree, now, &mut out);
         out
+    }
+
+    /// `id` has nothing more for us now: its round ends. If it was the sync peer, the next
+    /// candidate is asked, or the sync is done when there is none.
+    fn round_over(
+        &mut self,
+        id: PeerId,
+        was_sync_peer: bool,
+        tree: &HeaderTree,
+        now: Instant,
+        out: &mut Vec<SyncAction>,
+    ) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.exhausted = true;
+            p.continue_from = None;
+        }
+        if was_sync_peer {
+            self.in_flight = None;
+            if !self.maybe_start(tree, now, out) {
+                out.push(SyncAction::SyncDone {
+                    height: tree.height(),
+                });
+            }
+        }
     }
 
     /// Reports `id`, never asks it again, and moves the sync elsewhere if it was the sync peer.
