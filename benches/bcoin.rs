@@ -30,7 +30,6 @@ fn config(headers_only: bool) -> Config {
     let mut c = Config::with_params(regtest_params());
     c.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     c.shards = 1;
-    c.workers = 1;
     c.pin_threads = false;
     c.target_outbound = 0;
     c.headers_only = headers_only;
@@ -53,7 +52,7 @@ fn header_sync(from: SocketAddr, height: u32) -> Duration {
             Ok(Event::PeerConnected(_)) => start = Some(Instant::now()),
             Ok(Event::HeadersSynced { height: h }) if h >= height => {
                 let t = start.expect("synced after the handshake").elapsed();
-                assert_eq!(e.best_header().1, height);
+                assert_eq!(e.best_header().unwrap().1, height);
                 e.stop();
                 return t;
             }
@@ -61,7 +60,7 @@ fn header_sync(from: SocketAddr, height: u32) -> Duration {
             Ok(_) => {}
             Err(_) => panic!(
                 "no header sync to {height} from {from} in {SYNC_TIMEOUT:?}; at {}",
-                e.best_header().1
+                e.best_header().unwrap().1
             ),
         }
     }
@@ -119,7 +118,7 @@ fn ping_client(addr: SocketAddr, warmup: usize, n: usize) -> Vec<u64> {
             .unwrap_or(0),
         receiver: a,
         sender: a,
-        nonce: bsn::util::random_u64(),
+        nonce: random_u64(),
         user_agent: "/bsn-bench-pinger/".into(),
         start_height: 0,
         relay: Some(false),
@@ -201,12 +200,12 @@ fn main() {
     let server_ev = server.events();
     server.connect(bcoin.p2p_addr()).expect("dial bcoin");
     let deadline = Instant::now() + SYNC_TIMEOUT;
-    while server.best_header().1 < height {
+    while server.best_header().unwrap().1 < height {
         assert!(Instant::now() < deadline, "the bsn server did not sync");
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_eq!(
-        server.best_header().0.to_string(),
+        server.best_header().unwrap().0.to_string(),
         bcoin.best_hash(),
         "the same tip"
     );
@@ -249,4 +248,17 @@ fn main() {
         b99 / s99
     );
     server.stop();
+}
+
+/// A random number for nonces (not for cryptography).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }

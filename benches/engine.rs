@@ -47,7 +47,6 @@ fn config(shards: usize) -> Config {
     let mut c = Config::new(Network::Regtest);
     c.listen = Some("127.0.0.1:0".parse().unwrap());
     c.shards = shards;
-    c.workers = 1;
     c.pin_threads = false;
     c.max_inbound = 20_000;
     c.event_capacity = 1 << 20;

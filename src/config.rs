@@ -30,8 +30,6 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Network threads, each with its own event loop and shard of sockets.
     pub shards: usize,
-    /// Worker threads that process messages.
-    pub workers: usize,
     /// Pin each network thread to a core.
     pub pin_threads: bool,
     /// Most inbound connections.
@@ -70,8 +68,15 @@ pub struct Config {
     pub max_payload_errors: u32,
     /// Stream policies advertised in protoconf.
     pub stream_policies: String,
-    /// Capacity of the event channel; events past it are dropped and counted.
+    /// Capacity of the event channel to the embedder.
     pub event_capacity: usize,
+    /// Events the core holds for an embedder that does not keep up before it stops taking
+    /// work from peers (which then stop being read): no event is ever dropped, and memory
+    /// stays bounded by this many events beyond the channel's capacity.
+    pub event_high_water: usize,
+    /// Reports (messages, connections) the shards may queue for the node core; when the core
+    /// falls behind by this many, the shards stop reading their sockets.
+    pub core_queue: usize,
     /// How often peer records and statistics are saved (also at every disconnect and at stop).
     pub persist_interval: Duration,
     /// Most entries in the ban list.
@@ -107,7 +112,7 @@ pub struct Config {
     pub block_timeout: Duration,
     /// What happens to transactions peers send: handed to the embedder (default), or accepted
     /// and relayed at once.
-    pub tx_policy: crate::txrelay::TxPolicy,
+    pub tx_policy: crate::fsm::txrelay::TxPolicy,
     /// How often queued transaction announcements go out, one `inv` per peer (the Bitcoin SV
     /// node's `txnpropagationfreq` is 250 ms).
     pub tx_announce_interval: Duration,
@@ -151,7 +156,6 @@ impl Config {
             connect: Vec::new(),
             data_dir: None,
             shards: cores(),
-            workers: cores().div_ceil(2),
             pin_threads: true,
             max_inbound: 117,
             max_outbound: 8,
@@ -172,6 +176,8 @@ impl Config {
             max_payload_errors: 10,
             stream_policies: "Default".into(),
             event_capacity: 65_536,
+            event_high_water: 4096,
+            core_queue: 8192,
             persist_interval: Duration::from_secs(5),
             max_bans: 10_000,
             never_ban: Vec::new(),
@@ -181,13 +187,13 @@ impl Config {
             evict_min_age: Duration::from_secs(10),
             seeds: Vec::new(),
             target_outbound: 8,
-            dial_interval: crate::discovery::DEFAULT_DIAL_INTERVAL,
+            dial_interval: Duration::from_millis(500),
             getaddr_on_connect: true,
             allow_local_addrs: is_regtest,
             headers_only: false,
             sync_stall_timeout: Duration::from_secs(30),
             block_timeout: Duration::from_secs(60),
-            tx_policy: crate::txrelay::TxPolicy::Embedder,
+            tx_policy: crate::fsm::txrelay::TxPolicy::Embedder,
             tx_announce_interval: Duration::from_millis(250),
             checkpoints: Vec::new(),
         }
@@ -210,8 +216,8 @@ impl Config {
         if self.shards > 1024 {
             return e("shards must be at most 1024");
         }
-        if self.workers == 0 {
-            return e("workers must be at least 1");
+        if self.event_high_water == 0 || self.core_queue == 0 {
+            return e("event_high_water and core_queue must be at least 1");
         }
         for (name, d) in [
             ("handshake_timeout", self.handshake_timeout),
@@ -371,11 +377,6 @@ impl ConfigBuilder {
     /// Network threads.
     pub fn shards(mut self, n: usize) -> Self {
         self.config.shards = n;
-        self
-    }
-    /// Worker threads.
-    pub fn workers(mut self, n: usize) -> Self {
-        self.config.workers = n;
         self
     }
     /// Thread pinning.

@@ -1,190 +1,56 @@
-//! `Engine::start`: validates the configuration, binds the listeners, starts one pinned network
-//! thread per shard (each a [`crate::reactor::Shard`] event loop) and the worker threads, and
-//! gives the embedder a stream of [`Event`]s and calls to act on peers.
+//! `Engine::start`: validates the configuration, opens the store, binds the listeners, starts
+//! one pinned event loop per shard and the node core's thread, and gives the embedder a stream
+//! of [`Event`]s and calls to act on peers.
 //!
 //! ```text
-//!   API calls ──ShardCmd + Waker──► shard 0..N (mio loops, sockets) ──WorkerMsg──► workers
-//!                                                                                   │
-//!   embedder ◄──────────────────────────── Event (crossbeam channel) ◄──────────────┘
+//!  sockets ─► shard 0..N ──PeerInput (bounded)──► core thread: NodeCore ──Write──► store writer
+//!              ▲   (mio loops: framing, handshake,        │      ▲                    │
+//!              │    keepalive, rate limits)               │      └──── commit acks ◄──┘
+//!              └────────── ShardCmd + Waker ◄─────────────┤
+//!   embedder ◄──────────── Event (bounded) ◄──────────────┤
+//!   API calls ───────────── closures run on the core ─────┘
 //! ```
+//!
+//! Flow is lossless and bounded: when the embedder does not drain events, the core holds up to
+//! `event_high_water` of them and then stops taking peer reports; the shards' reports then fill
+//! their bounded channel and the shards stop reading sockets. TCP pushes back on the peers.
 
 use crate::config::Config;
-use crate::discovery;
-use crate::error::Error;
-use crate::fsm::addrbook::{load_entries, AddrBook, AddrBookSettings, AddrInfo, XorShift64};
-use crate::fsm::bans::{Ban, BanError, BanList, BanReason, BanScores, Subnet};
-use crate::fsm::peer::{PeerSettings, PeerStats};
-use crate::fsm::{Direction, DisconnectReason};
-use crate::reactor::{listeners, Shard, ShardCmd};
-use crate::registry::Registry;
-use crate::store::chain::ChainDb;
+use crate::error::{Error, SendError};
+use crate::event::{Event, PeerInfo};
+use crate::fsm::addrbook::AddrInfo;
+use crate::fsm::bans::{Ban, Subnet};
+use crate::fsm::sync::SyncProgress;
+use crate::fsm::PeerId;
+use crate::node::{CoreCounts, HeaderRef, NodeCore, Output, PeerInput};
+use crate::reactor::{listeners, shard_of, Shard, ShardCmd, ShardContext};
 use crate::store::lmdb::{LmdbOptions, LmdbStore};
 use crate::store::memory::MemoryStore;
-use crate::store::records::{ban_key, load_bans, BanRecord};
 use crate::store::records::{PeerRecord, StoredStats};
 use crate::store::writer::StoreWriter;
-use crate::store::Store;
-use crate::store::{Batch, Table};
-use crate::wire::{Message, VersionMessage};
+use crate::store::{Store, StoreResult};
+use crate::wire::{Block, BlockHeader, Hash256, Message, Transaction};
 use bytes::Bytes;
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Select, Sender};
 use mio::{Poll, Waker};
-use std::collections::{HashMap, HashSet};
-use std::fmt;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Identifies one connection for its lifetime (never reused within an engine).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(pub u64);
+/// A closure run on the core thread; what it returns runs after the core's outputs are carried
+/// out (so an answer cannot overtake the writes and sends it caused).
+type CoreCall = Box<dyn FnOnce(&mut NodeCore, Instant) -> Box<dyn FnOnce() + Send> + Send>;
 
-const SHARD_BITS: u32 = 10;
-
-impl PeerId {
-    fn shard(&self) -> usize {
-        (self.0 & ((1 << SHARD_BITS) - 1)) as usize
-    }
-}
-
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
-
-impl fmt::Debug for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PeerId({})", self.0)
-    }
-}
-
-/// What the engine knows about a connection.
-#[derive(Clone, Debug)]
-pub struct PeerInfo {
-    /// Its id.
-    pub id: PeerId,
-    /// Remote address.
-    pub addr: SocketAddr,
-    /// Who connected.
-    pub direction: Direction,
-    /// Whether the handshake is complete.
-    pub ready: bool,
-    /// Peer's protocol version (0 before the handshake).
-    pub version: i32,
-    /// Peer's service bits.
-    pub services: u64,
-    /// Peer's user agent.
-    pub user_agent: String,
-    /// Peer's best height at connect.
-    pub start_height: i32,
-    /// Last ping round trip.
-    pub rtt: Option<Duration>,
-    /// When the connection was made.
-    pub connected_since: SystemTime,
-    /// Largest non-block payload the peer accepts.
-    pub their_max_payload: u64,
-    /// Bytes waiting to be sent.
-    pub queued_bytes: usize,
-    /// Counters per command.
-    pub stats: PeerStats,
-    /// The shard that owns the socket.
-    pub shard: usize,
-    /// Score from 0 to 100 (see [`crate::fsm::scoring`]): higher is preferred for sync and kept
-    /// longer when inbound slots are full.
-    pub score: u32,
-    /// Status from the same evidence.
-    pub status: crate::store::records::PeerStatus,
-}
-
-/// What the engine tells the embedder.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub enum Event {
-    /// A peer completed its handshake.
-    PeerConnected(Box<PeerInfo>),
-    /// A connection ended (also for connections that never completed their handshake).
-    PeerDisconnected {
-        id: PeerId,
-        addr: SocketAddr,
-        direction: Direction,
-        reason: DisconnectReason,
-    },
-    /// An outbound connection could not even be started.
-    ConnectFailed { addr: SocketAddr, reason: String },
-    /// A message the engine does not consume itself.
-    Message { peer: PeerId, message: Message },
-    /// An IP or subnet was banned (by ban score or by a call); its connections are dropped.
-    Banned {
-        subnet: Subnet,
-        until: u64,
-        reason: String,
-    },
-    /// A ban ended (expired, lifted or cleared).
-    Unbanned { subnet: Subnet },
-    /// The header chain caught up with the peers (the sync peer had no more headers).
-    HeadersSynced { height: u32 },
-    /// The block at `height` of the best chain is stored; raised in chain order.
-    BlockConnected {
-        height: u32,
-        hash: crate::wire::Hash256,
-    },
-    /// The best header chain switched branches.
-    Reorg(Box<crate::chain::Reorg>),
-    /// A transaction from a peer: call `accept_tx` to relay it or `reject_tx` to refuse it
-    /// (with [`crate::txrelay::TxPolicy::AcceptAll`] it is relayed already). Undecided after
-    /// [`crate::txrelay::TX_DECISION_TIMEOUT`] (ten minutes), it is forgotten.
-    TxReceived {
-        peer: PeerId,
-        tx: crate::wire::Transaction,
-    },
-    /// A peer's ban score went up.
-    BanScore {
-        ip: IpAddr,
-        peer: Option<PeerId>,
-        reason: BanReason,
-        score: u32,
-    },
-}
-
-/// What shards tell workers.
-pub enum WorkerMsg {
-    Connected(PeerInfo, Box<VersionMessage>),
-    Message(PeerId, Message),
-    Disconnected {
-        id: PeerId,
-        addr: SocketAddr,
-        direction: Direction,
-        reason: DisconnectReason,
-        handshaken: bool,
-        stats: PeerStats,
-        rtt: Option<Duration>,
-    },
-    ConnectFailed {
-        addr: SocketAddr,
-        reason: String,
-    },
+enum CoreCmd {
+    Call(CoreCall),
     Stop,
 }
 
-/// What workers tell the registry thread.
-enum RegistryMsg {
-    Connected(PeerId, SocketAddr, u64, String, i32),
-    Disconnected(
-        PeerId,
-        SocketAddr,
-        Direction,
-        bool,
-        PeerStats,
-        Option<Duration>,
-    ),
-    Failed(SocketAddr),
-    /// Set the status of every known address inside the subnet (or of the IP).
-    Status(IpAddr, Option<Subnet>, crate::store::records::PeerStatus),
-    Stop,
-}
+/// How long an API call waits for the core to answer.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -193,537 +59,32 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// State shared by the shards, the workers and the API.
-pub struct Shared {
-    pub(crate) config: Config,
-    pub(crate) settings: PeerSettings,
-    inbound: AtomicUsize,
-    outbound: AtomicUsize,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
-    own_nonces: Mutex<HashSet<u64>>,
-    next_id: AtomicU64,
-    start_height: AtomicI32,
-    shards: Vec<(Sender<ShardCmd>, Arc<Waker>)>,
-    single_listener: bool,
-    workers: Vec<Sender<WorkerMsg>>,
-    events: Sender<Event>,
-    dropped_events: AtomicU64,
-    registry_tx: Sender<RegistryMsg>,
-    pub(crate) registry: Mutex<Registry>,
-    pub(crate) writer: Arc<StoreWriter>,
-    pub(crate) chain: Mutex<ChainDb>,
-    bans: Mutex<BanList>,
-    scores: Mutex<BanScores>,
-    /// Ready inbound peers: shard, score, connected since (refreshed every tick), for eviction.
-    inbound_peers: Mutex<HashMap<PeerId, (usize, u32, std::time::Instant)>>,
-    /// The listening address, as bound.
-    pub(crate) local_addr: Option<SocketAddr>,
-    /// Every peer that completed its handshake.
-    pub(crate) ready: Mutex<HashMap<PeerId, (SocketAddr, Direction)>>,
-    /// Addresses being dialled from the address book.
-    pub(crate) dialing: Mutex<HashSet<SocketAddr>>,
-    /// Peers whose getaddr was answered.
-    pub(crate) answered_getaddr: Mutex<HashSet<PeerId>>,
-    /// Known addresses.
-    pub(crate) addrbook: Mutex<AddrBook>,
-    pub(crate) rng: Mutex<XorShift64>,
-    next_dial: AtomicUsize,
-    pub(crate) sync: Mutex<crate::syncer::SyncState>,
-    /// Blocks the embedder asked for itself.
-    pub(crate) embedder_blocks: Mutex<HashSet<crate::wire::Hash256>>,
-    /// Relay state of every ready peer.
-    pub(crate) relay: Mutex<HashMap<PeerId, crate::syncer::RelayPeer>>,
-    /// Transaction relay state.
-    pub(crate) txs: Mutex<crate::txrelay::TxRelay>,
+/// Reports a thread's end (a panic included) to the core's driver.
+struct ExitGuard {
+    name: String,
+    tx: Sender<(String, bool)>,
 }
 
-impl Shared {
-    pub(crate) fn next_peer_id(&self, shard: usize) -> PeerId {
-        PeerId((self.next_id.fetch_add(1, Ordering::Relaxed) << SHARD_BITS) | shard as u64)
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let _ = self
+            .tx
+            .send((std::mem::take(&mut self.name), std::thread::panicking()));
     }
-
-    pub(crate) fn start_height(&self) -> i32 {
-        self.start_height.load(Ordering::Relaxed)
-    }
-
-    /// A version nonce; outbound ones are remembered to detect connections to ourselves.
-    pub(crate) fn new_nonce(&self, remember: bool) -> u64 {
-        let n = crate::util::random_u64();
-        if remember {
-            self.own_nonces.lock().expect("nonce set lock").insert(n);
-        }
-        n
-    }
-
-    pub(crate) fn is_own_nonce(&self, n: u64) -> bool {
-        self.own_nonces.lock().expect("nonce set lock").contains(&n)
-    }
-
-    pub(crate) fn forget_nonce(&self, n: Option<u64>) {
-        if let Some(n) = n {
-            self.own_nonces.lock().expect("nonce set lock").remove(&n);
-        }
-    }
-
-    /// Takes a connection slot; false when a limit is reached.
-    pub(crate) fn reserve(&self, d: Direction, addr: SocketAddr) -> bool {
-        let (count, max) = match d {
-            Direction::Inbound => (&self.inbound, self.config.max_inbound),
-            Direction::Outbound => (&self.outbound, self.config.max_outbound),
-        };
-        if count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
-                (c < max).then_some(c + 1)
-            })
-            .is_err()
-        {
-            return false;
-        }
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
-        let n = per_ip.entry(addr.ip()).or_insert(0);
-        if self.config.max_per_ip > 0 && *n >= self.config.max_per_ip {
-            drop(per_ip);
-            count.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        *n += 1;
-        true
-    }
-
-    /// Gives a slot back.
-    pub(crate) fn release(
-        &self,
-        d: Direction,
-        addr: SocketAddr,
-        nonce: Option<u64>,
-        counted: bool,
-    ) {
-        self.forget_nonce(nonce);
-        if !counted {
-            return;
-        }
-        match d {
-            Direction::Inbound => self.inbound.fetch_sub(1, Ordering::AcqRel),
-            Direction::Outbound => self.outbound.fetch_sub(1, Ordering::AcqRel),
-        };
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
-        if let Some(n) = per_ip.get_mut(&addr.ip()) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&addr.ip());
-            }
-        }
-    }
-
-    /// Closes a connection (no-op if it is gone).
-    pub(crate) fn disconnect_peer(&self, id: PeerId) {
-        if id.shard() < self.shards.len() {
-            self.send_to_shard(id.shard(), ShardCmd::Disconnect(id));
-        }
-    }
-
-    /// The height announced in version messages.
-    pub(crate) fn set_start_height(&self, h: u32) {
-        self.start_height
-            .store(h.min(i32::MAX as u32) as i32, Ordering::Relaxed);
-    }
-
-    /// Sends a message to a peer without waiting.
-    pub(crate) fn send_to_peer(&self, id: PeerId, msg: Message) {
-        if id.shard() < self.shards.len() {
-            self.send_to_shard(id.shard(), ShardCmd::Send(id, msg, None));
-        }
-    }
-
-    /// Dials through the next shard in turn.
-    pub(crate) fn dial(&self, addr: SocketAddr, static_peer: bool) -> bool {
-        let shard = self.next_dial.fetch_add(1, Ordering::Relaxed) % self.shards.len();
-        self.send_to_shard(shard, ShardCmd::Connect { addr, static_peer })
-    }
-
-    /// Inbound connections.
-    pub(crate) fn inbound_count(&self) -> usize {
-        self.inbound.load(Ordering::Acquire)
-    }
-
-    /// Outbound connections, made or being made.
-    pub(crate) fn outbound_count(&self) -> usize {
-        self.outbound.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn ban_score(&self, ip: IpAddr) -> u32 {
-        self.scores
-            .lock()
-            .expect("ban score lock")
-            .score(ip, unix_now())
-    }
-
-    pub(crate) fn set_inbound_score(
-        &self,
-        id: PeerId,
-        shard: usize,
-        score: Option<(u32, std::time::Instant)>,
-    ) {
-        let mut m = self.inbound_peers.lock().expect("inbound peers lock");
-        match score {
-            Some((s, since)) => {
-                m.insert(id, (shard, s, since));
-            }
-            None => {
-                m.remove(&id);
-            }
-        }
-    }
-
-    /// When inbound slots are full: the inbound peer to evict for a newcomer, the one with the
-    /// lowest score among those connected for at least `evict_min_age` (ties: the newest).
-    pub(crate) fn pick_eviction(&self) -> Option<(PeerId, usize)> {
-        let mut m = self.inbound_peers.lock().expect("inbound peers lock");
-        let now = std::time::Instant::now();
-        let victim = m
-            .iter()
-            .filter(|(_, (_, _, since))| {
-                now.saturating_duration_since(*since) >= self.config.evict_min_age
-            })
-            .min_by_key(|(_, (_, score, since))| (*score, std::cmp::Reverse(*since)))
-            .map(|(id, (shard, _, _))| (*id, *shard))?;
-        m.remove(&victim.0);
-        Some(victim)
-    }
-
-    /// Takes an inbound slot even when full (an eviction is under way that will free one).
-    pub(crate) fn reserve_over(&self, addr: SocketAddr) -> bool {
-        let mut per_ip = self.per_ip.lock().expect("per-ip lock");
-        let n = per_ip.entry(addr.ip()).or_insert(0);
-        if self.config.max_per_ip > 0 && *n >= self.config.max_per_ip {
-            return false;
-        }
-        *n += 1;
-        self.inbound.fetch_add(1, Ordering::AcqRel);
-        true
-    }
-
-    pub(crate) fn is_banned(&self, ip: IpAddr) -> bool {
-        self.bans
-            .lock()
-            .expect("ban list lock")
-            .banned(ip, unix_now())
-            .is_some()
-    }
-
-    /// Adds ban points for `reason` to `ip`; bans it when the score reaches the threshold.
-    pub(crate) fn misbehaving(
-        &self,
-        ip: IpAddr,
-        peer: Option<PeerId>,
-        reason: BanReason,
-        detail: &str,
-    ) {
-        let now = unix_now();
-        let change = self
-            .scores
-            .lock()
-            .expect("ban score lock")
-            .add(ip, reason, now);
-        log::info!(
-            "{ip}: +{} ban score for {reason} ({detail}): {}",
-            change.added,
-            change.score
-        );
-        let _ = self.registry_tx.send(RegistryMsg::Status(
-            ip,
-            None,
-            crate::store::records::PeerStatus::Penalised,
-        ));
-        self.emit(Event::BanScore {
-            ip,
-            peer,
-            reason,
-            score: change.score,
-        });
-        if change.ban {
-            let until = now + self.config.ban_duration.as_secs().max(1);
-            let why = format!("ban score {} reached ({reason})", change.score);
-            if let Err(e) = self.ban_subnet(Subnet::host(ip), until, &why) {
-                log::info!("{ip} not banned: {e}");
-            }
-        }
-    }
-
-    /// Bans a subnet: recorded, saved, announced, and its live connections dropped.
-    pub(crate) fn ban_subnet(
-        &self,
-        subnet: Subnet,
-        until: u64,
-        reason: &str,
-    ) -> Result<(), BanError> {
-        let now = unix_now();
-        let evicted = self
-            .bans
-            .lock()
-            .expect("ban list lock")
-            .ban(subnet, until, reason, now)?;
-        let mut b = Batch::new();
-        if let Some(old) = evicted {
-            b.delete(Table::Bans, ban_key(&old.addr(), old.prefix()).to_vec());
-            self.emit(Event::Unbanned { subnet: old });
-        }
-        b.put(
-            Table::Bans,
-            ban_key(&subnet.addr(), subnet.prefix()).to_vec(),
-            BanRecord {
-                until,
-                created: now,
-                reason: reason.to_string(),
-            }
-            .encode(),
-        );
-        self.writer.submit(b);
-        log::warn!("banned {subnet} until {until}: {reason}");
-        let _ = self.registry_tx.send(RegistryMsg::Status(
-            subnet.addr(),
-            Some(subnet),
-            crate::store::records::PeerStatus::Banned,
-        ));
-        self.emit(Event::Banned {
-            subnet,
-            until,
-            reason: reason.to_string(),
-        });
-        for s in 0..self.shards.len() {
-            self.send_to_shard(s, ShardCmd::DropBanned(subnet));
-        }
-        Ok(())
-    }
-
-    fn forget_bans(&self, gone: Vec<Subnet>) {
-        if gone.is_empty() {
-            return;
-        }
-        let mut b = Batch::new();
-        for s in gone {
-            b.delete(Table::Bans, ban_key(&s.addr(), s.prefix()).to_vec());
-            self.emit(Event::Unbanned { subnet: s });
-        }
-        self.writer.submit(b);
-    }
-
-    pub(crate) fn pick_shard_for_accept(&self, me: usize, counter: &mut usize) -> usize {
-        if !self.single_listener {
-            return me;
-        }
-        *counter += 1;
-        *counter % self.shards.len()
-    }
-
-    pub(crate) fn send_to_shard(&self, shard: usize, cmd: ShardCmd) -> bool {
-        let (tx, waker) = &self.shards[shard];
-        if tx.send(cmd).is_err() {
-            return false;
-        }
-        let _ = waker.wake();
-        true
-    }
-
-    pub(crate) fn to_worker(&self, m: WorkerMsg) {
-        let id = match &m {
-            WorkerMsg::Connected(i, _) => i.id.0,
-            WorkerMsg::Message(id, _) => id.0,
-            WorkerMsg::Disconnected { id, .. } => id.0,
-            _ => 0,
-        };
-        let w = ((id >> SHARD_BITS) as usize) % self.workers.len();
-        let _ = self.workers[w].send(m);
-    }
-
-    pub(crate) fn emit_failed_dial(&self, _shard: usize, addr: SocketAddr, reason: String) {
-        self.to_worker(WorkerMsg::ConnectFailed { addr, reason });
-    }
-
-    pub(crate) fn emit(&self, e: Event) {
-        match self.events.try_send(e) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.dropped_events.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(TrySendError::Disconnected(_)) => {}
-        }
-    }
-}
-
-fn worker(shared: Arc<Shared>, rx: Receiver<WorkerMsg>) {
-    while let Ok(m) = rx.recv() {
-        match m {
-            WorkerMsg::Connected(mut info, v) => {
-                info.version = v.version;
-                discovery::on_connected(&shared, info.id, info.addr, info.direction, v.services);
-                crate::txrelay::on_connected(&shared, info.id);
-                crate::syncer::on_connected(
-                    &shared,
-                    info.id,
-                    v.start_height,
-                    v.services,
-                    info.score,
-                );
-                let _ = shared.registry_tx.send(RegistryMsg::Connected(
-                    info.id,
-                    info.addr,
-                    v.services,
-                    v.user_agent.clone(),
-                    v.version,
-                ));
-                log::info!(
-                    "peer {} connected: {} {} {} height {}",
-                    info.id,
-                    info.addr,
-                    info.direction,
-                    info.user_agent,
-                    info.start_height
-                );
-                shared.emit(Event::PeerConnected(Box::new(info)));
-            }
-            WorkerMsg::Message(peer, message) => {
-                let message = crate::txrelay::on_message(&shared, peer, message)
-                    .and_then(|m| discovery::on_message(&shared, peer, m))
-                    .and_then(|m| crate::serve::on_message(&shared, peer, m))
-                    .and_then(|m| crate::syncer::on_message(&shared, peer, m));
-                if let Some(message) = message {
-                    shared.emit(Event::Message { peer, message })
-                }
-            }
-            WorkerMsg::Disconnected {
-                id,
-                addr,
-                direction,
-                reason,
-                handshaken,
-                stats,
-                rtt,
-            } => {
-                discovery::on_disconnected(&shared, id, addr, direction, handshaken);
-                if handshaken {
-                    crate::syncer::on_disconnected(&shared, id);
-                    crate::txrelay::on_disconnected(&shared, id);
-                }
-                let _ = shared.registry_tx.send(RegistryMsg::Disconnected(
-                    id, addr, direction, handshaken, stats, rtt,
-                ));
-                shared.emit(Event::PeerDisconnected {
-                    id,
-                    addr,
-                    direction,
-                    reason,
-                });
-            }
-            WorkerMsg::ConnectFailed { addr, reason } => {
-                discovery::on_connect_failed(&shared, addr);
-                let _ = shared.registry_tx.send(RegistryMsg::Failed(addr));
-                shared.emit(Event::ConnectFailed { addr, reason })
-            }
-            WorkerMsg::Stop => break,
-        }
-    }
-}
-
-/// Asks every shard for its connections (bounded wait).
-fn snapshot_peers(shared: &Shared) -> Vec<PeerInfo> {
-    let replies: Vec<_> = (0..shared.shards.len())
-        .filter_map(|s| {
-            let (tx, rx) = bounded(1);
-            shared.send_to_shard(s, ShardCmd::Peers(tx)).then_some(rx)
-        })
-        .collect();
-    let mut all = Vec::new();
-    for rx in replies {
-        if let Ok(v) = rx.recv_timeout(Duration::from_secs(10)) {
-            all.extend(v);
-        }
-    }
-    all
-}
-
-/// Keeps the registry current and writes its changes through the store writer: as events
-/// arrive, every `persist_interval` from fresh counters, and once more at stop.
-fn registry_thread(shared: Arc<Shared>, rx: Receiver<RegistryMsg>) {
-    let every = shared.config.persist_interval;
-    let mut last = std::time::Instant::now();
-    loop {
-        let msg = rx.recv_timeout(every.saturating_sub(last.elapsed()));
-        let stop = matches!(
-            msg,
-            Ok(RegistryMsg::Stop) | Err(RecvTimeoutError::Disconnected)
-        );
-        if let Ok(m) = msg {
-            let now = unix_now();
-            let mut r = shared.registry.lock().expect("registry lock");
-            match m {
-                RegistryMsg::Connected(id, a, services, ua, v) => {
-                    r.connected(id, a, services, &ua, v, now)
-                }
-                RegistryMsg::Disconnected(id, a, d, ok, st, rtt) => {
-                    r.disconnected(id, a, d, ok, &st, rtt, now)
-                }
-                RegistryMsg::Failed(a) => r.failed(a, now),
-                RegistryMsg::Status(ip, subnet, st) => {
-                    let s = subnet.unwrap_or_else(|| Subnet::host(ip));
-                    r.set_status(|a| s.contains(a), st);
-                }
-                RegistryMsg::Stop => {}
-            }
-        }
-        if stop || last.elapsed() >= every {
-            let now = unix_now();
-            let expired = shared.bans.lock().expect("ban list lock").expire(now);
-            shared.forget_bans(expired);
-            shared.scores.lock().expect("ban score lock").prune(now);
-            if !stop {
-                let live = snapshot_peers(&shared);
-                let mut r = shared.registry.lock().expect("registry lock");
-                for p in live.iter().filter(|p| p.ready) {
-                    r.snapshot(p.id, p.addr, &p.stats, p.rtt);
-                }
-            }
-            let mut batch = shared.registry.lock().expect("registry lock").take_batch();
-            shared
-                .addrbook
-                .lock()
-                .expect("address book lock")
-                .take_dirty_batch(&mut batch);
-            if !batch.is_empty() {
-                if stop {
-                    if let Err(e) = shared.writer.write(batch) {
-                        log::error!("saving peers at stop failed: {e}");
-                    }
-                } else {
-                    shared.writer.submit(batch);
-                }
-            }
-            last = std::time::Instant::now();
-        }
-        if stop {
-            return;
-        }
-    }
-}
-
-/// Which header: by best-chain height or by hash.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HeaderRef {
-    /// The best chain's header at this height.
-    Height(u32),
-    /// The header with this hash, on any branch.
-    Hash(crate::wire::Hash256),
 }
 
 /// A running engine. Dropping it stops it.
 pub struct Engine {
-    shared: Arc<Shared>,
-    shard_threads: Vec<JoinHandle<()>>,
-    worker_threads: Vec<JoinHandle<()>>,
+    config: Arc<Config>,
+    cmds: Sender<CoreCmd>,
+    shards: Vec<(Sender<ShardCmd>, Arc<Waker>)>,
     events: Receiver<Event>,
     local_addr: Option<SocketAddr>,
-    registry_thread: Option<JoinHandle<()>>,
-    discovery: Option<(Sender<()>, JoinHandle<()>)>,
+    writer: Arc<StoreWriter>,
+    start_height: Arc<AtomicI32>,
+    stopping: Arc<AtomicBool>,
+    shard_threads: Vec<JoinHandle<()>>,
+    core_thread: Option<JoinHandle<()>>,
 }
 
 fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
@@ -740,7 +101,7 @@ fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
 
 impl Engine {
     /// Starts the engine. Every configuration problem (zero shards, unusable data dir, port in
-    /// use) is reported here.
+    /// use, a stored chain that contradicts a checkpoint) is reported here.
     pub fn start(mut config: Config) -> Result<Engine, Error> {
         config.validate()?;
         if config.headers_only {
@@ -753,6 +114,10 @@ impl Engine {
         if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
             log::warn!("cannot raise the open-file limit: {e}");
         }
+        let store: Arc<dyn Store> = match &config.data_dir {
+            Some(d) => Arc::new(LmdbStore::open(d, &LmdbOptions::default()).map_err(Error::Store)?),
+            None => Arc::new(MemoryStore::new()),
+        };
         let listen_socks = match config.listen {
             Some(addr) => {
                 listeners(addr, config.shards).map_err(|source| Error::Bind { addr, source })?
@@ -761,156 +126,114 @@ impl Engine {
         };
         let local_addr = listen_socks.first().and_then(|l| l.local_addr().ok());
         let single_listener = listen_socks.len() == 1 && config.shards > 1;
+        let now = Instant::now();
+        let core = NodeCore::new(
+            config.clone(),
+            store.clone(),
+            local_addr,
+            now,
+            unix_now(),
+            crate::util::random_u64(),
+        )?;
+        let (tip, height) = core.best_header();
+        let config = Arc::new(config);
 
         let mut polls = Vec::new();
-        let mut shard_tx = Vec::new();
+        let mut shards = Vec::new();
         let mut shard_rx = Vec::new();
         for _ in 0..config.shards {
             let poll = Poll::new().map_err(Error::Io)?;
             let waker = Arc::new(Shard::waker(&poll).map_err(Error::Io)?);
-            let (tx, rx) = unbounded();
+            // Bounded: the core (and API callers) wait when a shard is this far behind; the
+            // shards never wait on the core, so this cannot deadlock.
+            let (tx, rx) = bounded(config.core_queue);
             polls.push(poll);
-            shard_tx.push((tx, waker));
+            shards.push((tx, waker));
             shard_rx.push(rx);
-        }
-        let mut worker_tx = Vec::new();
-        let mut worker_rx = Vec::new();
-        for _ in 0..config.workers {
-            let (tx, rx) = unbounded();
-            worker_tx.push(tx);
-            worker_rx.push(rx);
-        }
-        let store: Arc<dyn Store> = match &config.data_dir {
-            Some(d) => Arc::new(LmdbStore::open(d, &LmdbOptions::default()).map_err(Error::Store)?),
-            None => Arc::new(MemoryStore::new()),
-        };
-        let registry = Registry::load(store.as_ref()).map_err(Error::Store)?;
-        let mut chain = ChainDb::load(store.as_ref(), &config.network).map_err(Error::Store)?;
-        let conflicts = chain.set_rules(crate::chain::HeaderRules {
-            checkpoints: config.checkpoints.clone(),
-            ..Default::default()
-        });
-        if let Some((height, want, stored)) = conflicts.first() {
-            return Err(Error::Config(crate::config::ConfigError(format!(
-                "the stored chain has {stored} at height {height}, the checkpoint says {want}: \
-                 start with another data directory or without that checkpoint"
-            ))));
-        }
-        let height = chain.tree().height();
-        let sync_state = crate::syncer::SyncState {
-            headers: crate::fsm::sync::HeaderSync::new(crate::fsm::sync::SyncConfig {
-                stall_timeout: config.sync_stall_timeout,
-                headers_only: config.headers_only,
-                ..Default::default()
-            }),
-            blocks: (!config.headers_only).then(|| {
-                crate::fsm::download::BlockDownload::new(
-                    crate::fsm::download::DownloadConfig {
-                        block_timeout: config.block_timeout,
-                        ..Default::default()
-                    },
-                    crate::syncer::stored_up_to(&chain, store.as_ref()),
-                )
-            }),
-            buffer: HashMap::new(),
-        };
-        let book_settings = AddrBookSettings {
-            allow_local: config.allow_local_addrs,
-            ..AddrBookSettings::default()
-        };
-        let addrbook = AddrBook::load(
-            book_settings,
-            load_entries(store.as_ref()).map_err(Error::Store)?,
-        );
-        let mut bans = BanList::new(config.max_bans, config.never_ban.clone());
-        let now = unix_now();
-        for ((ip, prefix), r) in load_bans(store.as_ref()).map_err(Error::Store)? {
-            if let (Some(s), true) = (Subnet::new(ip, prefix), r.until > now) {
-                bans.restore(
-                    s,
-                    Ban {
-                        until: r.until,
-                        created: r.created,
-                        reason: r.reason,
-                    },
-                );
-            }
         }
         let writer =
             Arc::new(StoreWriter::start(store, Duration::from_secs(1)).map_err(Error::Io)?);
-        let (registry_tx, registry_rx) = unbounded();
+        let (peer_tx, peer_rx) = bounded(config.core_queue);
+        let (cmd_tx, cmd_rx) = bounded(1024);
         let (ev_tx, ev_rx) = bounded(config.event_capacity);
-        let shared = Arc::new(Shared {
-            settings: config.peer_settings(),
-            inbound: AtomicUsize::new(0),
-            outbound: AtomicUsize::new(0),
-            per_ip: Mutex::new(HashMap::new()),
-            own_nonces: Mutex::new(HashSet::new()),
-            next_id: AtomicU64::new(1),
-            start_height: AtomicI32::new(height.min(i32::MAX as u32) as i32),
-            shards: shard_tx,
-            single_listener,
-            workers: worker_tx,
-            events: ev_tx,
-            dropped_events: AtomicU64::new(0),
-            registry_tx,
-            registry: Mutex::new(registry),
-            writer,
-            chain: Mutex::new(chain),
-            bans: Mutex::new(bans),
-            scores: Mutex::new(BanScores::new(config.ban_scores.clone())),
-            inbound_peers: Mutex::new(HashMap::new()),
-            local_addr,
-            ready: Mutex::new(HashMap::new()),
-            dialing: Mutex::new(HashSet::new()),
-            answered_getaddr: Mutex::new(HashSet::new()),
-            addrbook: Mutex::new(addrbook),
-            rng: Mutex::new(XorShift64::new(crate::util::random_u64())),
-            next_dial: AtomicUsize::new(0),
-            sync: Mutex::new(sync_state),
-            embedder_blocks: Mutex::new(HashSet::new()),
-            relay: Mutex::new(HashMap::new()),
-            txs: Mutex::new(crate::txrelay::TxRelay::default()),
-            config,
-        });
+        // Unbounded by type, bounded by construction: one entry per finished thread.
+        let (exit_tx, exit_rx) = unbounded();
+        let start_height = Arc::new(AtomicI32::new(height.min(i32::MAX as u32) as i32));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let nonce_key = crate::util::random_u64();
 
         let mut engine = Engine {
-            shared: shared.clone(),
-            shard_threads: Vec::new(),
-            worker_threads: Vec::new(),
-            registry_thread: None,
-            discovery: None,
+            config: config.clone(),
+            cmds: cmd_tx,
+            shards: shards.clone(),
             events: ev_rx,
             local_addr,
+            writer: writer.clone(),
+            start_height: start_height.clone(),
+            stopping: stopping.clone(),
+            shard_threads: Vec::new(),
+            core_thread: None,
         };
-        let s = shared.clone();
-        engine.registry_thread = Some(
+        let driver = Driver {
+            core,
+            peers: peer_rx,
+            cmds: cmd_rx,
+            exits: exit_rx,
+            events: ev_tx,
+            pending: VecDeque::new(),
+            shards: shards.clone(),
+            wake: vec![false; shards.len()],
+            next_dial: 0,
+            writer,
+            acks: unbounded(),
+            start_height: start_height.clone(),
+            stopping: stopping.clone(),
+            high_water: config.event_high_water,
+            fatal: None,
+        };
+        let exit = exit_tx.clone();
+        engine.core_thread = Some(
             std::thread::Builder::new()
-                .name("bsn-registry".into())
-                .spawn(move || registry_thread(s, registry_rx))
+                .name("bsn-core".into())
+                .spawn(move || {
+                    let _guard = ExitGuard {
+                        name: "bsn-core".into(),
+                        tx: exit,
+                    };
+                    driver.run()
+                })
                 .map_err(Error::Io)?,
         );
-        for (i, rx) in worker_rx.into_iter().enumerate() {
-            let s = shared.clone();
-            let h = std::thread::Builder::new()
-                .name(format!("bsn-worker-{i}"))
-                .spawn(move || worker(s, rx))
-                .map_err(Error::Io)?;
-            engine.worker_threads.push(h);
-        }
-        let cores = if shared.config.pin_threads {
+        let cores = if config.pin_threads {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
             Vec::new()
         };
         let mut listen_socks = listen_socks.into_iter();
         for (i, (poll, rx)) in polls.into_iter().zip(shard_rx).enumerate() {
-            let shard =
-                Shard::new(i, poll, listen_socks.next(), rx, shared.clone()).map_err(Error::Io)?;
+            let ctx = ShardContext {
+                index: i,
+                config: config.clone(),
+                settings: config.peer_settings(),
+                core: peer_tx.clone(),
+                start_height: start_height.clone(),
+                nonce_key,
+                siblings: if single_listener && i == 0 {
+                    shards.clone()
+                } else {
+                    Vec::new()
+                },
+            };
+            let shard = Shard::new(poll, listen_socks.next(), rx, ctx).map_err(Error::Io)?;
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            let exit = exit_tx.clone();
             let h = std::thread::Builder::new()
                 .name(format!("bsn-shard-{i}"))
                 .spawn(move || {
+                    let _guard = ExitGuard {
+                        name: format!("bsn-shard-{i}"),
+                        tx: exit,
+                    };
                     if let Some(c) = core {
                         if !core_affinity::set_for_current(c) {
                             log::warn!("shard {i}: could not pin to core {}", c.id);
@@ -921,29 +244,65 @@ impl Engine {
                 .map_err(Error::Io)?;
             engine.shard_threads.push(h);
         }
-        let (stop_tx, stop_rx) = bounded::<()>(1);
-        let s = shared.clone();
-        let h = std::thread::Builder::new()
-            .name("bsn-discovery".into())
-            .spawn(move || discovery::run(s, stop_rx))
-            .map_err(Error::Io)?;
-        engine.discovery = Some((stop_tx, h));
-        for addr in engine.shared.config.connect.clone() {
-            engine.dial(addr, true)?;
+        drop(peer_tx);
+        if !config.seeds.is_empty() {
+            // Names are resolved off the event loops and the core (DNS can take seconds).
+            let seeds = config.seeds.clone();
+            let port = config.network.default_port;
+            let cmds = engine.cmds.clone();
+            std::thread::Builder::new()
+                .name("bsn-seeds".into())
+                .spawn(move || {
+                    let mut addrs = Vec::new();
+                    for s in &seeds {
+                        match crate::config::resolve_addrs(s, port) {
+                            Ok(a) => addrs.extend(a),
+                            Err(e) => log::warn!("seed {s}: {e}"),
+                        }
+                    }
+                    let call: CoreCall = Box::new(move |core, now| {
+                        core.add_seeds(&addrs, now);
+                        Box::new(|| {})
+                    });
+                    let _ = cmds.send(CoreCmd::Call(call));
+                })
+                .map_err(Error::Io)?;
         }
         if let Some(a) = local_addr {
             log::info!(
-                "listening on {a} ({} shards, network {})",
-                engine.shared.config.shards,
-                engine.shared.config.network.name
+                "listening on {a} ({} shards, network {}, tip {height} {tip})",
+                config.shards,
+                config.network.name
             );
         }
         Ok(engine)
     }
 
+    /// Runs `f` on the core thread and returns its answer (after the outputs it caused are
+    /// carried out).
+    fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut NodeCore, Instant) -> R + Send + 'static,
+    ) -> Result<R, Error> {
+        if self.core_thread.is_none() {
+            return Err(Error::Stopped);
+        }
+        let (tx, rx) = bounded(1);
+        let call: CoreCall = Box::new(move |core, now| {
+            let r = f(core, now);
+            Box::new(move || {
+                let _ = tx.send(r);
+            })
+        });
+        self.cmds
+            .send_timeout(CoreCmd::Call(call), CALL_TIMEOUT)
+            .map_err(|_| Error::Stopped)?;
+        rx.recv_timeout(CALL_TIMEOUT).map_err(|_| Error::Stopped)
+    }
+
     /// The configuration the engine runs with.
     pub fn config(&self) -> &Config {
-        &self.shared.config
+        &self.config
     }
 
     /// The address the engine listens on (with the real port when the configured one was 0).
@@ -951,227 +310,184 @@ impl Engine {
         self.local_addr
     }
 
-    /// The event stream. Clone it freely; drain it, or events past its capacity are dropped.
+    /// The event stream (clone it freely). Events are never dropped: an embedder that does not
+    /// drain it slows the engine's peers down instead.
     pub fn events(&self) -> Receiver<Event> {
         self.events.clone()
     }
 
-    /// Events dropped because the channel was full.
-    pub fn dropped_events(&self) -> u64 {
-        self.shared.dropped_events.load(Ordering::Relaxed)
-    }
-
-    /// Sets the height we announce in version messages.
+    /// Overrides the height we announce in `version` messages (the core keeps it at the best
+    /// header's height as the chain grows).
     pub fn set_start_height(&self, h: i32) {
-        self.shared.start_height.store(h, Ordering::Relaxed);
+        self.start_height.store(h, Ordering::Relaxed);
     }
 
-    fn running(&self) -> Result<(), Error> {
-        if self.shard_threads.is_empty() {
-            Err(Error::Stopped)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn dial(&self, addr: SocketAddr, static_peer: bool) -> Result<(), Error> {
-        if self.shared.dial(addr, static_peer) {
-            Ok(())
-        } else {
-            Err(Error::Stopped)
-        }
-    }
-
-    /// Dials a peer. The outcome arrives as [`Event::PeerConnected`] or a disconnect/failure event.
+    /// Dials a peer. The outcome arrives as [`Event::PeerConnected`], or as
+    /// [`Event::ConnectFailed`] / [`Event::PeerDisconnected`].
     pub fn connect(&self, addr: SocketAddr) -> Result<(), Error> {
-        self.running()?;
-        self.dial(addr, false)
-    }
-
-    fn shard_of(&self, id: PeerId) -> Result<usize, Error> {
-        let s = id.shard();
-        if s >= self.shared.shards.len() {
-            return Err(Error::UnknownPeer(id));
-        }
-        Ok(s)
+        self.call(move |core, now| core.dial(addr, now)).map(|_| ())
     }
 
     /// Closes a connection.
     pub fn disconnect(&self, id: PeerId) -> Result<(), Error> {
-        self.running()?;
-        let s = self.shard_of(id)?;
-        self.shared
-            .send_to_shard(s, ShardCmd::Disconnect(id))
-            .then_some(())
-            .ok_or(Error::Stopped)
+        match self.call(move |core, _| core.disconnect(id))? {
+            true => Ok(()),
+            false => Err(Error::UnknownPeer(id)),
+        }
     }
 
-    /// Blocks the embedder asks for with its own `getdata` are handed to it when they come (as
-    /// [`Event::Message`]), and their senders are not scored for unrequested data.
-    fn note_requests(&self, msg: &Message) {
-        if let Message::GetData(items) = msg {
-            let mut w = self
-                .shared
-                .embedder_blocks
-                .lock()
-                .expect("embedder requests lock");
-            for i in items.iter().filter(|i| {
-                i.kind == crate::wire::InvType::BLOCK
-                    || i.kind == crate::wire::InvType::WITNESS_BLOCK
-            }) {
-                if w.len() < 100_000 {
-                    w.insert(i.hash);
+    /// Checks that `id` is ready and tells the core of the message (blocks the embedder asks
+    /// for with its own `getdata` are handed to it when they come, as [`Event::Message`], and
+    /// their senders are not scored for unrequested data).
+    fn check_send(&self, id: PeerId, msg: &Message) -> Result<usize, SendError> {
+        let shard = shard_of(id);
+        if shard >= self.shards.len() {
+            return Err(SendError::NoSuchPeer(id));
+        }
+        let m = match msg {
+            Message::GetData(_) => Some(msg.clone()),
+            _ => None,
+        };
+        let state = self
+            .call(move |core, now| {
+                if let Some(m) = &m {
+                    core.note_embedder_send(id, m, now);
                 }
-            }
+                (core.has_peer(id), core.is_ready(id))
+            })
+            .map_err(|_| SendError::Stopped)?;
+        match state {
+            (false, _) => Err(SendError::NoSuchPeer(id)),
+            (true, false) => Err(SendError::NotReady(id)),
+            (true, true) => Ok(shard),
         }
     }
 
-    /// Sends a message to one peer and waits for the shard to accept it (queued for the socket).
-    pub fn send(&self, id: PeerId, msg: Message) -> Result<(), Error> {
-        self.running()?;
-        self.note_requests(&msg);
-        let s = self.shard_of(id)?;
+    fn command_shard(&self, shard: usize, cmd: ShardCmd) -> Result<(), SendError> {
+        let (tx, waker) = &self.shards[shard];
+        tx.send_timeout(cmd, CALL_TIMEOUT)
+            .map_err(|_| SendError::Stopped)?;
+        let _ = waker.wake();
+        Ok(())
+    }
+
+    /// Sends a message to one peer and waits until its event loop has queued it for the socket.
+    pub fn send(&self, id: PeerId, msg: Message) -> Result<(), SendError> {
+        let shard = self.check_send(id, &msg)?;
         let (tx, rx) = bounded(1);
-        if !self
-            .shared
-            .send_to_shard(s, ShardCmd::Send(id, msg, Some(tx)))
-        {
-            return Err(Error::Stopped);
-        }
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(why)) if why.starts_with("no peer") => Err(Error::UnknownPeer(id)),
-            Ok(Err(why)) => Err(Error::SendRejected(why)),
-            Err(RecvTimeoutError::Timeout) => {
-                Err(Error::SendRejected("shard did not answer in 10 s".into()))
-            }
-            Err(RecvTimeoutError::Disconnected) => Err(Error::Stopped),
+        self.command_shard(shard, ShardCmd::Send(id, msg, Some(tx)))?;
+        match rx.recv_timeout(CALL_TIMEOUT) {
+            Ok(r) => r,
+            Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout),
+            Err(RecvTimeoutError::Disconnected) => Err(SendError::Stopped),
         }
     }
 
-    /// Sends a message to one peer without waiting; problems are only logged.
-    pub fn send_nowait(&self, id: PeerId, msg: Message) -> Result<(), Error> {
-        self.running()?;
-        self.note_requests(&msg);
-        let s = self.shard_of(id)?;
-        self.shared
-            .send_to_shard(s, ShardCmd::Send(id, msg, None))
-            .then_some(())
-            .ok_or(Error::Stopped)
+    /// Sends a message to one peer without waiting for its event loop.
+    pub fn send_nowait(&self, id: PeerId, msg: Message) -> Result<(), SendError> {
+        let shard = self.check_send(id, &msg)?;
+        self.command_shard(shard, ShardCmd::Send(id, msg, None))
     }
 
     /// Sends a message to every peer that completed its handshake.
     pub fn broadcast(&self, msg: Message) -> Result<(), Error> {
-        self.running()?;
-        self.note_requests(&msg);
-        for s in 0..self.shared.shards.len() {
-            self.shared
-                .send_to_shard(s, ShardCmd::Broadcast(msg.clone()));
-        }
-        Ok(())
+        self.call(move |core, now| core.broadcast(msg, now))
     }
 
-    /// Every connection with its state and counters.
+    /// Every connection with its state and counters (empty once the engine has stopped).
     pub fn peers(&self) -> Vec<PeerInfo> {
         let mut all = Vec::new();
-        if self.running().is_err() {
+        if self.core_thread.is_none() {
             return all;
         }
-        let replies: Vec<_> = (0..self.shared.shards.len())
-            .filter_map(|s| {
-                let (tx, rx) = bounded(1);
-                self.shared
-                    .send_to_shard(s, ShardCmd::Peers(tx))
-                    .then_some(rx)
+        let replies: Vec<_> = self
+            .shards
+            .iter()
+            .filter_map(|(tx, waker)| {
+                let (rtx, rrx) = bounded(1);
+                tx.send_timeout(ShardCmd::Peers(rtx), CALL_TIMEOUT).ok()?;
+                let _ = waker.wake();
+                Some(rrx)
             })
             .collect();
         for rx in replies {
-            if let Ok(v) = rx.recv_timeout(Duration::from_secs(10)) {
+            if let Ok(v) = rx.recv_timeout(CALL_TIMEOUT) {
                 all.extend(v);
             }
         }
         all.sort_by_key(|p| p.id);
-        all
+        self.call(move |core, now| {
+            core.rate_peers(&mut all, now);
+            all
+        })
+        .unwrap_or_default()
     }
 
     /// Every peer address the engine knows (from the store and this run), with its record.
     pub fn known_peers(&self) -> Vec<(SocketAddr, PeerRecord)> {
-        let r = self.shared.registry.lock().expect("registry lock");
-        let mut v: Vec<_> = r.peers().map(|(a, p)| (*a, p.clone())).collect();
-        v.sort_by_key(|(a, _)| *a);
-        v
+        self.call(|core, _| core.known_peers()).unwrap_or_default()
     }
 
     /// Lifetime statistics of a peer address (every connection, per command), as of the last
-    /// fold (every `persist_interval`, and at each disconnect).
+    /// report of its connection's counters (every second while it is busy, and at disconnect).
     pub fn peer_stats(&self, addr: &SocketAddr) -> Option<StoredStats> {
-        self.shared
-            .registry
-            .lock()
-            .expect("registry lock")
-            .stats(addr)
-            .cloned()
+        let a = *addr;
+        self.call(move |core, _| core.peer_stats(&a)).ok().flatten()
     }
 
-    /// The best header's hash and height (loaded from the store at start).
-    pub fn best_header(&self) -> (crate::wire::Hash256, u32) {
-        let c = self.shared.chain.lock().expect("chain lock");
-        let (hash, height, _) = c.tree().tip();
-        (hash, height)
+    /// The best header's hash and height.
+    pub fn best_header(&self) -> Result<(Hash256, u32), Error> {
+        self.call(|core, _| core.best_header())
     }
 
     /// Bans an IP (`1.2.3.4`) or subnet (`1.2.3.0/24`, `fd00::/64`) for `duration`; live
     /// connections inside it are dropped and it is never dialled or accepted until it ends.
     pub fn ban(&self, subnet: &str, duration: Duration, reason: &str) -> Result<Subnet, Error> {
         let s: Subnet = subnet.parse().map_err(Error::InvalidInput)?;
-        let until = unix_now().saturating_add(duration.as_secs().max(1));
-        self.shared
-            .ban_subnet(s, until, reason)
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let reason = reason.to_string();
+        self.call(move |core, now| {
+            let until = unix_now().saturating_add(duration.as_secs().max(1));
+            core.ban_subnet(s, until, &reason, now)
+        })?
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
         Ok(s)
     }
 
     /// Lifts a ban; `Ok(false)` when there was none for exactly that subnet.
     pub fn unban(&self, subnet: &str) -> Result<bool, Error> {
         let s: Subnet = subnet.parse().map_err(Error::InvalidInput)?;
-        let had = self.shared.bans.lock().expect("ban list lock").unban(&s);
-        if had {
-            self.shared.forget_bans(vec![s]);
-        }
-        Ok(had)
+        self.call(move |core, _| core.unban(&s))
     }
 
-    /// Whether an address is banned now.
+    /// Whether an address is banned now (false once the engine has stopped).
     pub fn is_banned(&self, ip: IpAddr) -> bool {
-        self.shared.is_banned(ip)
+        self.call(move |core, now| core.is_banned(ip, now))
+            .unwrap_or(false)
     }
 
     /// Every ban in force or not yet swept.
     pub fn bans(&self) -> Vec<(Subnet, Ban)> {
-        self.shared.bans.lock().expect("ban list lock").list()
+        self.call(|core, _| core.bans()).unwrap_or_default()
     }
 
     /// Lifts every ban.
-    pub fn clear_bans(&self) {
-        let gone = self.shared.bans.lock().expect("ban list lock").clear();
-        self.shared.forget_bans(gone);
+    pub fn clear_bans(&self) -> Result<(), Error> {
+        self.call(|core, _| core.clear_bans())
     }
 
-    /// An address's current ban score.
+    /// An address's current ban score (0 once the engine has stopped).
     pub fn ban_score(&self, ip: IpAddr) -> u32 {
-        self.shared
-            .scores
-            .lock()
-            .expect("ban score lock")
-            .score(ip, unix_now())
+        self.call(move |core, now| core.ban_score(ip, now))
+            .unwrap_or(0)
     }
 
     /// Imports blocks from a block file (records of the network's disk magic, a u32 length and
     /// the block, as in Bitcoin nodes' `blk*.dat`): headers into the chain, blocks into the
-    /// store, so the engine can serve them. Returns the blocks imported and the new tip height.
+    /// store, so the engine can serve them. Returns the blocks imported and the new tip height
+    /// once they are committed.
     pub fn import_block_file(&self, path: &std::path::Path) -> Result<(usize, u32), Error> {
         let data = Bytes::from(std::fs::read(path).map_err(Error::Io)?);
-        let magic = self.shared.config.network.disk_magic;
+        let magic = self.config.network.disk_magic;
         let mut pos = 0usize;
         let mut blocks = Vec::new();
         while pos < data.len() {
@@ -1196,39 +512,15 @@ impl Engine {
                 return Err(bad(format!("record of {len} bytes runs past the end")));
             }
             let raw = data.slice(pos + 8..pos + 8 + len);
-            let block = <crate::wire::Block as crate::wire::Decode>::decode_all(raw)
+            let block = <Block as crate::wire::Decode>::decode_all(raw)
                 .map_err(|e| bad(format!("block does not decode: {e}")))?;
             blocks.push(block);
             pos += 8 + len;
         }
-        let mut batch = Batch::new();
-        let headers: Vec<crate::wire::BlockHeader> = blocks.iter().map(|b| b.header).collect();
-        let update = self
-            .shared
-            .chain
-            .lock()
-            .expect("chain lock")
-            .insert_headers(&headers, &mut batch);
-        let stored = match &update.error {
-            Some((i, _)) => *i,
-            None => blocks.len(),
-        };
-        for b in &blocks[..stored] {
-            crate::store::records::put_block(&mut batch, &b.hash(), b.raw().clone());
-        }
-        self.shared.writer.write(batch).map_err(Error::Store)?;
-        {
-            let mut st = self.shared.sync.lock().expect("sync lock");
-            if let Some(dl) = st.blocks.as_mut() {
-                for (i, b) in blocks[..stored].iter().enumerate() {
-                    let h = update.old_tip.height + 1 + i as u32;
-                    dl.have(h, b.hash());
-                }
-            }
-        }
-        let height = update.new_tip.height;
-        self.set_start_height(height.min(i32::MAX as u32) as i32);
-        if let Some((i, e)) = update.error {
+        let (stored, height, error) =
+            self.call(move |core, now| core.import_blocks(&blocks, now))?;
+        self.writer.flush().map_err(Error::Store)?;
+        if let Some((i, e)) = error {
             return Err(Error::InvalidInput(format!(
                 "{}: block {i} refused: {e} ({stored} imported)",
                 path.display()
@@ -1239,71 +531,63 @@ impl Engine {
 
     /// Every address in the address book, with what is known of it.
     pub fn addresses(&self) -> Vec<(SocketAddr, AddrInfo)> {
-        let book = self.shared.addrbook.lock().expect("address book lock");
-        let mut v: Vec<_> = book.iter().map(|(a, i)| (a, *i)).collect();
-        v.sort_by_key(|(a, _)| *a);
-        v
+        self.call(|core, _| core.addresses()).unwrap_or_default()
     }
 
     /// Hands in a new block (mined here or received elsewhere): its header joins the chain, the
     /// block is stored, and if it is the new tip it is announced to every peer (headers to those
     /// that sent `sendheaders`, inv to the others). Returns its height.
-    pub fn submit_block(&self, block: crate::wire::Block) -> Result<u32, Error> {
-        self.running()?;
-        crate::syncer::submit_block(&self.shared, block).map_err(Error::InvalidInput)
+    pub fn submit_block(&self, block: Block) -> Result<u32, Error> {
+        self.call(move |core, now| core.submit_block(block, now))?
+            .map_err(Error::InvalidInput)
     }
 
-    /// Relays a transaction from the embedder to every peer (announced at the next tick).
-    pub fn submit_tx(&self, tx: crate::wire::Transaction) -> Result<(), Error> {
-        self.running()?;
-        crate::txrelay::submit(&self.shared, tx);
-        Ok(())
+    /// Relays a transaction from the embedder to every peer (announced at the next announce
+    /// interval). Every peer whose [`Event::PeerConnected`] came before this call gets it.
+    pub fn submit_tx(&self, tx: Transaction) -> Result<(), Error> {
+        self.call(move |core, _| core.submit_tx(tx))
     }
 
     /// Accepts a transaction handed over with [`Event::TxReceived`]: it is relayed on. False
     /// when no such transaction waits for a decision.
-    pub fn accept_tx(&self, txid: &crate::wire::Hash256) -> bool {
-        crate::txrelay::accept(&self.shared, txid)
+    pub fn accept_tx(&self, txid: &Hash256) -> bool {
+        let h = *txid;
+        self.call(move |core, _| core.accept_tx(&h))
+            .unwrap_or(false)
     }
 
     /// Rejects a transaction handed over with [`Event::TxReceived`]: a `reject` goes to its
     /// source, which is scored. False when no such transaction waits for a decision.
-    pub fn reject_tx(&self, txid: &crate::wire::Hash256, reason: &str) -> bool {
-        crate::txrelay::reject(&self.shared, txid, reason)
+    pub fn reject_tx(&self, txid: &Hash256, reason: &str) -> bool {
+        let (h, reason) = (*txid, reason.to_string());
+        self.call(move |core, now| core.reject_tx(&h, &reason, now))
+            .unwrap_or(false)
     }
 
     /// Header sync progress, and the height up to which blocks are stored without a gap
     /// (`None` in headers-only mode).
-    pub fn sync_progress(&self) -> (crate::fsm::sync::SyncProgress, Option<u32>) {
-        let chain = self.shared.chain.lock().expect("chain lock");
-        let st = self.shared.sync.lock().expect("sync lock");
-        let blocks = st.blocks.as_ref().map(|d| d.ready_height());
-        (st.headers.progress(chain.tree()), blocks)
+    pub fn sync_progress(&self) -> Result<(SyncProgress, Option<u32>), Error> {
+        self.call(|core, _| core.sync_progress())
     }
 
     /// A header of the best chain by height, or any known header by hash, with its height.
-    pub fn header(&self, at: HeaderRef) -> Option<(crate::wire::BlockHeader, u32)> {
-        let chain = self.shared.chain.lock().expect("chain lock");
-        let hash = match at {
-            HeaderRef::Height(h) => chain.tree().hash_at(h)?,
-            HeaderRef::Hash(h) => h,
-        };
-        chain.tree().get(&hash).map(|e| (e.header, e.height))
+    pub fn header(&self, at: HeaderRef) -> Option<(BlockHeader, u32)> {
+        self.call(move |core, _| core.header(at)).ok().flatten()
     }
 
     /// A stored block by height (best chain) or hash.
-    pub fn block(&self, at: HeaderRef) -> Result<Option<crate::wire::Block>, Error> {
+    pub fn block(&self, at: HeaderRef) -> Result<Option<Block>, Error> {
         let Some((h, _)) = self.header(at) else {
             return Ok(None);
         };
-        let store = self.shared.writer.store().clone();
+        let store = self.writer.store().clone();
         let raw = crate::store::records::with_block(store.as_ref(), &h.hash(), |v| {
             v.map(Bytes::copy_from_slice)
         })
         .map_err(Error::Store)?;
         match raw {
             None => Ok(None),
-            Some(r) => <crate::wire::Block as crate::wire::Decode>::decode_all(r)
+            Some(r) => <Block as crate::wire::Decode>::decode_all(r)
                 .map(Some)
                 .map_err(|e| {
                     Error::Store(crate::store::StoreError::Corrupt(format!(
@@ -1316,7 +600,13 @@ impl Engine {
 
     /// The store, for reads (writes go through the engine).
     pub fn store(&self) -> Arc<dyn Store> {
-        self.shared.writer.store().clone()
+        self.writer.store().clone()
+    }
+
+    /// How many entries each of the core's maps holds (peers, requests, buffers...): for
+    /// metrics and for tests that check nothing is left behind.
+    pub fn core_counts(&self) -> Result<CoreCounts, Error> {
+        self.call(|core, _| core.counts())
     }
 
     /// Stops the engine: every connection closed, every thread joined, the store flushed. Also
@@ -1326,36 +616,23 @@ impl Engine {
     }
 
     fn shutdown(&mut self) {
-        if self.shard_threads.is_empty()
-            && self.worker_threads.is_empty()
-            && self.registry_thread.is_none()
-        {
+        let Some(core) = self.core_thread.take() else {
             return;
-        }
-        if let Some((tx, h)) = self.discovery.take() {
-            drop(tx);
-            let _ = h.join();
-        }
-        for s in 0..self.shared.shards.len() {
-            self.shared.send_to_shard(s, ShardCmd::Stop);
+        };
+        self.stopping.store(true, Ordering::SeqCst);
+        for (tx, waker) in &self.shards {
+            let _ = tx.send_timeout(ShardCmd::Stop, CALL_TIMEOUT);
+            let _ = waker.wake();
         }
         for h in self.shard_threads.drain(..) {
             let _ = h.join();
         }
-        for w in &self.shared.workers {
-            let _ = w.send(WorkerMsg::Stop);
-        }
-        for h in self.worker_threads.drain(..) {
-            let _ = h.join();
-        }
-        let _ = self.shared.registry_tx.send(RegistryMsg::Stop);
-        if let Some(h) = self.registry_thread.take() {
-            let _ = h.join();
-        }
-        if let Err(e) = self.shared.writer.flush() {
+        let _ = self.cmds.send_timeout(CoreCmd::Stop, CALL_TIMEOUT);
+        let _ = core.join();
+        if let Err(e) = self.writer.flush() {
             log::error!("store flush at stop failed: {e}");
         }
-        self.shared.writer.stop();
+        self.writer.stop();
         log::info!("engine stopped");
     }
 }
@@ -1363,5 +640,248 @@ impl Engine {
 impl Drop for Engine {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// The core's thread: feeds the core its inputs and carries out its outputs.
+struct Driver {
+    core: NodeCore,
+    peers: Receiver<PeerInput>,
+    cmds: Receiver<CoreCmd>,
+    exits: Receiver<(String, bool)>,
+    events: Sender<Event>,
+    /// Events the embedder's channel had no room for yet, in order.
+    pending: VecDeque<Event>,
+    shards: Vec<(Sender<ShardCmd>, Arc<Waker>)>,
+    wake: Vec<bool>,
+    next_dial: usize,
+    writer: Arc<StoreWriter>,
+    acks: (Sender<Acked>, Receiver<Acked>),
+    start_height: Arc<AtomicI32>,
+    stopping: Arc<AtomicBool>,
+    high_water: usize,
+    fatal: Option<String>,
+}
+
+/// A commit acknowledgement: the core's ack number and the writer's outcome.
+type Acked = (u64, StoreResult<u64>);
+
+/// Peer reports taken in one turn before outputs are carried out and other inputs looked at.
+const BATCH: usize = 64;
+
+impl Driver {
+    fn run(mut self) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.run_loop()));
+        if let Err(p) = run {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            self.fail(format!("the node core panicked: {what}"));
+        }
+    }
+
+    /// Raises `Event::Fatal` after whatever is pending and stops the shards; calls return
+    /// `Stopped` from now on.
+    fn fail(&mut self, reason: String) {
+        log::error!("engine failed: {reason}");
+        self.stopping.store(true, Ordering::SeqCst);
+        for (tx, waker) in &self.shards {
+            let _ = tx.try_send(ShardCmd::Stop);
+            let _ = waker.wake();
+        }
+        self.pending.push_back(Event::Fatal { reason });
+        for e in self.pending.drain(..) {
+            if self.events.send_timeout(e, Duration::from_secs(1)).is_err() {
+                break;
+            }
+        }
+    }
+
+    fn run_loop(&mut self) {
+        loop {
+            self.carry_out();
+            if let Some(reason) = self.fatal.take() {
+                self.fail(reason);
+                return;
+            }
+            while let Some(e) = self.pending.pop_front() {
+                if let Err(crossbeam_channel::TrySendError::Full(e)) = self.events.try_send(e) {
+                    self.pending.push_front(e);
+                    break;
+                }
+            }
+            let stopping = self.stopping.load(Ordering::Relaxed);
+            // An embedder that does not keep up: take no more work from peers (they stop being
+            // read) until it has caught up. At stop the last reports are taken regardless.
+            let take_peers = self.pending.len() < self.high_water || stopping;
+            let now = Instant::now();
+            let deadline = self.core.poll_timeout();
+            if deadline <= now {
+                self.core.handle_timeout(now);
+                continue;
+            }
+            let mut sel = Select::new();
+            let i_cmd = sel.recv(&self.cmds);
+            let i_ack = sel.recv(&self.acks.1);
+            let i_exit = sel.recv(&self.exits);
+            let i_peer = take_peers.then(|| sel.recv(&self.peers));
+            let i_ev = (!self.pending.is_empty()).then(|| sel.send(&self.events));
+            let Ok(op) = sel.select_deadline(deadline) else {
+                continue; // the deadline: handled at the top
+            };
+            let i = op.index();
+            if i == i_cmd {
+                match op.recv(&self.cmds) {
+                    Ok(CoreCmd::Call(f)) => {
+                        let done = f(&mut self.core, Instant::now());
+                        self.carry_out();
+                        done();
+                    }
+                    Ok(CoreCmd::Stop) | Err(_) => return self.finish(),
+                }
+            } else if i == i_ack {
+                if let Ok((ack, r)) = op.recv(&self.acks.1) {
+                    self.committed(ack, r);
+                }
+            } else if i == i_exit {
+                if let Ok((name, panicked)) = op.recv(&self.exits) {
+                    if panicked || !self.stopping.load(Ordering::Relaxed) {
+                        self.fatal = Some(format!(
+                            "thread {name} {}",
+                            if panicked { "panicked" } else { "ended" }
+                        ));
+                    }
+                }
+            } else if Some(i) == i_peer {
+                match op.recv(&self.peers) {
+                    Ok(input) => {
+                        let now = Instant::now();
+                        self.core.handle_peer(input, now);
+                        // take what else is waiting, up to a batch, before the outputs go out
+                        for _ in 1..BATCH {
+                            if self.core.outputs_len() > 4 * BATCH {
+                                break;
+                            }
+                            match self.peers.try_recv() {
+                                Ok(input) => self.core.handle_peer(input, now),
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        if !self.stopping.load(Ordering::Relaxed) {
+                            self.fatal = Some("every shard is gone".into());
+                        }
+                    }
+                }
+            } else if Some(i) == i_ev {
+                let e = self
+                    .pending
+                    .pop_front()
+                    .expect("selected with an event pending");
+                if op.send(&self.events, e).is_err() {
+                    // only the engine's own receiver could be gone: it is stopping
+                }
+            }
+        }
+    }
+
+    fn committed(&mut self, ack: u64, r: StoreResult<u64>) {
+        match r {
+            Ok(_) => self.core.handle_committed(ack, Instant::now()),
+            Err(e) => self.fatal = Some(format!("a store commit failed: {e}")),
+        }
+    }
+
+    /// Carries out every output of the core.
+    fn carry_out(&mut self) {
+        while let Some(o) = self.core.poll_output() {
+            match o {
+                Output::Send(id, m) => {
+                    self.command_shard(shard_of(id), ShardCmd::Send(id, m, None))
+                }
+                Output::Disconnect(id, reason) => {
+                    self.command_shard(shard_of(id), ShardCmd::Disconnect(id, reason))
+                }
+                Output::Dial(addr) => {
+                    let s = self.next_dial % self.shards.len();
+                    self.next_dial += 1;
+                    self.command_shard(s, ShardCmd::Dial(addr));
+                }
+                Output::Write { batch, ack: None } => {
+                    if self.writer.submit_then(batch, Box::new(|_| {})).is_err() {
+                        self.fatal = Some("the store writer is gone".into());
+                    }
+                }
+                Output::Write {
+                    batch,
+                    ack: Some(ack),
+                } => {
+                    let tx = self.acks.0.clone();
+                    let cb = Box::new(move |r| {
+                        let _ = tx.send((ack, r));
+                    });
+                    if self.writer.submit_then(batch, cb).is_err() {
+                        self.fatal = Some("the store writer is gone".into());
+                    }
+                }
+                Output::Event(e) => self.pending.push_back(e),
+                Output::Height(h) => self
+                    .start_height
+                    .store(h.min(i32::MAX as u32) as i32, Ordering::Relaxed),
+            }
+        }
+        for (i, w) in self.wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                let _ = self.shards[i].1.wake();
+            }
+        }
+    }
+
+    fn command_shard(&mut self, s: usize, cmd: ShardCmd) {
+        let Some((tx, waker)) = self.shards.get(s) else {
+            return; // an id no shard made (the core only knows ids shards gave it)
+        };
+        match tx.try_send(cmd) {
+            Ok(()) => self.wake[s] = true,
+            Err(crossbeam_channel::TrySendError::Full(cmd)) => {
+                // The shard is this far behind: wake it and wait (it never waits on us).
+                let _ = waker.wake();
+                if tx.send(cmd).is_ok() {
+                    self.wake[s] = true;
+                }
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    /// At stop: the shards have closed their connections; their last reports are taken, the
+    /// registry and address book written, and the store flushed.
+    fn finish(&mut self) {
+        let now = Instant::now();
+        while let Ok(input) = self.peers.try_recv() {
+            self.core.handle_peer(input, now);
+            self.carry_out();
+        }
+        self.core.persist(now);
+        self.carry_out();
+        if let Err(e) = self.writer.flush() {
+            log::error!("saving peers at stop failed: {e}");
+        }
+        while let Ok((ack, r)) = self.acks.1.try_recv() {
+            self.committed(ack, r);
+        }
+        self.carry_out();
+        let mut undelivered = 0;
+        for e in self.pending.drain(..) {
+            if self.events.try_send(e).is_err() {
+                undelivered += 1;
+            }
+        }
+        if undelivered > 0 {
+            log::info!("{undelivered} events not delivered at stop: the event channel was full");
+        }
     }
 }

@@ -28,11 +28,65 @@ pub enum Error {
     /// The engine has stopped.
     Stopped,
     /// No connected peer has this id.
-    UnknownPeer(crate::engine::PeerId),
+    UnknownPeer(crate::fsm::PeerId),
     /// A caller's argument is not valid (an unparsable subnet, a ban on a never-ban address...).
     InvalidInput(String),
-    /// The message cannot be sent to this peer (too large for it, ...).
-    SendRejected(String),
+    /// A message could not be sent.
+    Send(SendError),
+}
+
+/// Why a message to a peer was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No connection has this id (never had, or it is gone).
+    NoSuchPeer(crate::fsm::PeerId),
+    /// The connection has not finished its handshake.
+    NotReady(crate::fsm::PeerId),
+    /// The payload is larger than the peer accepts (its `protoconf`), or needs `extmsg`, which
+    /// the peer does not speak.
+    TooLarge {
+        /// The message's command.
+        command: String,
+        /// Payload bytes.
+        len: u64,
+        /// What the peer accepts.
+        limit: u64,
+    },
+    /// The engine has stopped.
+    Stopped,
+    /// The connection's event loop did not take the message in time.
+    Timeout,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::NoSuchPeer(id) => write!(f, "no peer {id}"),
+            SendError::NotReady(id) => write!(f, "peer {id} has not finished its handshake"),
+            SendError::TooLarge {
+                command,
+                len,
+                limit,
+            } => write!(
+                f,
+                "{command} payload of {len} bytes exceeds the peer's limit of {limit}"
+            ),
+            SendError::Stopped => f.write_str("engine is stopped"),
+            SendError::Timeout => f.write_str("the peer's event loop did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Stopped => Error::Stopped,
+            e => Error::Send(e),
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -49,7 +103,7 @@ impl fmt::Display for Error {
             Error::Io(e) => write!(f, "i/o error: {e}"),
             Error::Stopped => f.write_str("engine is stopped"),
             Error::UnknownPeer(id) => write!(f, "no peer {id}"),
-            Error::SendRejected(why) => write!(f, "message not sent: {why}"),
+            Error::Send(e) => write!(f, "message not sent: {e}"),
             Error::InvalidInput(why) => write!(f, "invalid input: {why}"),
         }
     }
@@ -62,6 +116,7 @@ impl std::error::Error for Error {
             Error::Bind { source, .. } | Error::DataDir { source, .. } => Some(source),
             Error::Io(e) => Some(e),
             Error::Store(e) => Some(e),
+            Error::Send(e) => Some(e),
             _ => None,
         }
     }

@@ -6,45 +6,60 @@
 //! ## Architecture
 //!
 //! ```text
-//!  sockets ──► shard event loops (mio, one per core) ──► frame decoder (wire) ──► workers
-//!                    ▲                                                             │
-//!                    └──────────── commands over channels + mio::Waker ◄───────────┘
-//!                                                                                  │
-//!                                                  Store (LMDB / in-memory) ◄──────┘
+//!  sockets ─► shards (mio loops, one per core) ─► node core (one thread) ─► store writer
+//!               framing, checksums, handshake,      peers, bans, sync,        LMDB / memory
+//!               keepalive, rate limits              relay, discovery  ─► events ─► embedder
 //! ```
 //!
-//! The protocol logic is pure: [`wire`] turns bytes into messages and back without I/O, and the
-//! state machines that decide what to do with them are fed bytes and time, never sockets. The
-//! event loops only move bytes.
+//! Each shard owns a share of the sockets and does the per-connection work; everything that
+//! spans peers (the peer table, admission and bans, the registry, the address book, header sync,
+//! block download, block and transaction relay, serving) is owned by one I/O-free node core fed
+//! inputs and time, whose outputs (sends, dials, store writes, events) the engine carries out.
+//! The links between them are bounded channels: when the embedder or the store falls behind,
+//! the core stops taking work, the shards stop reading, and TCP pushes back on the peers.
+//! Nothing is dropped, no queue grows without bound, and no lock is shared across threads.
 //!
-//! Modules:
+//! The public API:
+//! - [`Engine`] ([`Engine::start`], calls on peers, bans, the chain, transactions), its
+//!   [`Config`] and [`ConfigBuilder`], the [`Event`]s it raises and the [`PeerInfo`] it reports;
+//!   errors are typed ([`Error`], [`SendError`]).
 //! - [`wire`]: the codec — framing (with BSV's `extmsg` for payloads over 4 GiB), primitives,
-//!   and every message.
+//!   and every message; usable without an engine.
+//! - [`store`]: the [`store::Store`] trait (bring your own), its LMDB and in-memory backends,
+//!   and the records the engine keeps; [`chain`]: the pure header tree.
 //! - [`network`]: network parameters as data (BSV mainnet, testnet, regtest, STN, custom).
-//! - [`decode`]: readable summaries of raw blocks, transactions and message streams (`bsn decode`).
+//! - [`sim`]: many node cores in one thread on a virtual clock, for deterministic tests.
+//! - [`decode`]: readable summaries of raw blocks, transactions and message streams.
 
 pub mod chain;
-pub mod config;
+mod config;
 pub mod decode;
-pub mod discovery;
-pub mod engine;
-pub mod error;
-pub mod fsm;
+mod engine;
+mod error;
+mod event;
+mod fsm;
 pub mod network;
-pub mod reactor;
-pub mod registry;
-pub mod serve;
+mod node;
+mod reactor;
+pub mod sim;
 pub mod store;
-pub mod syncer;
-pub mod txrelay;
-pub mod util;
+mod util;
 pub mod wire;
 
-pub use config::{Config, ConfigBuilder};
-pub use engine::{Engine, Event, HeaderRef, PeerId, PeerInfo};
-pub use error::Error;
-pub use fsm::{Direction, DisconnectReason};
+pub use config::{Config, ConfigBuilder, ConfigError, PROTOCOL_VERSION};
+pub use engine::Engine;
+pub use error::{Error, SendError};
+pub use event::{Event, PeerInfo};
+pub use fsm::addrbook::AddrInfo;
+pub use fsm::bans::{Ban, BanReason, ScoreSettings, Subnet};
+pub use fsm::peer::{CommandStats, PeerStats};
+pub use fsm::ratelimit::RateSettings;
+pub use fsm::sync::SyncProgress;
+pub use fsm::txrelay::TxPolicy;
+pub use fsm::{Direction, DisconnectReason, PeerId};
 pub use network::{Network, NetworkParams};
+pub use node::{CoreCounts, HeaderRef};
+pub use store::records::PeerStatus;
 
 /// The README's Rust examples, compiled as doctests so they stay true.
 #[cfg(doctest)]

@@ -2,8 +2,8 @@
 
 mod common;
 
-use bsn::fsm::bans::Subnet;
 use bsn::wire::Message;
+use bsn::Subnet;
 use bsn::{DisconnectReason, Event};
 use common::*;
 use std::net::IpAddr;
@@ -146,7 +146,7 @@ fn bans_survive_a_restart() {
         .any(|(s, b)| s.to_string() == "127.4.0.0/16" && b.reason == "kept"));
     assert!(a.is_banned("::1".parse().unwrap()));
     assert!(refused(ip(4, 9, 9), a.local_addr().unwrap()));
-    a.clear_bans();
+    a.clear_bans().unwrap();
     assert!(!a.is_banned(ip(4, 9, 9)));
     a.stop();
 }

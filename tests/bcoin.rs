@@ -29,7 +29,6 @@ fn config(services: u64) -> Config {
     let mut c = Config::with_params(regtest_params());
     c.listen = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
     c.shards = 1;
-    c.workers = 1;
     c.pin_threads = false;
     c.tick = Duration::from_millis(20);
     c.ping_interval = PING_INTERVAL;
@@ -454,7 +453,7 @@ fn assert_same_chain(
         timeout,
         "the engine has bcoin's tip and every block",
         |_| {
-            let (best, h) = engine.best_header();
+            let (best, h) = engine.best_header().unwrap();
             (best == tip
                 && h == height
                 && (1..=height).all(|i| {
@@ -714,7 +713,7 @@ struct Gossiper {
 impl Gossiper {
     fn connect(addr: SocketAddr) -> Gossiper {
         let mut peer = common::ScriptPeer::connect(addr, bcoin_support::BCOIN_REGTEST_MAGIC);
-        peer.handshake(bsn::util::random_u64());
+        peer.handshake(crate::common::random_u64());
         let (tx, rx) = crossbeam_channel::unbounded::<Message>();
         let thread = std::thread::spawn(move || loop {
             match rx.try_recv() {
@@ -919,7 +918,7 @@ fn a_chain_ending_exactly_on_a_full_batch_syncs_without_a_stall() {
     let took = t0.elapsed();
     assert_eq!(height, HEIGHT);
     assert_eq!(
-        engine.best_header().0.to_string(),
+        engine.best_header().unwrap().0.to_string(),
         bcoin.best_hash(),
         "same tip"
     );

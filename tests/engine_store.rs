@@ -117,7 +117,7 @@ fn the_stored_chain_is_loaded_at_start_and_announced() {
     let mut c = config();
     c.data_dir = Some(dir.0.clone());
     let (a, _aev) = start(c);
-    assert_eq!(a.best_header(), (tip.hash(), 10));
+    assert_eq!(a.best_header().unwrap(), (tip.hash(), 10));
     let (b, bev) = start(config());
     b.connect(a.local_addr().unwrap()).unwrap();
     let h = wait_for(&bev, T, "connected", |e| match e {

@@ -3,13 +3,13 @@
 
 mod common;
 
-use bsn::fsm::peer::CommandStats;
 use bsn::store::lmdb::{LmdbOptions, LmdbStore};
 use bsn::store::memory::MemoryStore;
 use bsn::store::records::*;
 use bsn::store::writer::StoreWriter;
 use bsn::store::{Batch, Store, StoreError, Table};
 use bsn::wire::{Command, Hash256};
+use bsn::CommandStats;
 use common::TempDir;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

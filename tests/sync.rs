@@ -24,7 +24,7 @@ fn wait_synced(e: &Engine, blocks: &[Block], want_blocks: bool) {
     let deadline = Instant::now() + T;
     let tip = blocks.last().unwrap().hash();
     loop {
-        let (h, height) = e.best_header();
+        let (h, height) = e.best_header().unwrap();
         let stored = want_blocks
             && blocks.iter().all(|b| {
                 with_block(e.store().as_ref(), &b.hash(), |v| v == Some(&b.raw()[..])).unwrap()
@@ -128,7 +128,7 @@ fn the_real_early_mainnet_chain_syncs_bit_for_bit() {
     cc.connect = vec![b.local_addr().unwrap()];
     let (c, _cev) = start(cc);
     wait_synced(&c, &blocks, true);
-    assert_eq!(c.best_header(), a.best_header());
+    assert_eq!(c.best_header().unwrap(), a.best_header().unwrap());
     for e in [c, b, a] {
         e.stop();
     }
@@ -171,7 +171,7 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
         }
     }
     let (h, _hev) = start(node(&dir, "h", false));
-    assert_eq!(h.best_header().1 as usize, N);
+    assert_eq!(h.best_header().unwrap().1 as usize, N);
     // S is a header client with a short stall timeout
     let mut cs = node(&dir, "s", true);
     cs.sync_stall_timeout = Duration::from_secs(2);
@@ -195,9 +195,9 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
         Event::BanScore { ip, reason, .. } if *ip == liar_ip => Some(*reason),
         _ => None,
     });
-    assert_eq!(reason, bsn::fsm::bans::BanReason::InvalidHeaderPow);
+    assert_eq!(reason, bsn::BanReason::InvalidHeaderPow);
     assert_eq!(
-        s.best_header().1,
+        s.best_header().unwrap().1,
         1000,
         "the valid headers before the bad one are kept"
     );
@@ -205,8 +205,12 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
     let t0 = Instant::now();
     s.connect(h.local_addr().unwrap()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while s.best_header().0 != headers[N - 1].hash() {
-        assert!(Instant::now() < deadline, "stuck at {}", s.best_header().1);
+    while s.best_header().unwrap().0 != headers[N - 1].hash() {
+        assert!(
+            Instant::now() < deadline,
+            "stuck at {}",
+            s.best_header().unwrap().1
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     eprintln!(
@@ -215,7 +219,7 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
         t0.elapsed()
     );
     assert_eq!(
-        s.sync_progress().1,
+        s.sync_progress().unwrap().1,
         None,
         "a header client downloads no blocks"
     );
@@ -226,8 +230,8 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
 
 #[test]
 fn checkpoints_hold_the_chain_to_them_and_refuse_forks_below() {
-    use bsn::fsm::bans::BanReason;
     use bsn::wire::Message;
+    use bsn::BanReason;
     let blocks = regtest_blocks(300);
     let dir = TempDir::new("sync-checkpoints");
     let file = dir.0.join("blk.dat");
@@ -262,7 +266,7 @@ fn checkpoints_hold_the_chain_to_them_and_refuse_forks_below() {
     });
     assert_eq!(reason, BanReason::InvalidHeader);
     assert!(b.header(bsn::HeaderRef::Hash(fork.hash())).is_none());
-    assert_eq!(b.best_header().1, 300);
+    assert_eq!(b.best_header().unwrap().1, 300);
 
     // C's checkpoint at 150 names another block: C stops at 149 and scores A's address.
     let mut cc = node(&dir, "c", true);
@@ -274,7 +278,7 @@ fn checkpoints_hold_the_chain_to_them_and_refuse_forks_below() {
         _ => None,
     });
     assert_eq!(reason, BanReason::InvalidHeader);
-    assert_eq!(c.best_header(), (blocks[148].hash(), 149));
+    assert_eq!(c.best_header().unwrap(), (blocks[148].hash(), 149));
 
     // B's stored chain contradicts that checkpoint: B refuses to start with it, and its data
     // is untouched (it starts again without it).
@@ -287,7 +291,7 @@ fn checkpoints_hold_the_chain_to_them_and_refuse_forks_below() {
         Ok(_) => panic!("started with a checkpoint its stored chain contradicts"),
     }
     let (b, _bev) = start(node(&dir, "b", true));
-    assert_eq!(b.best_header(), (blocks[299].hash(), 300));
+    assert_eq!(b.best_header().unwrap(), (blocks[299].hash(), 300));
     for e in [c, b, a] {
         e.stop();
     }

@@ -126,8 +126,7 @@ fn node(a: NodeArgs) -> ExitCode {
             c.target_outbound = n;
         }
         for s in &a.never_ban {
-            c.never_ban
-                .push(s.parse().map_err(bsn::config::ConfigError)?);
+            c.never_ban.push(s.parse().map_err(bsn::ConfigError)?);
         }
         Ok(c)
     }) {

@@ -334,36 +334,36 @@ impl AddrBook {
         b
     }
 
-    /// The settings (caps at least 1).
-    pub fn settings(&self) -> &AddrBookSettings {
-        &self.settings
-    }
-
     /// Whether the book would keep `a`: dialable, and publicly routable unless `allow_local`.
     pub fn acceptable(&self, a: &SocketAddr) -> bool {
         !undialable(a) && (self.settings.allow_local || is_routable(a.ip()))
     }
 
+    #[cfg(test)]
     /// Number of addresses.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    #[cfg(test)]
     /// Whether the book is empty.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
 
+    #[cfg(test)]
     /// Number of addresses in "new".
     pub fn len_new(&self) -> usize {
         self.new.list.len()
     }
 
+    #[cfg(test)]
     /// Number of addresses in "tried".
     pub fn len_tried(&self) -> usize {
         self.tried.list.len()
     }
 
+    #[cfg(test)]
     /// What the book knows of `a`.
     pub fn get(&self, a: &SocketAddr) -> Option<&AddrInfo> {
         self.map.get(&canonical(*a)).map(|s| &s.info)
@@ -519,6 +519,7 @@ impl AddrBook {
         }
     }
 
+    #[cfg(test)]
     /// Forgets `a`; returns what was known.
     pub fn remove(&mut self, a: &SocketAddr) -> Option<AddrInfo> {
         let a = canonical(*a);
@@ -608,6 +609,7 @@ impl AddrBook {
             .collect()
     }
 
+    #[cfg(test)]
     /// Adds a put of every entry to `batch` (a full save; the dirty set is left alone).
     pub fn put_all(&self, batch: &mut Batch) {
         for (a, info) in self.iter() {
@@ -633,6 +635,7 @@ impl AddrBook {
         n
     }
 
+    #[cfg(test)]
     /// Number of changes waiting for [`AddrBook::take_dirty_batch`].
     pub fn dirty_len(&self) -> usize {
         self.dirty.len() + self.removed.len()

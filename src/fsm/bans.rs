@@ -254,11 +254,13 @@ impl BanList {
         self.bans.drain().map(|(s, _)| s).collect()
     }
 
+    #[cfg(test)]
     /// Number of bans.
     pub fn len(&self) -> usize {
         self.bans.len()
     }
 
+    #[cfg(test)]
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.bans.is_empty()

@@ -22,7 +22,7 @@
 //! not used. Nothing is random: the same calls give the same actions.
 
 use crate::chain::{HashIdMap, HeaderTree};
-use crate::engine::PeerId;
+use crate::fsm::PeerId;
 use crate::wire::hash::Hash256;
 use crate::wire::types::{InvType, Inventory};
 use std::cmp::Reverse;
@@ -183,6 +183,7 @@ impl BlockDownload {
         }
     }
 
+    #[cfg(test)]
     /// The configuration (with the minimums applied).
     pub fn config(&self) -> &DownloadConfig {
         &self.config
@@ -212,6 +213,7 @@ impl BlockDownload {
         }
     }
 
+    #[cfg(test)]
     /// The peer's best height changed (it announced blocks, or its chain reorganised).
     pub fn set_peer_height(&mut self, id: PeerId, height: u32) {
         if let Some(p) = self.peers.get_mut(&id) {
@@ -219,6 +221,7 @@ impl BlockDownload {
         }
     }
 
+    #[cfg(test)]
     /// The peer's score changed.
     pub fn set_peer_score(&mut self, id: PeerId, score: u32) {
         if let Some(p) = self.peers.get_mut(&id) {
@@ -394,6 +397,7 @@ impl BlockDownload {
         out
     }
 
+    #[cfg(test)]
     /// The lowest height not yet handed on (the bottom of the window).
     pub fn next_height(&self) -> u32 {
         self.next_ready
@@ -404,41 +408,49 @@ impl BlockDownload {
         self.next_ready - 1
     }
 
+    #[cfg(test)]
     /// Whether every block of `chain` has been handed on.
     pub fn is_complete(&self, chain: &HeaderTree) -> bool {
         self.ready_height() >= chain.height()
     }
 
+    #[cfg(test)]
     /// Requests in flight, all peers.
     pub fn in_flight_len(&self) -> usize {
         self.in_flight.len()
     }
 
+    #[cfg(test)]
     /// Requests in flight to `peer`, `None` for an unknown peer.
     pub fn peer_in_flight(&self, peer: PeerId) -> Option<usize> {
         self.peers.get(&peer).map(|p| p.in_flight)
     }
 
+    #[cfg(test)]
     /// Whether `peer` is stalled (a request timed out and it has not answered since).
     pub fn is_stalled(&self, peer: PeerId) -> bool {
         self.peers.get(&peer).is_some_and(|p| p.stalled)
     }
 
+    #[cfg(test)]
     /// Whether a request for `hash` is in flight, and to whom.
     pub fn in_flight_to(&self, hash: &Hash256) -> Option<PeerId> {
         self.in_flight.get(hash).map(|e| e.peer)
     }
 
+    #[cfg(test)]
     /// Blocks received (or stored) above a gap, waiting to be handed on.
     pub fn buffered_len(&self) -> usize {
         self.received.len()
     }
 
+    #[cfg(test)]
     /// Download peers known.
     pub fn peers_len(&self) -> usize {
         self.peers.len()
     }
 
+    #[cfg(test)]
     /// The earliest time a request times out: when the next [`BlockDownload::tick`] has a stall
     /// to report. `None` with nothing in flight.
     pub fn next_deadline(&self) -> Option<Instant> {

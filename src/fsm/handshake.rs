@@ -65,16 +65,6 @@ impl Handshake {
         self.state
     }
 
-    /// The nonce of the version we send.
-    pub fn our_nonce(&self) -> u64 {
-        self.ours.nonce
-    }
-
-    /// The peer's version, once received.
-    pub fn their_version(&self) -> Option<&VersionMessage> {
-        self.theirs.as_ref()
-    }
-
     /// Called once the connection is up: outbound connections send their version first.
     pub fn start(&mut self) -> Vec<HandshakeAction> {
         if self.direction == Direction::Outbound && !self.sent_version {

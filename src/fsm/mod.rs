@@ -9,11 +9,42 @@ pub mod handshake;
 pub mod peer;
 pub mod ping;
 pub mod ratelimit;
+pub mod registry;
 pub mod scoring;
 pub mod sync;
+pub mod txrelay;
 
-use crate::wire::{Command, FrameError, Magic, PayloadError};
+use crate::wire::{FrameError, Magic, PayloadError};
 use std::fmt;
+
+/// Identifies one connection for its lifetime (never reused within an engine). The C ABI and
+/// logs see it as a number (`u64::from`, `PeerId::from`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub(crate) u64);
+
+impl From<u64> for PeerId {
+    fn from(n: u64) -> PeerId {
+        PeerId(n)
+    }
+}
+
+impl From<PeerId> for u64 {
+    fn from(p: PeerId) -> u64 {
+        p.0
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+impl fmt::Debug for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PeerId({})", self.0)
+    }
+}
 
 /// Whether a connection was opened by us or by the peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +102,8 @@ pub enum DisconnectReason {
     Banned,
     /// Evicted to make room for a new inbound peer.
     Evicted,
+    /// The peer did not answer a sync request (headers or blocks) in time.
+    Stalled(String),
 }
 
 impl fmt::Display for DisconnectReason {
@@ -99,6 +132,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::LimitReached(what) => write!(f, "limit reached: {what}"),
             DisconnectReason::Banned => f.write_str("banned"),
             DisconnectReason::Evicted => f.write_str("evicted for a new inbound peer"),
+            DisconnectReason::Stalled(what) => write!(f, "stalled: {what}"),
         }
     }
 }
@@ -118,9 +152,4 @@ impl DisconnectReason {
             _ => None,
         }
     }
-}
-
-/// A command name for statistics and logs.
-pub fn command_name(c: &Command) -> &str {
-    c.as_str()
 }

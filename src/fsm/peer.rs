@@ -178,11 +178,6 @@ impl PeerProtocol {
         self.direction
     }
 
-    /// The nonce of the version we send.
-    pub fn our_nonce(&self) -> Option<u64> {
-        self.handshake.as_ref().map(|h| h.our_nonce())
-    }
-
     /// The peer's version once the handshake is complete.
     pub fn version(&self) -> Option<&VersionMessage> {
         self.version.as_deref()
@@ -242,21 +237,24 @@ impl PeerProtocol {
     }
 
     /// Whether a message fits what the peer accepts.
-    pub fn check_send(&self, msg: &Message) -> Result<(), String> {
+    pub fn check_send(&self, msg: &Message) -> Result<(), crate::error::SendError> {
         let len = msg.payload_len() as u64;
         // (a stored block is served as its raw bytes under the block command)
         let is_block = msg.command() == crate::wire::message::commands::BLOCK;
-        if !is_block && len > self.their_max_payload.max(LEGACY_MAX_PAYLOAD) {
-            return Err(format!(
-                "{} payload of {len} bytes exceeds the peer's limit of {}",
-                msg.command(),
-                self.their_max_payload
-            ));
+        let limit = self.their_max_payload.max(LEGACY_MAX_PAYLOAD);
+        if !is_block && len > limit {
+            return Err(crate::error::SendError::TooLarge {
+                command: msg.command().to_string(),
+                len,
+                limit,
+            });
         }
         if len >= u32::MAX as u64 && !self.accepts_extended() {
-            return Err(format!(
-                "{len}-byte payload needs extmsg, which the peer does not speak"
-            ));
+            return Err(crate::error::SendError::TooLarge {
+                command: msg.command().to_string(),
+                len,
+                limit: u32::MAX as u64 - 1,
+            });
         }
         Ok(())
     }

@@ -79,19 +79,6 @@ impl Keepalive {
     pub fn last_rtt(&self) -> Option<Duration> {
         self.last_rtt
     }
-
-    /// The smallest measured round trip.
-    pub fn min_rtt(&self) -> Option<Duration> {
-        self.min_rtt
-    }
-
-    /// The next time `tick` has something to do.
-    pub fn next_deadline(&self) -> Instant {
-        match self.outstanding {
-            Some((_, sent)) => sent + self.timeout,
-            None => self.next_ping,
-        }
-    }
 }
 
 #[cfg(test)]

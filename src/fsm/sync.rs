@@ -56,7 +56,7 @@
 
 use super::bans::BanReason;
 use crate::chain::{HeaderError, HeaderTree};
-use crate::engine::PeerId;
+use crate::fsm::PeerId;
 use crate::wire::block::BlockHeader;
 use crate::wire::hash::Hash256;
 use crate::wire::message::{Locator, Message, MAX_HEADERS};
@@ -256,16 +256,12 @@ impl HeaderSync {
         }
     }
 
-    /// The settings.
-    pub fn config(&self) -> &SyncConfig {
-        &self.config
-    }
-
     /// The peer the `getheaders` in flight went to.
     pub fn sync_peer(&self) -> Option<PeerId> {
         self.in_flight.map(|f| f.peer)
     }
 
+    #[cfg(test)]
     /// When [`HeaderSync::tick`] next has something to do (the in-flight request's stall time).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.in_flight.map(|f| f.sent + self.timeout_of(&f))
@@ -325,6 +321,7 @@ impl HeaderSync {
         out
     }
 
+    #[cfg(test)]
     /// The peer's score changed (used only to break ties).
     pub fn set_score(&mut self, id: PeerId, score: u32) {
         if let Some(p) = self.peers.get_mut(&id) {

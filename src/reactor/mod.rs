@@ -1,22 +1,32 @@
 //! The event loop of one shard: a `mio::Poll` that owns a share of the peer sockets. It reads
-//! bytes into each connection's protocol state machine, writes what the machine answers, hands
-//! decoded messages to the workers, and takes commands from the API through a channel and a
-//! `Waker`. All protocol decisions are made in [`crate::fsm`]; this module only moves bytes.
+//! bytes into each connection's protocol state machine ([`crate::fsm::peer::PeerProtocol`]:
+//! framing, checksums, handshake, keepalive, rate limits), writes what the machine answers, and
+//! hands everything that spans peers to the node core ([`crate::node`]) over one bounded
+//! channel. When that channel is full the shard stops reading its sockets until the core has
+//! caught up: nothing is dropped and nothing piles up. Commands (send, dial, disconnect) come
+//! back over the shard's own channel and a `Waker`.
+//!
+//! The shard knows nothing of other shards' connections, bans or sync: its whole view of the
+//! engine is a [`ShardContext`].
 
-use crate::engine::{PeerId, PeerInfo, Shared, WorkerMsg};
-use crate::fsm::peer::{PeerOutput, PeerProtocol};
+use crate::config::Config;
+use crate::error::SendError;
+use crate::event::PeerInfo;
+use crate::fsm::peer::{PeerOutput, PeerProtocol, PeerSettings};
 use crate::fsm::scoring::{self, ScoreInputs};
-use crate::fsm::{Direction, DisconnectReason};
+use crate::fsm::{Direction, DisconnectReason, PeerId};
+use crate::node::PeerInput;
 use crate::wire::frame::encode_message;
 use crate::wire::{Message, NetAddr, VersionMessage};
 use bytes::{Bytes, BytesMut};
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -32,27 +42,72 @@ const READ_BUDGET: usize = 256 * 1024;
 /// Most buffers handed to one vectored write.
 const MAX_IOVECS: usize = 64;
 
-/// What the API and the other shards ask a shard to do.
-pub enum ShardCmd {
-    /// Dial a peer; `static_peer` peers are re-dialled when they drop.
-    Connect { addr: SocketAddr, static_peer: bool },
+/// Bits of a [`PeerId`] that name the shard owning the connection.
+pub(crate) const SHARD_BITS: u32 = 10;
+
+/// The shard that owns a connection.
+pub(crate) fn shard_of(id: PeerId) -> usize {
+    (id.0 & ((1 << SHARD_BITS) - 1)) as usize
+}
+
+/// What the core, the API and the other shards ask a shard to do.
+pub(crate) enum ShardCmd {
+    /// Dial a peer (its outbound slot is taken).
+    Dial(SocketAddr),
     /// Take over an accepted socket (when one shard accepts for all).
     Adopt(std::net::TcpStream, SocketAddr),
     /// Close a connection.
-    Disconnect(PeerId),
+    Disconnect(PeerId, DisconnectReason),
     /// Send a message to one peer; the outcome goes back on the channel if one is given.
-    Send(PeerId, Message, Option<Sender<Result<(), String>>>),
-    /// Send a message to every ready peer.
-    Broadcast(Message),
+    Send(PeerId, Message, Option<Sender<Result<(), SendError>>>),
     /// Report every connection.
     Peers(Sender<Vec<PeerInfo>>),
-    /// Close a connection to make room for a newcomer.
-    Evict(PeerId),
-    /// Close every connection inside a newly banned subnet.
-    DropBanned(crate::fsm::bans::Subnet),
     /// Close everything and end the loop.
     Stop,
 }
+
+/// A shard's whole view of the engine.
+pub(crate) struct ShardContext {
+    /// This shard's index.
+    pub index: usize,
+    /// The configuration (read only).
+    pub config: Arc<Config>,
+    /// Per-connection protocol settings.
+    pub settings: PeerSettings,
+    /// To the node core (bounded).
+    pub core: Sender<PeerInput>,
+    /// The height announced in our `version` (set by the core's driver).
+    pub start_height: Arc<AtomicI32>,
+    /// Key that makes our version nonces recognisable (self-connection detection without a
+    /// shared set of nonces).
+    pub nonce_key: u64,
+    /// Every shard's command channel and waker, when this shard's listener accepts for all.
+    pub siblings: Vec<(Sender<ShardCmd>, Arc<Waker>)>,
+}
+
+/// A version nonce that we can recognise later: its low half is a keyed mix of its high half.
+pub(crate) fn make_nonce(key: u64, random: u64) -> u64 {
+    let high = random & 0xffff_ffff_0000_0000;
+    high | (nonce_mac(key, high >> 32) & 0xffff_ffff)
+}
+
+/// Whether a nonce is one of ours (a random nonce passes with probability 2^-32).
+pub(crate) fn is_own_nonce(key: u64, n: u64) -> bool {
+    n & 0xffff_ffff == nonce_mac(key, n >> 32) & 0xffff_ffff
+}
+
+fn nonce_mac(key: u64, x: u64) -> u64 {
+    // splitmix64 of the key and the value: cheap, and unpredictable without the key
+    let mut z = key ^ x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// How often fresh counters of busy connections go to the core.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+/// How long a stopping shard waits for the core to take its last reports.
+const STOP_SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Conn {
     id: PeerId,
@@ -60,30 +115,34 @@ struct Conn {
     stream: TcpStream,
     proto: PeerProtocol,
     connecting: Option<Instant>,
-    static_peer: bool,
     queue: VecDeque<Bytes>,
     queued: usize,
     /// Bytes of `queue[0]` already written.
     head_written: usize,
     since: SystemTime,
-    since_instant: Instant,
-    counted: bool,
+    /// Messages in and out when the core last got this connection's counters.
+    reported: u64,
+    /// In the `pending` list already.
+    pending: bool,
 }
 
 /// A shard's event loop.
-pub struct Shard {
+pub(crate) struct Shard {
     index: usize,
     poll: Poll,
     listener: Option<TcpListener>,
     conns: Slab<Conn>,
     by_id: HashMap<PeerId, usize>,
     rx: Receiver<ShardCmd>,
-    shared: Arc<Shared>,
+    ctx: ShardContext,
     scratch: Vec<u8>,
-    redials: Vec<(Instant, SocketAddr, u32)>,
-    redial_attempts: HashMap<SocketAddr, u32>,
     out: Vec<PeerOutput>,
     accepted: usize,
+    next_id: u64,
+    /// Reports the core's full channel did not take yet, in order; while any wait, no socket
+    /// is read.
+    backlog: VecDeque<PeerInput>,
+    last_stats: Instant,
     /// An accept failed (e.g. out of descriptors): try again at the next tick.
     accept_retry: bool,
     /// Connections that used up their read budget: read again on the next turn.
@@ -102,13 +161,13 @@ fn unix_now() -> i64 {
 
 impl Shard {
     /// A shard with its poller; `listener` is this shard's listening socket, if it has one.
-    pub fn new(
-        index: usize,
+    pub(crate) fn new(
         poll: Poll,
         listener: Option<std::net::TcpListener>,
         rx: Receiver<ShardCmd>,
-        shared: Arc<Shared>,
+        ctx: ShardContext,
     ) -> io::Result<Shard> {
+        let index = ctx.index;
         let listener = match listener {
             Some(l) => {
                 l.set_nonblocking(true)?;
@@ -126,12 +185,13 @@ impl Shard {
             conns: Slab::new(),
             by_id: HashMap::new(),
             rx,
-            shared,
+            ctx,
             scratch: vec![0; READ_CHUNK],
-            redials: Vec::new(),
-            redial_attempts: HashMap::new(),
             out: Vec::new(),
             accepted: 0,
+            next_id: 1,
+            backlog: VecDeque::new(),
+            last_stats: Instant::now(),
             accept_retry: false,
             pending: Vec::new(),
             throttled: Vec::new(),
@@ -140,18 +200,21 @@ impl Shard {
     }
 
     /// Makes a waker for this shard's poller.
-    pub fn waker(poll: &Poll) -> io::Result<Waker> {
+    pub(crate) fn waker(poll: &Poll) -> io::Result<Waker> {
         Waker::new(poll.registry(), WAKER)
     }
 
     /// Runs until told to stop.
-    pub fn run(mut self) {
+    pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
-        let tick = self.shared.config.tick;
+        let tick = self.ctx.config.tick;
         let mut last_tick = Instant::now();
         while !self.stopping {
             let mut timeout = tick.saturating_sub(last_tick.elapsed());
-            if !self.pending.is_empty() {
+            if !self.backlog.is_empty() {
+                // the core is behind: look again soon, read nothing meanwhile
+                timeout = timeout.min(Duration::from_millis(1));
+            } else if !self.pending.is_empty() {
                 timeout = Duration::ZERO;
             } else if let Some(t) = self.throttled.iter().map(|(t, _, _)| *t).min() {
                 timeout = timeout.min(t.saturating_duration_since(Instant::now()));
@@ -174,7 +237,8 @@ impl Shard {
                 }
             }
             self.commands();
-            if !self.pending.is_empty() || !self.throttled.is_empty() {
+            self.drain_backlog();
+            if self.backlog.is_empty() && (!self.pending.is_empty() || !self.throttled.is_empty()) {
                 self.resume_reads(Instant::now());
             }
             if last_tick.elapsed() >= tick {
@@ -186,46 +250,95 @@ impl Shard {
         for k in keys {
             self.close(k, DisconnectReason::Shutdown);
         }
+        // The core is still running while shards stop: its last reports must reach it.
+        while let Some(input) = self.backlog.pop_front() {
+            match self.ctx.core.send_timeout(input, STOP_SEND_TIMEOUT) {
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => {
+                    log::error!(
+                        "shard {}: the core took no report for {STOP_SEND_TIMEOUT:?} at stop",
+                        self.index
+                    );
+                    break;
+                }
+                Err(SendTimeoutError::Disconnected(_)) => break,
+            }
+        }
+    }
+
+    /// Hands a report to the core, in order; when its channel is full the report waits here
+    /// and the shard reads no socket until the core has taken it.
+    fn report(&mut self, input: PeerInput) {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(input);
+            return;
+        }
+        match self.ctx.core.try_send(input) {
+            Ok(()) => {}
+            Err(TrySendError::Full(input)) => self.backlog.push_back(input),
+            Err(TrySendError::Disconnected(_)) => {
+                // the core is gone (the engine is stopping or failed): nothing left to serve
+                if !self.stopping {
+                    log::error!("shard {}: the node core is gone; stopping", self.index);
+                }
+                self.stopping = true;
+            }
+        }
+    }
+
+    fn drain_backlog(&mut self) {
+        while let Some(input) = self.backlog.pop_front() {
+            match self.ctx.core.try_send(input) {
+                Ok(()) => {}
+                Err(TrySendError::Full(input)) => {
+                    self.backlog.push_front(input);
+                    return;
+                }
+                Err(TrySendError::Disconnected(_)) => {
+                    self.backlog.clear();
+                    self.stopping = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether reading must wait for the core.
+    fn blocked(&self) -> bool {
+        !self.backlog.is_empty()
+    }
+
+    /// Reads `key` again on a later turn.
+    fn defer_read(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            if !c.pending {
+                c.pending = true;
+                self.pending.push((key, c.id));
+            }
+        }
     }
 
     fn commands(&mut self) {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
-                ShardCmd::Connect { addr, static_peer } => self.dial(addr, static_peer),
+                ShardCmd::Dial(addr) => self.dial(addr),
                 ShardCmd::Adopt(s, addr) => self.adopt(s, addr),
-                ShardCmd::Disconnect(id) => {
+                ShardCmd::Disconnect(id, reason) => {
                     if let Some(&k) = self.by_id.get(&id) {
-                        self.close(k, DisconnectReason::Requested);
+                        self.close(k, reason);
                     }
                 }
                 ShardCmd::Send(id, msg, reply) => {
                     let r = match self.by_id.get(&id) {
                         Some(&k) => self.send_checked(k, msg),
-                        None => Err(format!("no peer {id}")),
+                        None => Err(SendError::NoSuchPeer(id)),
                     };
                     if let Some(reply) = reply {
                         let _ = reply.send(r);
                     }
                 }
-                ShardCmd::Broadcast(msg) => self.broadcast(msg),
                 ShardCmd::Peers(reply) => {
                     let _ = reply.send(self.conns.iter().map(|(_, c)| self.info(c)).collect());
-                }
-                ShardCmd::Evict(id) => {
-                    if let Some(&k) = self.by_id.get(&id) {
-                        self.close(k, DisconnectReason::Evicted);
-                    }
-                }
-                ShardCmd::DropBanned(subnet) => {
-                    let keys: Vec<usize> = self
-                        .conns
-                        .iter()
-                        .filter(|(_, c)| subnet.contains(c.addr.ip()))
-                        .map(|(k, _)| k)
-                        .collect();
-                    for k in keys {
-                        self.close(k, DisconnectReason::Banned);
-                    }
                 }
                 ShardCmd::Stop => self.stopping = true,
             }
@@ -250,13 +363,13 @@ impl Shard {
             queued_bytes: c.queued,
             stats: c.proto.stats.clone(),
             shard: self.index,
+            // the core adds what it knows (ban scores) before the embedder sees these
             score: scoring::score(&inputs),
             status: scoring::status(&inputs),
         }
     }
 
     fn score_inputs(&self, c: &Conn) -> ScoreInputs {
-        let ip = c.addr.ip();
         let useful = c
             .proto
             .stats
@@ -271,13 +384,13 @@ impl Shard {
             failures: 0,
             useful_msgs: useful,
             errors: c.proto.stats.errors,
-            ban_score: self.shared.ban_score(ip),
-            banned: self.shared.is_banned(ip),
+            ban_score: 0,
+            banned: false,
         }
     }
 
     fn our_version(&self, peer: SocketAddr, nonce: u64) -> VersionMessage {
-        let cfg = &self.shared.config;
+        let cfg = &self.ctx.config;
         let local = cfg
             .listen
             .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -289,7 +402,7 @@ impl Shard {
             sender: NetAddr::new(local, cfg.services),
             nonce,
             user_agent: cfg.user_agent.clone(),
-            start_height: self.shared.start_height(),
+            start_height: self.ctx.start_height.load(Ordering::Relaxed),
             relay: Some(cfg.relay),
             extra: Bytes::new(),
         }
@@ -301,14 +414,14 @@ impl Shard {
         addr: SocketAddr,
         direction: Direction,
         connecting: bool,
-        static_peer: bool,
     ) {
         let now = Instant::now();
-        let id = self.shared.next_peer_id(self.index);
-        let nonce = self.shared.new_nonce(direction == Direction::Outbound);
+        let id = PeerId((self.next_id << SHARD_BITS) | self.index as u64);
+        self.next_id += 1;
+        let nonce = make_nonce(self.ctx.nonce_key, crate::util::random_u64());
         let proto = PeerProtocol::new(
             direction,
-            &self.shared.settings,
+            &self.ctx.settings,
             self.our_version(addr, nonce),
             now,
         );
@@ -320,7 +433,12 @@ impl Shard {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("shard {}: cannot register {addr}: {e}", self.index);
-            self.shared.release(direction, addr, Some(nonce), true);
+            if direction == Direction::Outbound {
+                self.report(PeerInput::DialFailed {
+                    addr,
+                    reason: e.to_string(),
+                });
+            }
             return;
         }
         entry.insert(Conn {
@@ -328,64 +446,48 @@ impl Shard {
             addr,
             stream,
             proto,
-            connecting: connecting.then_some(now + self.shared.config.connect_timeout),
-            static_peer,
+            connecting: connecting.then_some(now + self.ctx.config.connect_timeout),
             queue: VecDeque::new(),
             queued: 0,
             head_written: 0,
             since: SystemTime::now(),
-            since_instant: now,
-            counted: true,
+            reported: 0,
+            pending: false,
         });
         self.by_id.insert(id, key);
+        // The core hears of the connection before anything else about it.
+        self.report(PeerInput::Connection {
+            id,
+            addr,
+            direction,
+        });
         if !connecting {
             self.start_protocol(key);
         }
     }
 
-    fn dial(&mut self, addr: SocketAddr, static_peer: bool) {
-        if self.shared.is_banned(addr.ip()) {
-            log::info!("shard {}: not dialling banned {addr}", self.index);
-            self.shared
-                .emit_failed_dial(self.index, addr, "address is banned".into());
-            return;
-        }
-        if !self.shared.reserve(Direction::Outbound, addr) {
-            log::info!(
-                "shard {}: not dialling {addr}: outbound limit reached",
-                self.index
-            );
-            if static_peer {
-                self.schedule_redial(addr);
-            }
-            return;
-        }
+    fn dial(&mut self, addr: SocketAddr) {
         match TcpStream::connect(addr) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                self.register(s, addr, Direction::Outbound, true, static_peer);
+                self.register(s, addr, Direction::Outbound, true);
             }
             Err(e) => {
                 log::info!("shard {}: connect to {addr} failed: {e}", self.index);
-                self.shared.release(Direction::Outbound, addr, None, true);
-                self.shared
-                    .emit_failed_dial(self.index, addr, e.to_string());
-                if static_peer {
-                    self.schedule_redial(addr);
-                }
+                self.report(PeerInput::DialFailed {
+                    addr,
+                    reason: e.to_string(),
+                });
             }
         }
     }
 
     fn adopt(&mut self, s: std::net::TcpStream, addr: SocketAddr) {
-        // Limits were reserved by the accepting shard.
         if s.set_nonblocking(true).is_err() {
-            self.shared.release(Direction::Inbound, addr, None, true);
             return;
         }
-        let s = TcpStream::from_std(s);
         let _ = s.set_nodelay(true);
-        self.register(s, addr, Direction::Inbound, false, false);
+        self.register(TcpStream::from_std(s), addr, Direction::Inbound, false);
     }
 
     fn accept(&mut self) {
@@ -396,30 +498,24 @@ impl Shard {
             };
             match l.accept() {
                 Ok((s, addr)) => {
-                    if self.shared.is_banned(addr.ip()) {
-                        log::debug!("shard {}: refusing banned {addr}", self.index);
-                        drop(s);
-                        continue;
-                    }
-                    if !self.shared.reserve(Direction::Inbound, addr) && !self.evict_for(addr) {
-                        log::debug!(
-                            "shard {}: refusing {addr}: inbound limit reached",
-                            self.index
-                        );
-                        drop(s);
-                        continue;
-                    }
-                    let target = self
-                        .shared
-                        .pick_shard_for_accept(self.index, &mut self.accepted);
+                    // The core admits or refuses (bans, limits, eviction) as it hears of it.
+                    let n = self.ctx.siblings.len();
+                    let target = if n > 1 {
+                        self.accepted += 1;
+                        self.accepted % n
+                    } else {
+                        self.index
+                    };
                     if target == self.index {
                         let _ = s.set_nodelay(true);
-                        self.register(s, addr, Direction::Inbound, false, false);
+                        self.register(s, addr, Direction::Inbound, false);
                     } else {
                         // One listener for all shards: hand the socket over.
                         let std: std::net::TcpStream = std::net::TcpStream::from(s);
-                        self.shared
-                            .send_to_shard(target, ShardCmd::Adopt(std, addr));
+                        let (tx, waker) = &self.ctx.siblings[target];
+                        if tx.send(ShardCmd::Adopt(std, addr)).is_ok() {
+                            let _ = waker.wake();
+                        }
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -439,32 +535,6 @@ impl Shard {
                 }
             }
         }
-    }
-
-    /// Inbound slots are full: evicts the worst inbound peer (on whichever shard) and takes
-    /// its slot for `addr`. False when no peer may be evicted.
-    fn evict_for(&mut self, addr: SocketAddr) -> bool {
-        if self.shared.config.max_inbound == 0 {
-            return false;
-        }
-        let Some((victim, shard)) = self.shared.pick_eviction() else {
-            return false;
-        };
-        if !self.shared.reserve_over(addr) {
-            return false;
-        }
-        log::info!(
-            "shard {}: inbound full, evicting peer {victim} for {addr}",
-            self.index
-        );
-        if shard == self.index {
-            if let Some(&k) = self.by_id.get(&victim) {
-                self.close(k, DisconnectReason::Evicted);
-            }
-        } else {
-            self.shared.send_to_shard(shard, ShardCmd::Evict(victim));
-        }
-        true
     }
 
     fn start_protocol(&mut self, key: usize) {
@@ -493,7 +563,6 @@ impl Shard {
             match c.stream.peer_addr() {
                 Ok(_) => {
                     c.connecting = None;
-                    self.redial_attempts.remove(&c.addr);
                     self.start_protocol(key);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -515,11 +584,11 @@ impl Shard {
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
-        let shared = &self.shared;
+        let key_n = self.ctx.nonce_key;
         let mut out = std::mem::take(&mut self.out);
         let r = c
             .proto
-            .on_data(now, &|nonce| shared.is_own_nonce(nonce), &mut out);
+            .on_data(now, &|nonce| is_own_nonce(key_n, nonce), &mut out);
         self.apply(key, &mut out);
         self.out = out;
         if let Err(reason) = r {
@@ -551,6 +620,9 @@ impl Shard {
 
     fn read(&mut self, key: usize) {
         let now = Instant::now();
+        if self.blocked() {
+            return self.defer_read(key);
+        }
         if self.park_if_throttled(key, now) {
             return;
         }
@@ -572,6 +644,10 @@ impl Shard {
                     if !self.process(key, now) || self.park_if_throttled(key, now) {
                         return;
                     }
+                    if self.blocked() {
+                        // the core is behind: the rest stays in the socket for now
+                        return self.defer_read(key);
+                    }
                     if n < self.scratch.len() {
                         // A short read took everything the socket held; data arriving later
                         // raises a new edge (as tokio also relies on), so skip the extra read
@@ -581,9 +657,7 @@ impl Shard {
                     budget = budget.saturating_sub(n);
                     if budget == 0 {
                         // Fairness: a busy peer gets another turn after the others.
-                        let id = self.conns[key].id;
-                        self.pending.push((key, id));
-                        return;
+                        return self.defer_read(key);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -601,7 +675,8 @@ impl Shard {
     fn resume_reads(&mut self, now: Instant) {
         let pending = std::mem::take(&mut self.pending);
         for (key, id) in pending {
-            if self.conns.get(key).is_some_and(|c| c.id == id) {
+            if let Some(c) = self.conns.get_mut(key).filter(|c| c.id == id) {
+                c.pending = false;
                 self.read(key);
             }
         }
@@ -625,7 +700,6 @@ impl Shard {
         }
         let mut buf = BytesMut::new();
         let mut failed = None;
-        let mut scored = Vec::new();
         for o in out.drain(..) {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
@@ -633,19 +707,22 @@ impl Shard {
             match o {
                 PeerOutput::Send(m) => {
                     let before = buf.len();
-                    encode_message(&mut buf, self.shared.settings.magic, &m);
+                    encode_message(&mut buf, self.ctx.settings.magic, &m);
                     c.proto.stats.record_out(m.command(), buf.len() - before);
                 }
-                PeerOutput::Connected(v) => {
-                    self.shared.forget_nonce(c.proto.our_nonce());
-                    let info = self.info(&self.conns[key]);
-                    self.shared.to_worker(WorkerMsg::Connected(info, v));
+                PeerOutput::Connected(version) => {
+                    let info = Box::new(self.info(&self.conns[key]));
+                    self.report(PeerInput::Ready { info, version });
                 }
-                PeerOutput::Deliver(m) => self.shared.to_worker(WorkerMsg::Message(c.id, m)),
+                PeerOutput::Deliver(message) => {
+                    let id = c.id;
+                    self.report(PeerInput::Message { id, message })
+                }
                 PeerOutput::Rtt(rtt) => log::trace!("peer {} rtt {rtt:?}", c.id),
-                PeerOutput::Misbehaved(reason, what) => {
-                    log::debug!("peer {} ({}): {what}", c.id, c.addr);
-                    scored.push((c.addr.ip(), c.id, reason, what));
+                PeerOutput::Misbehaved(reason, detail) => {
+                    log::debug!("peer {} ({}): {detail}", c.id, c.addr);
+                    let id = c.id;
+                    self.report(PeerInput::Misbehaved { id, reason, detail });
                 }
             }
         }
@@ -654,16 +731,13 @@ impl Shard {
                 failed = Some(r);
             }
         }
-        for (ip, id, reason, what) in scored {
-            self.shared.misbehaving(ip, Some(id), reason, &what);
-        }
         if let Some(r) = failed {
             self.close(key, r);
         }
     }
 
     fn enqueue(&mut self, key: usize, frame: Bytes) -> Result<(), DisconnectReason> {
-        let limit = self.shared.config.max_send_queue;
+        let limit = self.ctx.config.max_send_queue;
         let c = self
             .conns
             .get_mut(key)
@@ -723,10 +797,10 @@ impl Shard {
         Ok(())
     }
 
-    fn send_checked(&mut self, key: usize, msg: Message) -> Result<(), String> {
+    fn send_checked(&mut self, key: usize, msg: Message) -> Result<(), SendError> {
         let c = &self.conns[key];
         if !c.proto.is_ready() {
-            return Err(format!("peer {} has not finished its handshake", c.id));
+            return Err(SendError::NotReady(c.id));
         }
         c.proto.check_send(&msg)?;
         let mut out = vec![PeerOutput::Send(msg)];
@@ -734,38 +808,13 @@ impl Shard {
         Ok(())
     }
 
-    fn broadcast(&mut self, msg: Message) {
-        let mut buf = BytesMut::new();
-        encode_message(&mut buf, self.shared.settings.magic, &msg);
-        let frame = buf.freeze();
-        let cmd = msg.command();
-        let keys: Vec<usize> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.proto.is_ready() && c.proto.check_send(&msg).is_ok())
-            .map(|(k, _)| k)
-            .collect();
-        for k in keys {
-            self.conns[k].proto.stats.record_out(cmd, frame.len());
-            if let Err(r) = self.enqueue(k, frame.clone()) {
-                self.close(k, r);
-            }
-        }
-    }
-
     fn tick(&mut self, now: Instant) {
-        // Scores of ready inbound peers, for eviction decisions on any shard. Only needed when
-        // inbound slots are nearly full: otherwise the loop does no per-peer locking here.
-        let inbound_busy = self.shared.inbound_count() * 10 >= self.shared.config.max_inbound * 9;
-        for (_, c) in self.conns.iter().filter(|_| inbound_busy) {
-            if c.proto.direction() == Direction::Inbound && c.proto.is_ready() {
-                let s = scoring::score(&self.score_inputs(c));
-                self.shared
-                    .set_inbound_score(c.id, self.index, Some((s, c.since_instant)));
-            }
-        }
         if self.accept_retry {
             self.accept();
+        }
+        let report = now.saturating_duration_since(self.last_stats) >= STATS_EVERY;
+        if report {
+            self.last_stats = now;
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for k in keys {
@@ -776,6 +825,21 @@ impl Shard {
                 }
                 continue;
             }
+            if report && c.proto.is_ready() {
+                // fresh counters of connections that moved, for the registry and eviction
+                let t = c.proto.stats.totals();
+                let moved = t.msgs_in + t.msgs_out + c.proto.stats.errors;
+                if moved != c.reported {
+                    c.reported = moved;
+                    let input = PeerInput::Stats {
+                        id: c.id,
+                        stats: c.proto.stats.clone(),
+                        rtt: c.proto.rtt(),
+                    };
+                    self.report(input);
+                }
+            }
+            let c = &mut self.conns[k];
             let mut out = std::mem::take(&mut self.out);
             let r = c.proto.tick(now, crate::util::random_u64, &mut out);
             self.apply(k, &mut out);
@@ -786,31 +850,6 @@ impl Shard {
                 }
             }
         }
-        let due: Vec<(Instant, SocketAddr, u32)> = {
-            let (due, later) = self.redials.drain(..).partition(|(t, _, _)| *t <= now);
-            self.redials = later;
-            due
-        };
-        for (_, addr, _) in due {
-            if !self.stopping {
-                self.dial(addr, true);
-            }
-        }
-    }
-
-    fn schedule_redial(&mut self, addr: SocketAddr) {
-        if self.stopping {
-            return;
-        }
-        let cfg = &self.shared.config;
-        let attempt = self.redial_attempts.entry(addr).or_insert(0);
-        let delay = cfg
-            .redial_base
-            .saturating_mul(1u32 << (*attempt).min(16))
-            .min(cfg.redial_max);
-        *attempt += 1;
-        log::debug!("shard {}: re-dialling {addr} in {delay:?}", self.index);
-        self.redials.push((Instant::now() + delay, addr, *attempt));
     }
 
     fn close(&mut self, key: usize, reason: DisconnectReason) {
@@ -819,7 +858,6 @@ impl Shard {
         }
         let mut c = self.conns.remove(key);
         self.by_id.remove(&c.id);
-        self.shared.set_inbound_score(c.id, self.index, None);
         let _ = self.poll.registry().deregister(&mut c.stream);
         if matches!(
             reason,
@@ -835,27 +873,15 @@ impl Shard {
             c.addr,
             c.proto.direction()
         );
-        if let Some(r) = reason.ban_reason() {
-            self.shared
-                .misbehaving(c.addr.ip(), Some(c.id), r, &reason.to_string());
-        }
-        self.shared
-            .release(c.proto.direction(), c.addr, c.proto.our_nonce(), c.counted);
-        let was_static = c.static_peer;
-        let addr = c.addr;
-        self.shared.to_worker(WorkerMsg::Disconnected {
+        let input = PeerInput::Disconnected {
             id: c.id,
-            addr,
-            direction: c.proto.direction(),
             reason,
             handshaken: c.proto.is_ready(),
             stats: std::mem::take(&mut c.proto.stats),
             rtt: c.proto.rtt(),
-        });
+        };
         drop(c);
-        if was_static {
-            self.schedule_redial(addr);
-        }
+        self.report(input);
     }
 }
 

@@ -110,11 +110,22 @@ impl ChainDb {
     /// new header records, the height index and tip, and on a reorg the records and heights of
     /// the branches that switched.
     pub fn insert_headers(&mut self, headers: &[BlockHeader], batch: &mut Batch) -> ChainUpdate {
-        let old_tip = self.tree.tip_point();
         // Headers' times are checked against the wall clock (two hours ahead at most).
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs().min(u64::from(u32::MAX)) as u32);
+        self.insert_headers_at(headers, batch, now)
+    }
+
+    /// [`ChainDb::insert_headers`] with the clock (unix seconds) given: the node core passes its
+    /// own time, so a simulation on a virtual clock is repeatable.
+    pub fn insert_headers_at(
+        &mut self,
+        headers: &[BlockHeader],
+        batch: &mut Batch,
+        now: u32,
+    ) -> ChainUpdate {
+        let old_tip = self.tree.tip_point();
         self.tree.set_clock(now);
         let len_before = self.tree.len();
         let (added, error) = match self.tree.insert_many(headers) {

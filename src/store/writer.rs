@@ -3,7 +3,7 @@
 //! batch's sequence number is committed. A periodic sync flushes to disk.
 
 use super::{Batch, Store, StoreError, StoreResult};
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -11,9 +11,15 @@ use std::time::{Duration, Instant};
 
 /// Most bytes merged into one transaction.
 const MAX_MERGE_BYTES: usize = 64 << 20;
+/// Batches waiting for the writer, at most: a writer that falls behind holds up whoever writes
+/// (the node core, and through it the peers), instead of letting the queue grow.
+const QUEUE: usize = 256;
+
+/// Called with a batch's outcome once it is committed (on the writer thread: keep it short).
+pub type Ack = Box<dyn FnOnce(StoreResult<u64>) + Send>;
 
 enum Req {
-    Write(u64, Batch, Option<Sender<StoreResult<u64>>>),
+    Write(u64, Batch, Option<Ack>),
     Flush(Sender<StoreResult<u64>>),
     Stop,
 }
@@ -31,7 +37,7 @@ pub struct StoreWriter {
 impl StoreWriter {
     /// Starts the thread over `store`, syncing to disk every `sync_every`.
     pub fn start(store: Arc<dyn Store>, sync_every: Duration) -> std::io::Result<StoreWriter> {
-        let (tx, rx) = unbounded();
+        let (tx, rx) = bounded(QUEUE);
         let committed = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let (c, f, s) = (committed.clone(), failed.clone(), store.clone());
@@ -60,13 +66,25 @@ impl StoreWriter {
         seq
     }
 
+    /// Queues a batch; `ack` is called with its outcome once it is committed. Fails when the
+    /// writer thread is gone.
+    pub fn submit_then(&self, b: Batch, ack: Ack) -> StoreResult<u64> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Req::Write(seq, b, Some(ack)))
+            .map_err(|_| StoreError::Closed)?;
+        Ok(seq)
+    }
+
     /// Writes a batch and waits until it is committed.
     pub fn write(&self, b: Batch) -> StoreResult<u64> {
-        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(1);
-        self.tx
-            .send(Req::Write(seq, b, Some(tx)))
-            .map_err(|_| StoreError::Closed)?;
+        self.submit_then(
+            b,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
@@ -158,7 +176,7 @@ fn run(
             }
         }
         for (seq, a) in acks {
-            let _ = a.send(match &result {
+            a(match &result {
                 Ok(()) => Ok(seq),
                 Err(e) => Err(StoreError::Backend(e.to_string())),
             });

@@ -18,7 +18,6 @@ pub fn config() -> Config {
     Config::builder(Network::Regtest)
         .listen("127.0.0.1:0")
         .shards(2)
-        .workers(1)
         .pin_threads(false)
         .tick(Duration::from_millis(20))
         .build()
@@ -203,7 +202,7 @@ impl TempDir {
         let p = std::env::temp_dir().join(format!(
             "bsn-test-{tag}-{}-{}",
             std::process::id(),
-            bsn::util::random_u64()
+            random_u64()
         ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
@@ -285,4 +284,17 @@ pub fn write_blk(path: &std::path::Path, magic: Magic, blocks: &[&[u8]]) {
         f.extend_from_slice(b);
     }
     std::fs::write(path, f).unwrap();
+}
+
+/// A random number for nonces (not for cryptography).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    h.finish()
 }

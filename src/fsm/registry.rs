@@ -2,14 +2,13 @@
 //! from the live connections' counters. Pure: fed events and snapshots with the time, it answers
 //! with the store writes that bring the disk up to date.
 
-use crate::engine::PeerId;
 use crate::fsm::peer::{CommandStats, PeerStats};
 use crate::fsm::Direction;
+use crate::fsm::PeerId;
 use crate::store::records::{
     load_peers, load_stats, put_peer, put_stats, PeerRecord, PeerStatus, StoredStats,
 };
 use crate::store::{Batch, Store, StoreResult};
-use crate::wire::Command;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -57,6 +56,12 @@ impl Registry {
         self.peers.iter()
     }
 
+    /// Live connections whose counters are tracked.
+    pub fn live_len(&self) -> usize {
+        self.live.len()
+    }
+
+    #[cfg(test)]
     /// One peer's record.
     pub fn peer(&self, a: &SocketAddr) -> Option<&PeerRecord> {
         self.peers.get(a)
@@ -199,8 +204,9 @@ impl Registry {
         b
     }
 
+    #[cfg(test)]
     /// Counters for one command of an address (lifetime).
-    pub fn command_stats(&self, a: &SocketAddr, c: Command) -> CommandStats {
+    pub fn command_stats(&self, a: &SocketAddr, c: crate::wire::Command) -> CommandStats {
         self.stats
             .get(a)
             .and_then(|s| s.by_command.iter().find(|(k, _)| *k == c))
@@ -213,6 +219,7 @@ impl Registry {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use crate::wire::Command;
 
     fn stats(ping_in: u64) -> PeerStats {
         let mut s = PeerStats::default();

@@ -4,9 +4,8 @@
 //! Announcements are batched per peer and sent at each tick; a per-peer filter of known
 //! transactions keeps anything from being sent twice or echoed back to its source.
 
-use crate::engine::{Event, PeerId, Shared};
-use crate::fsm::bans::BanReason;
-use crate::wire::{Hash256, InvType, Inventory, Message, Reject, Transaction};
+use crate::fsm::PeerId;
+use crate::wire::{Hash256, InvType, Inventory, Transaction};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
@@ -32,7 +31,7 @@ pub const TX_DECISION_TIMEOUT: Duration = Duration::from_secs(600);
 /// What the engine does with a transaction a peer sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TxPolicy {
-    /// Hand it to the embedder ([`Event::TxReceived`]) and relay it only after
+    /// Hand it to the embedder (`Event::TxReceived`) and relay it only after
     /// `Engine::accept_tx`.
     Embedder,
     /// Accept and relay every well-formed transaction (a pure relay node).
@@ -185,196 +184,158 @@ impl TxRelay {
     }
 }
 
-pub(crate) fn on_connected(shared: &Shared, id: PeerId) {
-    shared
-        .txs
-        .lock()
-        .expect("tx relay lock")
-        .peers
-        .insert(id, PeerTx::default());
-}
+impl TxRelay {
+    /// A peer completed its handshake: it gets a known-transaction filter and a queue.
+    pub(crate) fn peer_connected(&mut self, id: PeerId) {
+        self.peers.insert(id, PeerTx::default());
+    }
 
-pub(crate) fn on_disconnected(shared: &Shared, id: PeerId) {
-    let mut r = shared.txs.lock().expect("tx relay lock");
-    r.peers.remove(&id);
-    r.requested.retain(|_, (p, _)| *p != id);
-}
+    /// A peer left: its filter and queue go, and so do requests made of it (the next announcer
+    /// will be asked).
+    pub(crate) fn peer_disconnected(&mut self, id: PeerId) {
+        self.peers.remove(&id);
+        self.requested.retain(|_, (p, _)| *p != id);
+    }
 
-/// Sends every peer's queued announcements and forgets expired requests and undecided
-/// transactions (called at each tick).
-pub(crate) fn flush(shared: &Shared) {
-    let mut out = Vec::new();
-    {
-        let mut r = shared.txs.lock().expect("tx relay lock");
-        let x = r.expire(Instant::now());
-        if x != Expired::default() {
-            log::debug!(
-                "tx relay: {} requests unanswered, {} transactions undecided, forgotten",
-                x.requests,
-                x.undecided
-            );
-        }
-        for (id, p) in r.peers.iter_mut() {
-            if !p.queue.is_empty() {
-                let q = std::mem::take(&mut p.queue);
-                for chunk in q.chunks(MAX_INV_BATCH) {
-                    out.push((
-                        *id,
-                        chunk
-                            .iter()
-                            .map(|h| Inventory {
-                                kind: InvType::TX,
-                                hash: *h,
-                            })
-                            .collect::<Vec<_>>(),
-                    ));
-                }
+    /// Entries held in every map (for the leak tests: peers, requests, undecided, accepted,
+    /// rejected).
+    pub(crate) fn entries(&self) -> [usize; 5] {
+        [
+            self.peers.len(),
+            self.requested.len(),
+            self.pending.len(),
+            self.accepted.len(),
+            self.rejected.len(),
+        ]
+    }
+
+    /// Takes every peer's queued announcements (as `inv` batches) and forgets expired requests
+    /// and undecided transactions. Called every announce interval.
+    pub(crate) fn flush(&mut self, now: Instant) -> (Expired, Vec<(PeerId, Vec<Inventory>)>) {
+        let x = self.expire(now);
+        let mut out = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            if p.queue.is_empty() {
+                continue;
+            }
+            let q = std::mem::take(&mut p.queue);
+            for chunk in q.chunks(MAX_INV_BATCH) {
+                out.push((
+                    *id,
+                    chunk
+                        .iter()
+                        .map(|h| Inventory {
+                            kind: InvType::TX,
+                            hash: *h,
+                        })
+                        .collect(),
+                ));
             }
         }
+        // Deterministic order (the map's is not): by peer.
+        out.sort_by_key(|(id, _)| *id);
+        (x, out)
     }
-    for (id, inv) in out {
-        shared.send_to_peer(id, Message::Inv(inv));
-    }
-}
 
-/// The embedder accepted a transaction it was handed: it is relayed.
-pub(crate) fn accept(shared: &Shared, txid: &Hash256) -> bool {
-    let mut r = shared.txs.lock().expect("tx relay lock");
-    match r.pending.remove(txid) {
-        Some((src, tx, _)) => {
-            r.accept(tx, Some(src));
-            true
+    /// The embedder accepted a transaction it was handed: it is relayed.
+    pub(crate) fn accept_pending(&mut self, txid: &Hash256) -> bool {
+        match self.pending.remove(txid) {
+            Some((src, tx, _)) => {
+                self.accept(tx, Some(src));
+                true
+            }
+            None => false,
         }
-        None => false,
     }
-}
 
-/// The embedder rejected it: `reject` to its source, which is scored.
-pub(crate) fn reject(shared: &Shared, txid: &Hash256, reason: &str) -> bool {
-    let src = {
-        let mut r = shared.txs.lock().expect("tx relay lock");
-        let Some((src, _, _)) = r.pending.remove(txid) else {
+    /// The embedder rejected it: its source, to be told and scored.
+    pub(crate) fn reject_pending(&mut self, txid: &Hash256) -> Option<PeerId> {
+        let (src, _, _) = self.pending.remove(txid)?;
+        self.remember_rejected(*txid);
+        Some(src)
+    }
+
+    /// A transaction from the embedder: accepted and relayed to every peer.
+    pub(crate) fn submit(&mut self, tx: Transaction) {
+        self.accept(tx, None);
+    }
+
+    /// Transaction announcements from `id`: the ones to ask it for (not seen before, within the
+    /// undecided limit); inventory of other kinds is returned untouched.
+    pub(crate) fn on_inv(
+        &mut self,
+        id: PeerId,
+        items: Vec<Inventory>,
+        now: Instant,
+    ) -> (Vec<Inventory>, Vec<Inventory>) {
+        let mut want = Vec::new();
+        let mut rest = Vec::new();
+        for i in items {
+            if i.kind != InvType::TX {
+                rest.push(i);
+                continue;
+            }
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.learn(i.hash);
+            }
+            if !self.seen(&i.hash) && self.undecided() < MAX_UNDECIDED {
+                self.request(i.hash, id, now);
+                want.push(i);
+            }
+        }
+        (want, rest)
+    }
+
+    /// A transaction from `id`: false when it was not asked of `id` (unrequested), else it is
+    /// accepted (`AcceptAll`) or held for the embedder.
+    pub(crate) fn on_tx(
+        &mut self,
+        id: PeerId,
+        tx: &Transaction,
+        policy: TxPolicy,
+        now: Instant,
+    ) -> bool {
+        let h = tx.txid();
+        if self.requested_from(&h) != Some(id) {
             return false;
-        };
-        r.remember_rejected(*txid);
-        src
-    };
-    let reason: String = reason.chars().take(100).collect();
-    shared.send_to_peer(
-        src,
-        Message::Reject(Reject {
-            message: "tx".into(),
-            code: 0x10,
-            reason: reason.clone(),
-            data: bytes::Bytes::copy_from_slice(&txid.0),
-        }),
-    );
-    if let Some(ip) = crate::syncer::ip_of(shared, src) {
-        shared.misbehaving(
-            ip,
-            Some(src),
-            BanReason::InvalidTransaction,
-            &format!("tx {txid}: {reason}"),
-        );
+        }
+        self.requested.remove(&h);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.learn(h);
+        }
+        match policy {
+            TxPolicy::AcceptAll => self.accept(tx.clone(), Some(id)),
+            TxPolicy::Embedder => self.hold(tx.clone(), id, now),
+        }
+        true
     }
-    true
-}
 
-/// A transaction from the embedder: accepted and relayed to every peer.
-pub(crate) fn submit(shared: &Shared, tx: Transaction) {
-    shared.txs.lock().expect("tx relay lock").accept(tx, None);
-}
+    /// A `getdata`: the accepted transactions asked for, the transaction entries we do not
+    /// have, and the entries of other kinds.
+    pub(crate) fn on_getdata(
+        &self,
+        items: Vec<Inventory>,
+    ) -> (Vec<Transaction>, Vec<Inventory>, Vec<Inventory>) {
+        let (mut found, mut missing, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+        for i in items {
+            if i.kind != InvType::TX {
+                rest.push(i);
+            } else if let Some(tx) = self.accepted.get(&i.hash) {
+                found.push(tx.clone());
+            } else {
+                missing.push(i);
+            }
+        }
+        (found, missing, rest)
+    }
 
-/// Handles tx announcements, transactions and tx getdata; returns other messages untouched.
-pub(crate) fn on_message(shared: &Shared, id: PeerId, msg: Message) -> Option<Message> {
-    match msg {
-        Message::Inv(items) => {
-            let now = Instant::now();
-            let mut want = Vec::new();
-            let mut rest = Vec::new();
-            {
-                let mut r = shared.txs.lock().expect("tx relay lock");
-                for i in items {
-                    if i.kind != InvType::TX {
-                        rest.push(i);
-                        continue;
-                    }
-                    if let Some(p) = r.peers.get_mut(&id) {
-                        p.learn(i.hash);
-                    }
-                    if !r.seen(&i.hash) && r.undecided() < MAX_UNDECIDED {
-                        r.request(i.hash, id, now);
-                        want.push(i);
-                    }
-                }
+    /// `id` does not have what we asked of it: the next announcer will be asked.
+    pub(crate) fn on_notfound(&mut self, id: PeerId, items: &[Inventory]) {
+        for i in items.iter().filter(|i| i.kind == InvType::TX) {
+            if self.requested_from(&i.hash) == Some(id) {
+                self.requested.remove(&i.hash);
             }
-            if !want.is_empty() {
-                shared.send_to_peer(id, Message::GetData(want));
-            }
-            (!rest.is_empty()).then_some(Message::Inv(rest))
         }
-        Message::Tx(tx) => {
-            let h = tx.txid();
-            let mut r = shared.txs.lock().expect("tx relay lock");
-            if r.requested_from(&h) != Some(id) {
-                drop(r);
-                if let Some(ip) = crate::syncer::ip_of(shared, id) {
-                    shared.misbehaving(
-                        ip,
-                        Some(id),
-                        BanReason::UnrequestedData,
-                        &format!("tx {h}"),
-                    );
-                }
-                return None;
-            }
-            r.requested.remove(&h);
-            if let Some(p) = r.peers.get_mut(&id) {
-                p.learn(h);
-            }
-            match shared.config.tx_policy {
-                TxPolicy::AcceptAll => r.accept(tx.clone(), Some(id)),
-                TxPolicy::Embedder => r.hold(tx.clone(), id, Instant::now()),
-            }
-            drop(r);
-            shared.emit(Event::TxReceived { peer: id, tx });
-            None
-        }
-        Message::GetData(items) => {
-            let mut rest = Vec::new();
-            let mut found = Vec::new();
-            let mut missing = Vec::new();
-            {
-                let r = shared.txs.lock().expect("tx relay lock");
-                for i in items {
-                    if i.kind != InvType::TX {
-                        rest.push(i);
-                    } else if let Some(tx) = r.accepted.get(&i.hash) {
-                        found.push(tx.clone());
-                    } else {
-                        missing.push(i);
-                    }
-                }
-            }
-            for tx in found {
-                shared.send_to_peer(id, Message::Tx(tx));
-            }
-            if !missing.is_empty() {
-                shared.send_to_peer(id, Message::NotFound(missing));
-            }
-            (!rest.is_empty()).then_some(Message::GetData(rest))
-        }
-        Message::NotFound(items) => {
-            // The peer does not have what we asked of it: the next announcer will be asked.
-            let mut r = shared.txs.lock().expect("tx relay lock");
-            for i in items.iter().filter(|i| i.kind == InvType::TX) {
-                if r.requested_from(&i.hash) == Some(id) {
-                    r.requested.remove(&i.hash);
-                }
-            }
-            Some(Message::NotFound(items))
-        }
-        other => Some(other),
     }
 }
 

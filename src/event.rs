@@ -1,0 +1,139 @@
+//! What the engine tells the embedder ([`Event`]) and what it knows of a connection
+//! ([`PeerInfo`]). Events are raised by the node core (see [`crate::node`]) and delivered in
+//! order, none dropped: when the embedder does not keep up, the engine stops reading peers.
+
+use crate::fsm::bans::{BanReason, Subnet};
+use crate::fsm::peer::PeerStats;
+use crate::fsm::{Direction, DisconnectReason, PeerId};
+use crate::store::records::PeerStatus;
+use crate::wire::{Hash256, Message, Transaction};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, SystemTime};
+
+/// What the engine knows about a connection.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct PeerInfo {
+    /// Its id.
+    pub id: PeerId,
+    /// Remote address.
+    pub addr: SocketAddr,
+    /// Who connected.
+    pub direction: Direction,
+    /// Whether the handshake is complete.
+    pub ready: bool,
+    /// Peer's protocol version (0 before the handshake).
+    pub version: i32,
+    /// Peer's service bits.
+    pub services: u64,
+    /// Peer's user agent.
+    pub user_agent: String,
+    /// Peer's best height at connect.
+    pub start_height: i32,
+    /// Last ping round trip.
+    pub rtt: Option<Duration>,
+    /// When the connection was made.
+    pub connected_since: SystemTime,
+    /// Largest non-block payload the peer accepts.
+    pub their_max_payload: u64,
+    /// Bytes waiting to be sent.
+    pub queued_bytes: usize,
+    /// Counters per command.
+    pub stats: PeerStats,
+    /// The shard that owns the socket.
+    pub shard: usize,
+    /// Score from 0 to 100 (higher is preferred for sync and kept longer when inbound slots are
+    /// full): latency, completed connections, useful traffic, minus misbehaviour.
+    pub score: u32,
+    /// Status from the same evidence.
+    pub status: PeerStatus,
+}
+
+/// What the engine tells the embedder.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// A peer completed its handshake. From this event on, every call naming the peer
+    /// (`send`, `submit_tx` relaying to it, ...) reaches it.
+    PeerConnected(Box<PeerInfo>),
+    /// A connection ended (also for connections that never completed their handshake).
+    PeerDisconnected {
+        /// The connection.
+        id: PeerId,
+        /// Its remote address.
+        addr: SocketAddr,
+        /// Who had connected.
+        direction: Direction,
+        /// Why it ended.
+        reason: DisconnectReason,
+    },
+    /// An outbound connection could not even be started.
+    ConnectFailed {
+        /// Where to.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// A message the engine does not consume itself.
+    Message {
+        /// From whom.
+        peer: PeerId,
+        /// What.
+        message: Message,
+    },
+    /// An IP or subnet was banned (by ban score or by a call); its connections are dropped.
+    Banned {
+        /// What is banned.
+        subnet: Subnet,
+        /// Until when (unix seconds).
+        until: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A ban ended (expired, lifted or cleared).
+    Unbanned {
+        /// What was banned.
+        subnet: Subnet,
+    },
+    /// The header chain caught up with the peers (the sync peer had no more headers).
+    HeadersSynced {
+        /// Our tip's height.
+        height: u32,
+    },
+    /// The block at `height` of the best chain is committed to the store; raised in chain
+    /// order, after the commit (a read right after it finds the block).
+    BlockConnected {
+        /// Its height.
+        height: u32,
+        /// Its hash.
+        hash: Hash256,
+    },
+    /// The best header chain switched branches.
+    Reorg(Box<crate::chain::Reorg>),
+    /// A transaction from a peer: call `accept_tx` to relay it or `reject_tx` to refuse it
+    /// (with [`crate::TxPolicy::AcceptAll`] it is relayed already). Undecided after ten
+    /// minutes, it is forgotten.
+    TxReceived {
+        /// Its source.
+        peer: PeerId,
+        /// The transaction.
+        tx: Transaction,
+    },
+    /// A peer's ban score went up.
+    BanScore {
+        /// The address scored.
+        ip: IpAddr,
+        /// The connection that earned it, if any.
+        peer: Option<PeerId>,
+        /// Why.
+        reason: BanReason,
+        /// The score now.
+        score: u32,
+    },
+    /// The engine cannot go on (a thread died, the store failed): it is stopping. No event
+    /// follows; calls return [`crate::Error::Stopped`].
+    Fatal {
+        /// What happened.
+        reason: String,
+    },
+}

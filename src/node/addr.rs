@@ -1,0 +1,211 @@
+//! Discovery in the core: the address book is filled by seeds (resolved by the driver, never
+//! here) and `addr` messages; outbound peers are asked `getaddr` and told our listening address;
+//! small fresh `addr`s new to us are relayed to two other peers; inbound peers' `getaddr` is
+//! answered once per connection; a target number of outbound connections is kept by dialling
+//! from the book.
+
+use super::NodeCore;
+use crate::fsm::addrbook::{canonical, AddrInfo};
+use crate::fsm::{Direction, PeerId};
+use crate::wire::{Message, NetAddr, TimedNetAddr};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// `addr` messages with at most this many entries are relayed.
+const RELAY_MAX: usize = 10;
+/// Peers an `addr` is relayed to.
+const RELAY_FANOUT: usize = 2;
+/// Addresses fresher than this (seconds) are relayed.
+const RELAY_FRESH: u64 = 600;
+
+impl NodeCore {
+    /// Our own listening address, if it is worth advertising.
+    fn own_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+            .filter(|a| !a.ip().is_unspecified() && a.port() != 0)
+    }
+
+    /// Seeds resolved by the driver join the address book.
+    pub(crate) fn add_seeds(&mut self, addrs: &[SocketAddr], now: Instant) {
+        let t = self.unix(now);
+        let seeds: Vec<TimedNetAddr> = addrs
+            .iter()
+            .map(|a| TimedNetAddr {
+                time: t as u32,
+                addr: NetAddr::new(*a, 0),
+            })
+            .collect();
+        if seeds.is_empty() {
+            return;
+        }
+        let n = self
+            .book
+            .add(&seeds, std::net::Ipv4Addr::UNSPECIFIED.into(), t);
+        log::info!("seeds: {} addresses, {n} new", seeds.len());
+    }
+
+    /// Every address in the address book, with what is known of it.
+    pub(crate) fn addresses(&self) -> Vec<(SocketAddr, AddrInfo)> {
+        let mut v: Vec<_> = self.book.iter().map(|(a, i)| (a, *i)).collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    pub(super) fn addr_connected(
+        &mut self,
+        id: PeerId,
+        addr: SocketAddr,
+        direction: Direction,
+        services: u64,
+        now: Instant,
+    ) {
+        if direction != Direction::Outbound {
+            return;
+        }
+        let t = self.unix(now);
+        self.dialing.remove(&canonical(addr));
+        // An outbound peer listens where we reached it.
+        self.book.success(&addr, services, t);
+        if self.config.getaddr_on_connect {
+            self.send(id, Message::GetAddr);
+        }
+        if let Some(me) = self.own_addr() {
+            let a = TimedNetAddr {
+                time: t as u32,
+                addr: NetAddr::new(me, self.config.services),
+            };
+            self.send(id, Message::Addr(vec![a]));
+        }
+    }
+
+    pub(super) fn addr_disconnected(
+        &mut self,
+        addr: SocketAddr,
+        direction: Direction,
+        handshaken: bool,
+        now: Instant,
+    ) {
+        if direction != Direction::Outbound {
+            return;
+        }
+        if handshaken {
+            self.dialing.remove(&canonical(addr));
+        } else {
+            self.addr_dial_failed(addr, now);
+        }
+    }
+
+    pub(super) fn addr_dial_failed(&mut self, addr: SocketAddr, now: Instant) {
+        self.dialing.remove(&canonical(addr));
+        let t = self.unix(now);
+        self.book.failure(&addr, t);
+    }
+
+    /// Handles `addr` and `getaddr`; returns any other message untouched.
+    pub(super) fn addr_message(
+        &mut self,
+        id: PeerId,
+        msg: Message,
+        now: Instant,
+    ) -> Option<Message> {
+        match msg {
+            Message::Addr(list) => {
+                let source = self.ip_of(id)?;
+                let t = self.unix(now);
+                // Only addresses new to our book are relayed: one seen before has been relayed
+                // already, so an advertisement cannot circulate forever.
+                let new_ones: Vec<TimedNetAddr> = list
+                    .iter()
+                    .filter(|a| !self.book.contains(&a.addr.socket_addr()))
+                    .copied()
+                    .collect();
+                let added = self.book.add(&list, source, t);
+                log::debug!("peer {id}: addr with {} entries, {added} new", list.len());
+                let fresh: Vec<TimedNetAddr> = new_ones
+                    .into_iter()
+                    .filter(|a| {
+                        (a.time as u64) + RELAY_FRESH >= t
+                            && self.book.contains(&a.addr.socket_addr())
+                    })
+                    .collect();
+                if !fresh.is_empty() && fresh.len() <= RELAY_MAX {
+                    let others: Vec<PeerId> = self
+                        .ready_peers()
+                        .map(|(p, _)| *p)
+                        .filter(|p| *p != id)
+                        .collect();
+                    if !others.is_empty() {
+                        let start = (self.rng.next_u64() as usize) % others.len();
+                        for p in others
+                            .iter()
+                            .cycle()
+                            .skip(start)
+                            .take(RELAY_FANOUT.min(others.len()))
+                        {
+                            self.send(*p, Message::Addr(fresh.clone()));
+                        }
+                    }
+                }
+                None
+            }
+            Message::GetAddr => {
+                // Answered once per connection, and only to inbound peers (as Bitcoin nodes
+                // do, so that a node cannot be fingerprinted through its outbound connections).
+                let first = match self.peers.get_mut(&id) {
+                    Some(p) if p.direction == Direction::Inbound => {
+                        !std::mem::replace(&mut p.getaddr_answered, true)
+                    }
+                    _ => false,
+                };
+                if first {
+                    let t = self.unix(now);
+                    let rng = &mut self.rng;
+                    let mut r = || rng.next_u64();
+                    let sample = self.book.sample(1000, t, &mut r);
+                    if !sample.is_empty() {
+                        self.send(id, Message::Addr(sample));
+                    }
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Keeps the outbound target filled from the address book.
+    pub(super) fn fill_outbound(&mut self, now: Instant) {
+        let target = self.config.target_outbound.min(self.config.max_outbound);
+        let me = self.own_addr().map(canonical);
+        let t = self.unix(now);
+        for _ in 0..target {
+            // (dials in flight hold their outbound slot already)
+            if self.outbound >= target {
+                return;
+            }
+            let connected: Vec<SocketAddr> =
+                self.peers.values().map(|p| canonical(p.addr)).collect();
+            let pick = {
+                let (bans, dialing) = (&self.bans, &self.dialing);
+                let exclude = |a: &SocketAddr| {
+                    Some(*a) == me
+                        || connected.contains(a)
+                        || dialing.contains(a)
+                        || bans.banned(a.ip(), t).is_some()
+                };
+                let rng = &mut self.rng;
+                let mut r = || rng.next_u64();
+                let pick = self.book.select(t, &mut r, &exclude);
+                if let Some(a) = pick {
+                    self.book.attempt(&a, t);
+                }
+                pick
+            };
+            let Some(addr) = pick else { return };
+            log::debug!("dialling {addr} from the address book");
+            if !self.dial(addr, now) {
+                return;
+            }
+            self.dialing.insert(addr);
+        }
+    }
+}

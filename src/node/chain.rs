@@ -1,0 +1,618 @@
+//! Chain work in the core: the header-first [`crate::fsm::sync::HeaderSync`] and the parallel
+//! [`crate::fsm::download::BlockDownload`] decide, this carries their decisions out; headers are
+//! stored as they validate, blocks are written in chain order and raised as `BlockConnected`
+//! once committed; a new tip is announced (headers to peers that sent `sendheaders`, inv to the
+//! others, never to a peer known to have it); `getheaders`, `getblocks` and `getdata` are
+//! served from the header tree and the store.
+//!
+//! `getblocks` is how bcoin (and other clients without headers-first sync) download: an answer
+//! cut at 500 remembers its last block, and when the peer asks for that block it is followed by
+//! an `inv` of our tip, which the peer does not know and so answers with the next `getblocks`
+//! (Bitcoin's `hashContinue`). Without it such a peer stops after 500 blocks.
+
+use super::{NodeCore, Output, PendingCommit};
+use crate::event::Event;
+use crate::fsm::bans::BanReason;
+use crate::fsm::download::{block_inventory, DownloadAction};
+use crate::fsm::sync::{SyncAction, SyncProgress};
+use crate::fsm::PeerId;
+use crate::store::records::{has_block, put_block, with_block};
+use crate::store::Batch;
+use crate::wire::message::MAX_HEADERS;
+use crate::wire::{Block, BlockHeader, Hash256, InvType, Inventory, Message};
+use bytes::Bytes;
+use std::time::Instant;
+
+/// Most hashes answered to one `getblocks`.
+pub const MAX_GETBLOCKS: usize = 500;
+/// Most headers room is made for ahead of a sync (~1M headers: ~170 MB of tree, untouched until
+/// used), whatever height peers claim.
+const MAX_RESERVE: usize = 1 << 20;
+
+/// Which header: by best-chain height or by hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeaderRef {
+    /// The best chain's header at this height.
+    Height(u32),
+    /// The header with this hash, on any branch.
+    Hash(Hash256),
+}
+
+impl NodeCore {
+    fn now_u32(&self, now: Instant) -> u32 {
+        self.unix(now).min(u64::from(u32::MAX)) as u32
+    }
+
+    fn sync_actions(&mut self, actions: Vec<SyncAction>, now: Instant) {
+        for a in actions {
+            match a {
+                SyncAction::SendGetHeaders { .. } => {
+                    if let Some((peer, m)) = a.to_message(crate::config::PROTOCOL_VERSION as u32) {
+                        self.send(peer, m);
+                    }
+                }
+                SyncAction::Misbehaved {
+                    peer,
+                    reason,
+                    detail,
+                } => {
+                    if let Some(ip) = self.ip_of(peer) {
+                        self.misbehaving(ip, Some(peer), reason, &detail, now);
+                    }
+                }
+                SyncAction::Disconnect { peer, reason } => {
+                    log::info!("peer {peer}: {reason}");
+                    self.out.push_back(Output::Disconnect(
+                        peer,
+                        crate::fsm::DisconnectReason::Stalled(reason.to_string()),
+                    ));
+                }
+                SyncAction::SyncDone { height } => {
+                    log::info!("headers synced to height {height}");
+                    self.emit(Event::HeadersSynced { height });
+                }
+            }
+        }
+    }
+
+    /// Carries out download decisions: requests go out, stalled peers are dropped, and `Ready`
+    /// blocks are written in one batch whose commit raises them.
+    fn download_actions(&mut self, actions: Vec<DownloadAction>, now: Instant) {
+        let mut batch = Batch::new();
+        let mut pending = PendingCommit::default();
+        for a in actions {
+            match a {
+                DownloadAction::Request { peer, hashes } => {
+                    self.send(peer, Message::GetData(block_inventory(&hashes)))
+                }
+                DownloadAction::Ready { height, hash } => {
+                    if let Some(b) = self.buffer.remove(&hash) {
+                        put_block(&mut batch, &hash, b.raw().clone());
+                        self.unconfirmed.insert(hash, b.raw().clone());
+                        pending.held.push(hash);
+                    }
+                    pending.connected.push((height, hash));
+                }
+                DownloadAction::Stalled { peer, hash } => {
+                    log::info!("peer {peer} stalled on block {hash}: disconnecting");
+                    self.out.push_back(Output::Disconnect(
+                        peer,
+                        crate::fsm::DisconnectReason::Stalled(format!("no block {hash} in time")),
+                    ));
+                }
+                DownloadAction::Unrequested { peer, hash } => {
+                    self.buffer.remove(&hash);
+                    if let Some(ip) = self.ip_of(peer) {
+                        let detail = format!("block {hash}");
+                        self.misbehaving(ip, Some(peer), BanReason::UnrequestedData, &detail, now);
+                    }
+                }
+                DownloadAction::Unneeded { hash, .. } | DownloadAction::Discard { hash, .. } => {
+                    self.buffer.remove(&hash);
+                }
+            }
+        }
+        if !pending.connected.is_empty() {
+            // The commit comes before the event and the announcement: the embedder reading the
+            // block and a peer asking for it right after must find it in the store.
+            self.write_acked(batch, pending);
+        }
+    }
+
+    /// Announces a block that became our tip to every peer that does not know it: a `headers`
+    /// to peers that asked for them with `sendheaders`, an `inv` to the others.
+    pub(super) fn announce_if_tip(&mut self, height: u32, hash: Hash256) {
+        let tree = self.chain.tree();
+        if tree.height() != height {
+            return; // still catching up: only the newest block is news
+        }
+        let Some(header) = tree.get(&hash).map(|e| e.header) else {
+            return;
+        };
+        let mut sends = Vec::new();
+        for (id, p) in self.peers.iter_mut().filter(|(_, p)| p.ready) {
+            if p.known.contains(&hash) {
+                continue;
+            }
+            p.known.learn(hash);
+            let m = if p.sendheaders {
+                Message::Headers(vec![header])
+            } else {
+                Message::Inv(vec![Inventory {
+                    kind: InvType::BLOCK,
+                    hash,
+                }])
+            };
+            sends.push((*id, m));
+        }
+        for (id, m) in sends {
+            self.send(id, m);
+        }
+    }
+
+    fn learn(&mut self, id: PeerId, h: Hash256) {
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.known.learn(h);
+        }
+    }
+
+    pub(super) fn sync_connected(
+        &mut self,
+        id: PeerId,
+        start_height: i32,
+        services: u64,
+        score: u32,
+        now: Instant,
+    ) {
+        self.send(id, Message::SendHeaders);
+        let a = self
+            .sync
+            .peer_connected(id, start_height, services, score, self.chain.tree(), now);
+        if services & crate::wire::types::NODE_NETWORK != 0 {
+            if let Some(d) = self.blocks.as_mut() {
+                d.peer_connected(id, start_height.max(0) as u32, score);
+            }
+        }
+        self.sync_actions(a, now);
+    }
+
+    pub(super) fn sync_disconnected(&mut self, id: PeerId, now: Instant) {
+        let a = self.sync.peer_disconnected(id, self.chain.tree(), now);
+        let d = self
+            .blocks
+            .as_mut()
+            .map(|d| d.peer_disconnected(id, now))
+            .unwrap_or_default();
+        self.download_actions(d, now);
+        self.sync_actions(a, now);
+    }
+
+    pub(super) fn sync_tick(&mut self, now: Instant) {
+        let a = self.sync.tick(now, self.chain.tree());
+        let d = match self.blocks.as_mut() {
+            Some(d) => d.tick(now, self.chain.tree()),
+            None => Vec::new(),
+        };
+        self.download_actions(d, now);
+        self.sync_actions(a, now);
+    }
+
+    /// Header sync progress, and the height up to which blocks are stored without a gap
+    /// (`None` in headers-only mode).
+    pub(crate) fn sync_progress(&self) -> (SyncProgress, Option<u32>) {
+        let blocks = self.blocks.as_ref().map(|d| d.ready_height());
+        (self.sync.progress(self.chain.tree()), blocks)
+    }
+
+    /// A header of the best chain by height, or any known header by hash, with its height.
+    pub(crate) fn header(&self, at: HeaderRef) -> Option<(BlockHeader, u32)> {
+        let tree = self.chain.tree();
+        let hash = match at {
+            HeaderRef::Height(h) => tree.hash_at(h)?,
+            HeaderRef::Hash(h) => h,
+        };
+        tree.get(&hash).map(|e| (e.header, e.height))
+    }
+
+    /// Headers into the tree (the valid prefix of `headers` is kept), their records written.
+    fn insert_headers(
+        &mut self,
+        headers: &[BlockHeader],
+        now: Instant,
+    ) -> crate::store::chain::ChainUpdate {
+        let mut batch = Batch::new();
+        let t = self.now_u32(now);
+        let u = self.chain.insert_headers_at(headers, &mut batch, t);
+        self.write(batch);
+        if u.new_tip != u.old_tip {
+            self.set_height(u.new_tip.height);
+        }
+        u
+    }
+
+    /// Handles headers, block announcements, blocks and notfound; returns other messages (and
+    /// inv/notfound, which the embedder may want too).
+    pub(super) fn sync_message(
+        &mut self,
+        id: PeerId,
+        msg: Message,
+        now: Instant,
+    ) -> Option<Message> {
+        match msg {
+            Message::Headers(headers) => {
+                for h in headers.iter().rev().take(16) {
+                    self.learn(id, h.hash());
+                }
+                // A full batch from the sync peer: the next one is asked for before this one is
+                // validated, so the peer serves while we work; and the tree makes room for what
+                // the peers claim is left, within reason.
+                let ahead = self
+                    .sync
+                    .headers_arriving(id, &headers, self.chain.tree(), now);
+                if let Some(a) = ahead {
+                    let known = self.sync.progress(self.chain.tree()).best_known_height;
+                    let left = known.saturating_sub(self.chain.tree().height()) as usize;
+                    self.sync_actions(vec![a], now);
+                    self.chain.reserve(left.min(MAX_RESERVE));
+                }
+                let u = self.insert_headers(&headers, now);
+                let outcome = match &u.error {
+                    Some((i, e)) => Err((*i, e.clone())),
+                    None => Ok(()),
+                };
+                let a = self
+                    .sync
+                    .headers_received(id, &headers, outcome, self.chain.tree(), now);
+                // The sender has at least the last header it sent: it may be asked for blocks
+                // up to there (its start height from the handshake is out of date by now).
+                let sender_height = headers
+                    .last()
+                    .and_then(|h| self.chain.tree().get(&h.hash()))
+                    .map(|e| e.height);
+                if let Some(r) = &u.reorg {
+                    self.emit(Event::Reorg(Box::new(r.clone())));
+                }
+                let mut d = Vec::new();
+                if let Some(dl) = self.blocks.as_mut() {
+                    if let Some(h) = sender_height {
+                        dl.raise_peer_height(id, h);
+                    }
+                    if let Some(r) = &u.reorg {
+                        d.extend(dl.reorg(r.fork_point.height));
+                    }
+                    d.extend(dl.tick(now, self.chain.tree()));
+                }
+                self.download_actions(d, now);
+                self.sync_actions(a, now);
+                None
+            }
+            Message::SendHeaders => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.sendheaders = true;
+                }
+                None
+            }
+            Message::Inv(ref items) => {
+                let mut unknown = Vec::new();
+                for i in items.iter().filter(|i| i.kind == InvType::BLOCK) {
+                    self.learn(id, i.hash);
+                    if !self.chain.tree().contains(&i.hash) {
+                        unknown.push(i.hash);
+                    }
+                }
+                for h in unknown {
+                    let a = self.sync.header_announced(id, h, self.chain.tree(), now);
+                    self.sync_actions(a, now);
+                }
+                Some(msg)
+            }
+            Message::Block(b) => {
+                let hash = b.hash();
+                self.learn(id, hash);
+                let for_embedder = self.embedder_blocks.remove(&hash).is_some();
+                if for_embedder {
+                    self.emit(Event::Message {
+                        peer: id,
+                        message: Message::Block(b.clone()),
+                    });
+                }
+                let dl = self.blocks.as_mut()?;
+                let mut d = dl.block_received(id, hash, now);
+                // Not kept when the scheduler did not ask for it (or has it already).
+                let rejected = d.iter().any(|a| {
+                    matches!(a, DownloadAction::Unrequested { hash: h, .. } | DownloadAction::Unneeded { hash: h, .. } if *h == hash)
+                });
+                if for_embedder {
+                    d.retain(|a| !matches!(a, DownloadAction::Unrequested { .. }));
+                }
+                if !rejected {
+                    self.buffer.insert(hash, b);
+                }
+                if let Some(dl) = self.blocks.as_mut() {
+                    d.extend(dl.tick(now, self.chain.tree()));
+                }
+                self.download_actions(d, now);
+                None
+            }
+            Message::NotFound(ref items) => {
+                let mut d = Vec::new();
+                for i in items.iter().filter(|i| i.kind == InvType::BLOCK) {
+                    if self
+                        .embedder_blocks
+                        .get(&i.hash)
+                        .is_some_and(|(p, _)| *p == id)
+                    {
+                        self.embedder_blocks.remove(&i.hash);
+                    }
+                    if let Some(dl) = self.blocks.as_mut() {
+                        d.extend(dl.not_found(id, i.hash, now));
+                    }
+                }
+                self.download_actions(d, now);
+                Some(msg)
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Whether we hold a block (committed, or written and waiting for its commit).
+    fn has_block(&self, h: &Hash256) -> bool {
+        self.unconfirmed.contains_key(h)
+            || self
+                .read_ok(has_block(self.store.as_ref(), h), "has block")
+                .unwrap_or(false)
+    }
+
+    /// A block's bytes, from memory while its commit is pending, else from the store.
+    fn block_bytes(&self, h: &Hash256) -> Option<Bytes> {
+        if let Some(b) = self.unconfirmed.get(h) {
+            return Some(b.clone());
+        }
+        self.read_ok(
+            with_block(self.store.as_ref(), h, |v| v.map(Bytes::copy_from_slice)),
+            "block",
+        )
+        .flatten()
+    }
+
+    /// Serves `getheaders`, `getblocks` and block `getdata`; returns any other message.
+    pub(super) fn serve_message(&mut self, id: PeerId, msg: Message) -> Option<Message> {
+        match msg {
+            Message::GetHeaders(l) => {
+                let headers =
+                    self.chain
+                        .tree()
+                        .headers_after(&l.hashes, &l.stop, MAX_HEADERS as usize);
+                self.send(id, Message::Headers(headers));
+                None
+            }
+            Message::GetBlocks(l) => {
+                // a header client holds no blocks
+                if self.config.headers_only {
+                    return None;
+                }
+                let tree = self.chain.tree();
+                // an empty locator means "from genesis", as in Bitcoin
+                let genesis: Vec<Hash256> = tree.hash_at(0).into_iter().collect();
+                let locator = if l.hashes.is_empty() {
+                    &genesis
+                } else {
+                    &l.hashes
+                };
+                let hashes: Vec<Hash256> = tree
+                    .headers_after(locator, &l.stop, MAX_GETBLOCKS)
+                    .iter()
+                    .map(|h| h.hash())
+                    .collect();
+                // only blocks we hold (headers may be ahead of the blocks while they download)
+                let inv: Vec<Inventory> = hashes
+                    .into_iter()
+                    .take_while(|h| self.has_block(h))
+                    .map(|hash| Inventory {
+                        kind: InvType::BLOCK,
+                        hash,
+                    })
+                    .collect();
+                let continuation = inv
+                    .last()
+                    .filter(|_| inv.len() == MAX_GETBLOCKS)
+                    .map(|i| i.hash);
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.continuation = continuation;
+                }
+                if !inv.is_empty() {
+                    self.send(id, Message::Inv(inv));
+                }
+                None
+            }
+            Message::GetData(items) => {
+                let mut missing = Vec::new();
+                for inv in items {
+                    // BTC peers may ask for the witness form; BSV blocks have none, so the
+                    // plain serialization is the answer to both.
+                    let is_block = inv.kind == InvType::BLOCK || inv.kind == InvType::WITNESS_BLOCK;
+                    let raw = if is_block {
+                        self.block_bytes(&inv.hash)
+                    } else {
+                        None
+                    };
+                    match raw.map(|r| served_block(r, &inv.hash)) {
+                        Some(Ok(payload)) => {
+                            self.send(
+                                id,
+                                Message::Unknown {
+                                    command: crate::wire::message::commands::BLOCK,
+                                    payload,
+                                },
+                            );
+                            // the end of a getblocks batch: our tip makes the peer ask for more
+                            let cont = self
+                                .peers
+                                .get_mut(&id)
+                                .filter(|p| p.continuation == Some(inv.hash))
+                                .map(|p| p.continuation.take())
+                                .is_some();
+                            if cont {
+                                if let Some(tip) = self.served_tip(&inv.hash) {
+                                    self.send(
+                                        id,
+                                        Message::Inv(vec![Inventory {
+                                            kind: InvType::BLOCK,
+                                            hash: tip,
+                                        }]),
+                                    );
+                                }
+                            }
+                        }
+                        Some(Err(e)) => {
+                            log::error!("stored block {}: {e}", inv.hash);
+                            missing.push(inv);
+                        }
+                        None => missing.push(inv),
+                    }
+                }
+                if !missing.is_empty() {
+                    self.send(id, Message::NotFound(missing));
+                }
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// The highest best-chain block we hold above `from` (a best-chain block we hold), if any.
+    /// Blocks are stored in height order, so a binary search between `from` and the header tip
+    /// finds it in a few store reads.
+    fn served_tip(&self, from: &Hash256) -> Option<Hash256> {
+        let tree = self.chain.tree();
+        let (mut lo, mut hi) = (
+            tree.get(from).filter(|e| e.in_best_chain)?.height,
+            tree.height(),
+        );
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            let held = tree.hash_at(mid).is_some_and(|h| self.has_block(&h));
+            if held {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        tree.hash_at(lo).filter(|tip| tip != from)
+    }
+
+    /// A block handed in by the embedder (mined or received elsewhere): header into the chain,
+    /// block written; once committed the download learns it is stored and it is announced like
+    /// any new tip. Returns its height.
+    pub(crate) fn submit_block(&mut self, block: Block, now: Instant) -> Result<u32, String> {
+        let hash = block.hash();
+        if block.compute_merkle_root() != block.header.merkle_root {
+            return Err(format!(
+                "block {hash}: merkle root does not match its transactions"
+            ));
+        }
+        let mut batch = Batch::new();
+        let t = self.now_u32(now);
+        let u = self.chain.insert_headers_at(&[block.header], &mut batch, t);
+        if let Some((_, e)) = u.error {
+            return Err(format!("block {hash}: {e}"));
+        }
+        let height = self
+            .chain
+            .tree()
+            .get(&hash)
+            .map(|e| e.height)
+            .ok_or("header not in the tree")?;
+        if u.new_tip != u.old_tip {
+            self.set_height(u.new_tip.height);
+        }
+        let mut d = Vec::new();
+        if let (Some(r), Some(dl)) = (&u.reorg, self.blocks.as_mut()) {
+            d.extend(dl.reorg(r.fork_point.height));
+        }
+        self.download_actions(d, now);
+        put_block(&mut batch, &hash, block.raw().clone());
+        self.unconfirmed.insert(hash, block.raw().clone());
+        self.write_acked(
+            batch,
+            PendingCommit {
+                held: vec![hash],
+                submitted: Some((height, hash)),
+                ..Default::default()
+            },
+        );
+        Ok(height)
+    }
+
+    /// A submitted block is committed: the download counts it as stored, which may make it (and
+    /// blocks after it) ready.
+    pub(super) fn submitted_committed(&mut self, height: u32, hash: Hash256, now: Instant) {
+        let mut d = Vec::new();
+        if let Some(dl) = self.blocks.as_mut() {
+            dl.have(height, hash);
+            d.extend(dl.tick(now, self.chain.tree()));
+        }
+        self.download_actions(d, now);
+        if self.blocks.is_none() {
+            self.announce_if_tip(height, hash);
+        }
+    }
+
+    /// Imports decoded blocks (a block file): headers into the chain, blocks written with an
+    /// acknowledgement. Returns the blocks accepted, the new tip height, and the error of the
+    /// first refused block.
+    pub(crate) fn import_blocks(
+        &mut self,
+        blocks: &[Block],
+        now: Instant,
+    ) -> (usize, u32, Option<(usize, String)>) {
+        let headers: Vec<BlockHeader> = blocks.iter().map(|b| b.header).collect();
+        let mut batch = Batch::new();
+        let t = self.now_u32(now);
+        let update = self.chain.insert_headers_at(&headers, &mut batch, t);
+        let stored = match &update.error {
+            Some((i, _)) => *i,
+            None => blocks.len(),
+        };
+        let mut held = Vec::new();
+        for b in &blocks[..stored] {
+            let h = b.hash();
+            put_block(&mut batch, &h, b.raw().clone());
+            self.unconfirmed.insert(h, b.raw().clone());
+            held.push(h);
+        }
+        self.write_acked(
+            batch,
+            PendingCommit {
+                held,
+                ..Default::default()
+            },
+        );
+        if let Some(dl) = self.blocks.as_mut() {
+            for (i, b) in blocks[..stored].iter().enumerate() {
+                dl.have(update.old_tip.height + 1 + i as u32, b.hash());
+            }
+        }
+        let height = update.new_tip.height;
+        self.set_height(height);
+        (
+            stored,
+            height,
+            update.error.map(|(i, e)| (i, e.to_string())),
+        )
+    }
+}
+
+/// A stored block's bytes, to be sent as they are: every stored block was decoded and checked
+/// when it was stored, so it is not parsed again (that cost as much as the rest of serving a
+/// 1 MB block); only its header is checked to be the block asked for.
+fn served_block(raw: Bytes, hash: &Hash256) -> Result<Bytes, String> {
+    let header = raw
+        .get(..crate::wire::block::HEADER_LEN)
+        .ok_or_else(|| format!("{} bytes, shorter than a header", raw.len()))?;
+    let h = Hash256::sha256d(header);
+    if h != *hash {
+        return Err(format!("stored under another hash ({h})"));
+    }
+    Ok(raw)
+}

@@ -1,0 +1,1084 @@
+//! The node core: the one owner of every piece of state that spans peers — the peer table,
+//! connection admission, bans and ban scores, the registry of peer statistics, the address book,
+//! header sync, block download, block and transaction relay, serving, and the embedder's
+//! outstanding requests.
+//!
+//! It is I/O-free in the style of nakamoto's protocol and quinn-proto: no clock, no thread, no
+//! lock, no socket and no randomness of its own. The engine (or a simulation) drives it:
+//!
+//! - **Inputs** (`handle_*`): a connection made ([`NodeCore::handle_peer`] with
+//!   [`PeerInput::Connection`]), a handshake finished, a message, a misbehaviour seen by the
+//!   shard, fresh counters, a connection gone, a dial that failed; a store commit acknowledged
+//!   ([`NodeCore::handle_committed`]); an embedder command (the `pub(crate)` methods the engine
+//!   calls on the core thread); and [`NodeCore::handle_timeout`].
+//! - **Outputs** ([`NodeCore::poll_output`]): send a message, disconnect, dial, write to the
+//!   store (optionally asking for an acknowledgement), raise an event, announce a new height.
+//!   Drain them after every input.
+//! - **Time** is passed in with every input as an `Instant` and must only move forward;
+//!   [`NodeCore::poll_timeout`] says when the core next needs [`NodeCore::handle_timeout`].
+//!   Unix time is derived from the `Instant` and the base given at creation, so a simulation on
+//!   a virtual clock is fully repeatable.
+//! - **Randomness** comes from the seed given at creation.
+//!
+//! Nothing here waits for the store: writes are outputs, and what must follow a commit (a
+//! `BlockConnected` event, announcing a block) waits for [`NodeCore::handle_committed`], while
+//! the block stays servable from memory.
+
+mod addr;
+mod chain;
+mod tx;
+
+pub use chain::HeaderRef;
+
+use crate::config::Config;
+use crate::event::{Event, PeerInfo};
+use crate::fsm::addrbook::{load_entries, AddrBook, AddrBookSettings, XorShift64};
+use crate::fsm::bans::{Ban, BanError, BanList, BanReason, BanScores, Subnet};
+use crate::fsm::download::{BlockDownload, DownloadConfig};
+use crate::fsm::peer::PeerStats;
+use crate::fsm::registry::Registry;
+use crate::fsm::scoring::{self, ScoreInputs};
+use crate::fsm::sync::{HeaderSync, SyncConfig};
+use crate::fsm::txrelay::TxRelay;
+use crate::fsm::{Direction, DisconnectReason, PeerId};
+use crate::store::chain::ChainDb;
+use crate::store::records::{ban_key, load_bans, BanRecord, PeerStatus};
+use crate::store::{Batch, Store, StoreError, Table};
+use crate::wire::{Block, Hash256, Message, VersionMessage};
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a shard (or a simulated link) tells the core about one connection.
+#[derive(Debug)]
+pub(crate) enum PeerInput {
+    /// A socket exists: accepted (inbound) or connecting (outbound, after a
+    /// [`Output::Dial`]). The core admits it or answers with a disconnect.
+    Connection {
+        id: PeerId,
+        addr: SocketAddr,
+        direction: Direction,
+    },
+    /// The handshake completed.
+    Ready {
+        info: Box<PeerInfo>,
+        version: Box<VersionMessage>,
+    },
+    /// A message the connection layer does not consume itself.
+    Message { id: PeerId, message: Message },
+    /// The connection layer saw misbehaviour (bad checksum, rate limit...).
+    Misbehaved {
+        id: PeerId,
+        reason: BanReason,
+        detail: String,
+    },
+    /// Fresh counters of a ready connection (for the registry and eviction scores).
+    Stats {
+        id: PeerId,
+        stats: PeerStats,
+        rtt: Option<Duration>,
+    },
+    /// The connection is gone.
+    Disconnected {
+        id: PeerId,
+        reason: DisconnectReason,
+        stats: PeerStats,
+        rtt: Option<Duration>,
+        handshaken: bool,
+    },
+    /// An outbound connection could not even be started.
+    DialFailed { addr: SocketAddr, reason: String },
+}
+
+/// What the core asks its driver to do.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// Send a message to a peer.
+    Send(PeerId, Message),
+    /// Close a connection.
+    Disconnect(PeerId, DisconnectReason),
+    /// Open an outbound connection (its slot is taken already).
+    Dial(SocketAddr),
+    /// Write to the store; with `ack`, call [`NodeCore::handle_committed`] with it once the
+    /// batch (and everything written before it) is committed.
+    Write { batch: Batch, ack: Option<u64> },
+    /// Tell the embedder.
+    Event(Event),
+    /// The best header height changed (announced in our `version` messages).
+    Height(u32),
+}
+
+/// A connection in the peer table (from its socket to its end).
+#[derive(Debug)]
+struct Peer {
+    addr: SocketAddr,
+    direction: Direction,
+    /// Counted against the connection limits.
+    admitted: bool,
+    since: Instant,
+    /// Handshake done.
+    ready: bool,
+    services: u64,
+    version: i32,
+    start_height: i32,
+    /// Sent `sendheaders`: announce blocks to it as headers.
+    sendheaders: bool,
+    /// Blocks it is known to have (never announced to it).
+    known: KnownBlocks,
+    /// The last block of a `getblocks` answer cut at its limit (Bitcoin's `hashContinue`).
+    continuation: Option<Hash256>,
+    /// Its `getaddr` was answered (once per connection).
+    getaddr_answered: bool,
+    /// Last counters from the shard (for eviction scores).
+    rtt_us: u64,
+    useful_msgs: u64,
+    errors: u64,
+}
+
+/// Most block hashes remembered per peer as already known to it.
+const KNOWN_PER_PEER: usize = 4096;
+
+/// A bounded set of block hashes, oldest forgotten first.
+#[derive(Debug, Default)]
+struct KnownBlocks {
+    order: VecDeque<Hash256>,
+    set: HashSet<Hash256>,
+}
+
+impl KnownBlocks {
+    fn contains(&self, h: &Hash256) -> bool {
+        self.set.contains(h)
+    }
+    fn learn(&mut self, h: Hash256) {
+        if self.set.insert(h) {
+            if self.order.len() >= KNOWN_PER_PEER {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+            self.order.push_back(h);
+        }
+    }
+}
+
+/// Static peers (`Config::connect`, `Engine::connect` does not make one) are re-dialled with
+/// backoff when they drop.
+#[derive(Debug, Default)]
+struct Redial {
+    attempts: u32,
+    /// When to dial next; `None` while connected or being dialled.
+    at: Option<Instant>,
+}
+
+/// Blocks the embedder asked for with its own `getdata`, at most (the oldest request makes
+/// room).
+const MAX_EMBEDDER_BLOCKS: usize = 10_000;
+/// How long an embedder's block request is remembered.
+const EMBEDDER_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Work the core waits on a commit for.
+#[derive(Debug, Default)]
+struct PendingCommit {
+    ack: u64,
+    /// Blocks to raise as `BlockConnected` (chain order), the last announced if it is the tip.
+    connected: Vec<(u32, Hash256)>,
+    /// Blocks held in memory until the commit (servable meanwhile).
+    held: Vec<Hash256>,
+    /// A block handed in with `submit_block`: the download learns it is stored.
+    submitted: Option<(u32, Hash256)>,
+}
+
+/// Counts of every map the core keeps, for leak tests and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoreCounts {
+    /// Connections in the peer table.
+    pub peers: usize,
+    /// Addresses with a per-IP connection count.
+    pub per_ip: usize,
+    /// Inbound and outbound slots taken.
+    pub inbound: usize,
+    /// Outbound slots taken (connections and dials in flight).
+    pub outbound: usize,
+    /// Address-book dials in flight.
+    pub dialing: usize,
+    /// Blocks the embedder asked for and has not received.
+    pub embedder_blocks: usize,
+    /// Downloaded blocks waiting for their turn.
+    pub block_buffer: usize,
+    /// Blocks written, waiting for their commit.
+    pub unconfirmed: usize,
+    /// Commits waited on.
+    pub pending_commits: usize,
+    /// Transaction relay: peers, requests, undecided, accepted, rejected.
+    pub tx: [usize; 5],
+    /// Registry entries of live connections.
+    pub registry_live: usize,
+}
+
+/// The node core. See the module documentation for its calling contract.
+pub(crate) struct NodeCore {
+    config: Config,
+    store: Arc<dyn Store>,
+    chain: ChainDb,
+    peers: BTreeMap<PeerId, Peer>,
+    inbound: usize,
+    outbound: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    /// Address-book dials in flight (canonical addresses).
+    dialing: HashSet<SocketAddr>,
+    statics: BTreeMap<SocketAddr, Redial>,
+    book: AddrBook,
+    bans: BanList,
+    scores: BanScores,
+    registry: Registry,
+    sync: HeaderSync,
+    blocks: Option<BlockDownload>,
+    /// Downloaded blocks waiting for their turn in chain order.
+    buffer: HashMap<Hash256, Block>,
+    txs: TxRelay,
+    /// Blocks the embedder asked for itself: hash → (asked of, when).
+    embedder_blocks: HashMap<Hash256, (PeerId, Instant)>,
+    embedder_order: VecDeque<(Instant, Hash256)>,
+    /// Blocks written and not yet committed, by hash (served from here meanwhile).
+    unconfirmed: HashMap<Hash256, Bytes>,
+    commits: VecDeque<PendingCommit>,
+    next_ack: u64,
+    rng: XorShift64,
+    out: VecDeque<Output>,
+    local_addr: Option<SocketAddr>,
+    /// `Instant` and unix seconds at creation: unix time is derived from the `Instant`s passed
+    /// in.
+    base: (Instant, u64),
+    next_sync_tick: Instant,
+    next_tx_flush: Instant,
+    next_persist: Instant,
+    height: u32,
+}
+
+/// How often sync, download, discovery and static re-dials are looked at.
+const SYNC_TICK: Duration = Duration::from_millis(100);
+
+impl NodeCore {
+    /// A core over `store` (read at creation for peers, bans, the address book and the header
+    /// chain; read later to serve blocks). `now` and `unix_now` anchor its clock; `seed` its
+    /// random choices. `local_addr` is the address we listen on, if any (advertised).
+    pub(crate) fn new(
+        config: Config,
+        store: Arc<dyn Store>,
+        local_addr: Option<SocketAddr>,
+        now: Instant,
+        unix_now: u64,
+        seed: u64,
+    ) -> Result<NodeCore, crate::Error> {
+        let registry = Registry::load(store.as_ref()).map_err(crate::Error::Store)?;
+        let mut chain =
+            ChainDb::load(store.as_ref(), &config.network).map_err(crate::Error::Store)?;
+        let conflicts = chain.set_rules(crate::chain::HeaderRules {
+            checkpoints: config.checkpoints.clone(),
+            ..Default::default()
+        });
+        if let Some((height, want, stored)) = conflicts.first() {
+            return Err(crate::Error::Config(crate::config::ConfigError(format!(
+                "the stored chain has {stored} at height {height}, the checkpoint says {want}: \
+                 start with another data directory or without that checkpoint"
+            ))));
+        }
+        let sync = HeaderSync::new(SyncConfig {
+            stall_timeout: config.sync_stall_timeout,
+            headers_only: config.headers_only,
+            ..Default::default()
+        });
+        let blocks = (!config.headers_only).then(|| {
+            BlockDownload::new(
+                DownloadConfig {
+                    block_timeout: config.block_timeout,
+                    ..Default::default()
+                },
+                stored_up_to(&chain, store.as_ref()),
+            )
+        });
+        let book = AddrBook::load(
+            AddrBookSettings {
+                allow_local: config.allow_local_addrs,
+                ..AddrBookSettings::default()
+            },
+            load_entries(store.as_ref()).map_err(crate::Error::Store)?,
+        );
+        let mut bans = BanList::new(config.max_bans, config.never_ban.clone());
+        for ((ip, prefix), r) in load_bans(store.as_ref()).map_err(crate::Error::Store)? {
+            if let (Some(s), true) = (Subnet::new(ip, prefix), r.until > unix_now) {
+                bans.restore(
+                    s,
+                    Ban {
+                        until: r.until,
+                        created: r.created,
+                        reason: r.reason,
+                    },
+                );
+            }
+        }
+        let statics = config
+            .connect
+            .iter()
+            .map(|a| {
+                (
+                    *a,
+                    Redial {
+                        attempts: 0,
+                        at: Some(now),
+                    },
+                )
+            })
+            .collect();
+        let height = chain.tree().height();
+        Ok(NodeCore {
+            scores: BanScores::new(config.ban_scores.clone()),
+            next_tx_flush: now + config.tx_announce_interval,
+            next_persist: now + config.persist_interval,
+            config,
+            store,
+            chain,
+            peers: BTreeMap::new(),
+            inbound: 0,
+            outbound: 0,
+            per_ip: HashMap::new(),
+            dialing: HashSet::new(),
+            statics,
+            book,
+            bans,
+            registry,
+            sync,
+            blocks,
+            buffer: HashMap::new(),
+            txs: TxRelay::default(),
+            embedder_blocks: HashMap::new(),
+            embedder_order: VecDeque::new(),
+            unconfirmed: HashMap::new(),
+            commits: VecDeque::new(),
+            next_ack: 1,
+            rng: XorShift64::new(seed),
+            out: VecDeque::new(),
+            local_addr,
+            base: (now, unix_now),
+            next_sync_tick: now,
+            height,
+        })
+    }
+
+    /// The next output to carry out, in order.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// Outputs waiting.
+    pub(crate) fn outputs_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// When the core next needs [`NodeCore::handle_timeout`].
+    pub(crate) fn poll_timeout(&self) -> Instant {
+        self.next_sync_tick
+            .min(self.next_tx_flush)
+            .min(self.next_persist)
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.base.1 + now.saturating_duration_since(self.base.0).as_secs()
+    }
+
+    fn send(&mut self, id: PeerId, m: Message) {
+        self.out.push_back(Output::Send(id, m));
+    }
+
+    fn emit(&mut self, e: Event) {
+        self.out.push_back(Output::Event(e));
+    }
+
+    fn write(&mut self, batch: Batch) {
+        if !batch.is_empty() {
+            self.out.push_back(Output::Write { batch, ack: None });
+        }
+    }
+
+    /// Writes `batch` and waits on its commit for `pending`.
+    fn write_acked(&mut self, batch: Batch, mut pending: PendingCommit) {
+        let ack = self.next_ack;
+        self.next_ack += 1;
+        pending.ack = ack;
+        self.commits.push_back(pending);
+        self.out.push_back(Output::Write {
+            batch,
+            ack: Some(ack),
+        });
+    }
+
+    fn set_height(&mut self, h: u32) {
+        if h != self.height {
+            self.height = h;
+            self.out.push_back(Output::Height(h));
+        }
+    }
+
+    fn ip_of(&self, id: PeerId) -> Option<IpAddr> {
+        self.peers.get(&id).map(|p| p.addr.ip())
+    }
+
+    fn ready_peers(&self) -> impl Iterator<Item = (&PeerId, &Peer)> {
+        self.peers.iter().filter(|(_, p)| p.ready)
+    }
+
+    /// An input about a connection.
+    pub(crate) fn handle_peer(&mut self, input: PeerInput, now: Instant) {
+        match input {
+            PeerInput::Connection {
+                id,
+                addr,
+                direction,
+            } => self.connection(id, addr, direction, now),
+            PeerInput::Ready { info, version } => self.ready(*info, *version, now),
+            PeerInput::Message { id, message } => {
+                if self.peers.get(&id).is_some_and(|p| p.ready) {
+                    self.message(id, message, now);
+                }
+            }
+            PeerInput::Misbehaved { id, reason, detail } => {
+                if let Some(ip) = self.ip_of(id) {
+                    self.misbehaving(ip, Some(id), reason, &detail, now);
+                }
+            }
+            PeerInput::Stats { id, stats, rtt } => self.stats(id, &stats, rtt),
+            PeerInput::Disconnected {
+                id,
+                reason,
+                stats,
+                rtt,
+                handshaken,
+            } => self.disconnected(id, reason, stats, rtt, handshaken, now),
+            PeerInput::DialFailed { addr, reason } => self.dial_failed(addr, reason, now),
+        }
+    }
+
+    /// Admission: bans, the inbound limit (evicting the worst inbound peer when full), the
+    /// per-IP limit.
+    fn connection(&mut self, id: PeerId, addr: SocketAddr, direction: Direction, now: Instant) {
+        let unix = self.unix(now);
+        self.peers.insert(
+            id,
+            Peer {
+                addr,
+                direction,
+                admitted: false,
+                since: now,
+                ready: false,
+                services: 0,
+                version: 0,
+                start_height: 0,
+                sendheaders: false,
+                known: KnownBlocks::default(),
+                continuation: None,
+                getaddr_answered: false,
+                rtt_us: 0,
+                useful_msgs: 0,
+                errors: 0,
+            },
+        );
+        if direction == Direction::Outbound {
+            // its slot was taken when the dial was asked for
+            self.admit(id, addr);
+            return;
+        }
+        if self.bans.banned(addr.ip(), unix).is_some() {
+            log::info!("refusing banned {addr}");
+            self.out
+                .push_back(Output::Disconnect(id, DisconnectReason::Banned));
+            return;
+        }
+        let per_ip = self.per_ip.get(&addr.ip()).copied().unwrap_or(0);
+        if self.config.max_per_ip > 0 && per_ip >= self.config.max_per_ip {
+            self.out.push_back(Output::Disconnect(
+                id,
+                DisconnectReason::LimitReached("connections per IP"),
+            ));
+            return;
+        }
+        if self.inbound >= self.config.max_inbound {
+            match self.pick_eviction(now) {
+                Some(victim) => {
+                    log::info!("inbound full, evicting peer {victim} for {addr}");
+                    self.release(victim);
+                    self.out
+                        .push_back(Output::Disconnect(victim, DisconnectReason::Evicted));
+                }
+                None => {
+                    self.out.push_back(Output::Disconnect(
+                        id,
+                        DisconnectReason::LimitReached("inbound connections"),
+                    ));
+                    return;
+                }
+            }
+        }
+        self.inbound += 1;
+        self.admit(id, addr);
+    }
+
+    fn admit(&mut self, id: PeerId, addr: SocketAddr) {
+        *self.per_ip.entry(addr.ip()).or_insert(0) += 1;
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.admitted = true;
+        }
+    }
+
+    /// Gives a connection's slots back (once).
+    fn release(&mut self, id: PeerId) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !std::mem::replace(&mut p.admitted, false) {
+            return;
+        }
+        let (ip, d) = (p.addr.ip(), p.direction);
+        match d {
+            Direction::Inbound => self.inbound = self.inbound.saturating_sub(1),
+            Direction::Outbound => self.outbound = self.outbound.saturating_sub(1),
+        }
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_ip.remove(&ip);
+            }
+        }
+    }
+
+    fn score_of(&self, p: &Peer, now: Instant) -> u32 {
+        scoring::score(&self.score_inputs(p.addr.ip(), p, now))
+    }
+
+    fn score_inputs(&self, ip: IpAddr, p: &Peer, now: Instant) -> ScoreInputs {
+        let unix = self.unix(now);
+        ScoreInputs {
+            rtt_us: p.rtt_us,
+            connections: p.ready as u64,
+            failures: 0,
+            useful_msgs: p.useful_msgs,
+            errors: p.errors,
+            ban_score: self.scores.score(ip, unix),
+            banned: self.bans.banned(ip, unix).is_some(),
+        }
+    }
+
+    /// When inbound slots are full: the admitted inbound peer with the lowest score among those
+    /// connected for at least `evict_min_age` (ties: the newest).
+    fn pick_eviction(&self, now: Instant) -> Option<PeerId> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| {
+                p.admitted
+                    && p.direction == Direction::Inbound
+                    && now.saturating_duration_since(p.since) >= self.config.evict_min_age
+            })
+            .min_by_key(|(_, p)| (self.score_of(p, now), std::cmp::Reverse(p.since)))
+            .map(|(id, _)| *id)
+    }
+
+    /// Fills in the score and status of connections the shards reported.
+    pub(crate) fn rate_peers(&self, infos: &mut [PeerInfo], now: Instant) {
+        let unix = self.unix(now);
+        for i in infos.iter_mut() {
+            let ip = i.addr.ip();
+            let inputs = ScoreInputs {
+                rtt_us: i.rtt.map_or(0, |r| r.as_micros().max(1) as u64),
+                connections: i.ready as u64,
+                failures: 0,
+                useful_msgs: useful(&i.stats),
+                errors: i.stats.errors,
+                ban_score: self.scores.score(ip, unix),
+                banned: self.bans.banned(ip, unix).is_some(),
+            };
+            i.score = scoring::score(&inputs);
+            i.status = scoring::status(&inputs);
+        }
+    }
+
+    fn ready(&mut self, mut info: PeerInfo, v: VersionMessage, now: Instant) {
+        let id = info.id;
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        if !p.admitted {
+            return; // refused; its disconnect is on the way
+        }
+        p.ready = true;
+        p.services = v.services;
+        p.version = v.version;
+        p.start_height = v.start_height;
+        let (addr, direction) = (p.addr, p.direction);
+        info.version = v.version;
+        let unix = self.unix(now);
+        self.registry
+            .connected(id, addr, v.services, &v.user_agent, v.version, unix);
+        let score = self.score_of(&self.peers[&id], now);
+        info.score = score;
+        self.addr_connected(id, addr, direction, v.services, now);
+        self.txs.peer_connected(id);
+        self.sync_connected(id, v.start_height, v.services, score, now);
+        log::info!(
+            "peer {id} connected: {addr} {direction} {} height {}",
+            v.user_agent,
+            v.start_height
+        );
+        self.emit(Event::PeerConnected(Box::new(info)));
+    }
+
+    fn message(&mut self, id: PeerId, msg: Message, now: Instant) {
+        let msg = Some(msg)
+            .and_then(|m| self.tx_message(id, m, now))
+            .and_then(|m| self.addr_message(id, m, now))
+            .and_then(|m| self.serve_message(id, m))
+            .and_then(|m| self.sync_message(id, m, now));
+        if let Some(message) = msg {
+            self.emit(Event::Message { peer: id, message });
+        }
+    }
+
+    fn stats(&mut self, id: PeerId, stats: &PeerStats, rtt: Option<Duration>) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        p.rtt_us = rtt.map_or(0, |r| r.as_micros().max(1) as u64);
+        p.useful_msgs = useful(stats);
+        p.errors = stats.errors;
+        if p.ready {
+            let addr = p.addr;
+            self.registry.snapshot(id, addr, stats, rtt);
+        }
+    }
+
+    fn disconnected(
+        &mut self,
+        id: PeerId,
+        reason: DisconnectReason,
+        stats: PeerStats,
+        rtt: Option<Duration>,
+        handshaken: bool,
+        now: Instant,
+    ) {
+        let Some(peer) = self.peers.get(&id) else {
+            return;
+        };
+        let (addr, direction, ready) = (peer.addr, peer.direction, peer.ready);
+        log::debug!("peer {id} ({addr}, {direction}) disconnected: {reason}");
+        if let Some(r) = reason.ban_reason() {
+            self.misbehaving(addr.ip(), Some(id), r, &reason.to_string(), now);
+        }
+        self.release(id);
+        self.peers.remove(&id);
+        let unix = self.unix(now);
+        self.registry
+            .disconnected(id, addr, direction, handshaken && ready, &stats, rtt, unix);
+        self.addr_disconnected(addr, direction, ready, now);
+        if ready {
+            self.sync_disconnected(id, now);
+            self.txs.peer_disconnected(id);
+        }
+        self.forget_embedder_requests_of(id);
+        if let Some(r) = self.statics.get_mut(&addr) {
+            r.at = Some(now + redial_delay(&self.config, r.attempts));
+            r.attempts += 1;
+        }
+        self.emit(Event::PeerDisconnected {
+            id,
+            addr,
+            direction,
+            reason,
+        });
+    }
+
+    fn dial_failed(&mut self, addr: SocketAddr, reason: String, now: Instant) {
+        log::info!("connect to {addr} failed: {reason}");
+        self.outbound = self.outbound.saturating_sub(1);
+        let unix = self.unix(now);
+        self.registry.failed(addr, unix);
+        self.addr_dial_failed(addr, now);
+        if let Some(r) = self.statics.get_mut(&addr) {
+            r.at = Some(now + redial_delay(&self.config, r.attempts));
+            r.attempts += 1;
+        }
+        self.emit(Event::ConnectFailed { addr, reason });
+    }
+
+    /// Asks for an outbound connection: false (with a `ConnectFailed` event for a banned
+    /// address) when the address is banned or the outbound limit is reached.
+    pub(crate) fn dial(&mut self, addr: SocketAddr, now: Instant) -> bool {
+        if self.bans.banned(addr.ip(), self.unix(now)).is_some() {
+            log::info!("not dialling banned {addr}");
+            self.emit(Event::ConnectFailed {
+                addr,
+                reason: "address is banned".into(),
+            });
+            return false;
+        }
+        if self.outbound >= self.config.max_outbound {
+            log::info!("not dialling {addr}: outbound limit reached");
+            return false;
+        }
+        self.outbound += 1;
+        self.out.push_back(Output::Dial(addr));
+        true
+    }
+
+    /// Adds ban points for `reason` to `ip`; bans it when the score reaches the threshold.
+    fn misbehaving(
+        &mut self,
+        ip: IpAddr,
+        peer: Option<PeerId>,
+        reason: BanReason,
+        detail: &str,
+        now: Instant,
+    ) {
+        let unix = self.unix(now);
+        let change = self.scores.add(ip, reason, unix);
+        log::info!(
+            "{ip}: +{} ban score for {reason} ({detail}): {}",
+            change.added,
+            change.score
+        );
+        self.registry.set_status(|a| a == ip, PeerStatus::Penalised);
+        self.emit(Event::BanScore {
+            ip,
+            peer,
+            reason,
+            score: change.score,
+        });
+        if change.ban {
+            let until = unix + self.config.ban_duration.as_secs().max(1);
+            let why = format!("ban score {} reached ({reason})", change.score);
+            if let Err(e) = self.ban_subnet(Subnet::host(ip), until, &why, now) {
+                log::info!("{ip} not banned: {e}");
+            }
+        }
+    }
+
+    /// Bans a subnet: recorded, saved, announced, and its live connections dropped.
+    pub(crate) fn ban_subnet(
+        &mut self,
+        subnet: Subnet,
+        until: u64,
+        reason: &str,
+        now: Instant,
+    ) -> Result<(), BanError> {
+        let unix = self.unix(now);
+        let evicted = self.bans.ban(subnet, until, reason, unix)?;
+        let mut b = Batch::new();
+        if let Some(old) = evicted {
+            b.delete(Table::Bans, ban_key(&old.addr(), old.prefix()).to_vec());
+            self.emit(Event::Unbanned { subnet: old });
+        }
+        b.put(
+            Table::Bans,
+            ban_key(&subnet.addr(), subnet.prefix()).to_vec(),
+            BanRecord {
+                until,
+                created: unix,
+                reason: reason.to_string(),
+            }
+            .encode(),
+        );
+        self.write(b);
+        log::warn!("banned {subnet} until {until}: {reason}");
+        self.registry
+            .set_status(|a| subnet.contains(a), PeerStatus::Banned);
+        self.emit(Event::Banned {
+            subnet,
+            until,
+            reason: reason.to_string(),
+        });
+        let inside: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| subnet.contains(p.addr.ip()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in inside {
+            self.out
+                .push_back(Output::Disconnect(id, DisconnectReason::Banned));
+        }
+        Ok(())
+    }
+
+    /// Lifts a ban; false when there was none for exactly that subnet.
+    pub(crate) fn unban(&mut self, s: &Subnet) -> bool {
+        let had = self.bans.unban(s);
+        if had {
+            self.forget_bans(vec![*s]);
+        }
+        had
+    }
+
+    /// Lifts every ban.
+    pub(crate) fn clear_bans(&mut self) {
+        let gone = self.bans.clear();
+        self.forget_bans(gone);
+    }
+
+    fn forget_bans(&mut self, gone: Vec<Subnet>) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut b = Batch::new();
+        for s in gone {
+            b.delete(Table::Bans, ban_key(&s.addr(), s.prefix()).to_vec());
+            self.emit(Event::Unbanned { subnet: s });
+        }
+        self.write(b);
+    }
+
+    /// Whether `ip` is banned now.
+    pub(crate) fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        self.bans.banned(ip, self.unix(now)).is_some()
+    }
+
+    /// Every ban in force or not yet swept.
+    pub(crate) fn bans(&self) -> Vec<(Subnet, Ban)> {
+        self.bans.list()
+    }
+
+    /// An address's current ban score.
+    pub(crate) fn ban_score(&self, ip: IpAddr, now: Instant) -> u32 {
+        self.scores.score(ip, self.unix(now))
+    }
+
+    /// Every peer address the registry knows, with its record.
+    pub(crate) fn known_peers(&self) -> Vec<(SocketAddr, crate::store::records::PeerRecord)> {
+        let mut v: Vec<_> = self
+            .registry
+            .peers()
+            .map(|(a, p)| (*a, p.clone()))
+            .collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    /// Lifetime statistics of a peer address.
+    pub(crate) fn peer_stats(&self, a: &SocketAddr) -> Option<crate::store::records::StoredStats> {
+        self.registry.stats(a).cloned()
+    }
+
+    /// Whether `id` is a connection that finished its handshake.
+    pub(crate) fn is_ready(&self, id: PeerId) -> bool {
+        self.peers.get(&id).is_some_and(|p| p.ready)
+    }
+
+    /// Whether `id` is a live connection (ready or not).
+    pub(crate) fn has_peer(&self, id: PeerId) -> bool {
+        self.peers.contains_key(&id)
+    }
+
+    /// The embedder closes a connection.
+    pub(crate) fn disconnect(&mut self, id: PeerId) -> bool {
+        if !self.peers.contains_key(&id) {
+            return false;
+        }
+        self.out
+            .push_back(Output::Disconnect(id, DisconnectReason::Requested));
+        true
+    }
+
+    /// The embedder sends a message itself: its block requests are remembered, so the blocks
+    /// reach it and their senders are not scored.
+    pub(crate) fn note_embedder_send(&mut self, id: PeerId, msg: &Message, now: Instant) {
+        if let Message::GetData(items) = msg {
+            for i in items.iter().filter(|i| {
+                i.kind == crate::wire::InvType::BLOCK
+                    || i.kind == crate::wire::InvType::WITNESS_BLOCK
+            }) {
+                if self.embedder_blocks.len() >= MAX_EMBEDDER_BLOCKS {
+                    self.expire_embedder_requests(now, true);
+                }
+                self.embedder_blocks.insert(i.hash, (id, now));
+                self.embedder_order.push_back((now, i.hash));
+            }
+        }
+    }
+
+    /// The embedder broadcasts a message to every ready peer.
+    pub(crate) fn broadcast(&mut self, msg: Message, now: Instant) {
+        let ids: Vec<PeerId> = self.ready_peers().map(|(id, _)| *id).collect();
+        for id in ids {
+            self.note_embedder_send(id, &msg, now);
+            self.send(id, msg.clone());
+        }
+    }
+
+    /// Forgets embedder block requests that timed out (or, with `make_room`, the oldest one).
+    fn expire_embedder_requests(&mut self, now: Instant, make_room: bool) {
+        let mut room = make_room;
+        while let Some(&(at, h)) = self.embedder_order.front() {
+            let live = self.embedder_blocks.get(&h).is_some_and(|&(_, t)| t == at);
+            if live && !room && now.saturating_duration_since(at) < EMBEDDER_REQUEST_TIMEOUT {
+                break;
+            }
+            self.embedder_order.pop_front();
+            if live {
+                self.embedder_blocks.remove(&h);
+                room = false;
+            }
+        }
+    }
+
+    fn forget_embedder_requests_of(&mut self, id: PeerId) {
+        self.embedder_blocks.retain(|_, (p, _)| *p != id);
+        if self.embedder_order.len() > 2 * self.embedder_blocks.len() + 64 {
+            let live = &self.embedder_blocks;
+            self.embedder_order
+                .retain(|(at, h)| live.get(h).is_some_and(|&(_, t)| t == *at));
+        }
+    }
+
+    /// A store commit was acknowledged: everything written with an ack up to `ack` is
+    /// committed. Blocks waiting on it are raised and announced.
+    pub(crate) fn handle_committed(&mut self, ack: u64, now: Instant) {
+        while self.commits.front().is_some_and(|c| c.ack <= ack) {
+            let c = self.commits.pop_front().expect("front exists");
+            for h in &c.held {
+                self.unconfirmed.remove(h);
+            }
+            if let Some((height, hash)) = c.submitted {
+                self.submitted_committed(height, hash, now);
+            }
+            for (height, hash) in &c.connected {
+                self.emit(Event::BlockConnected {
+                    height: *height,
+                    hash: *hash,
+                });
+            }
+            if let Some((height, hash)) = c.connected.last() {
+                self.announce_if_tip(*height, *hash);
+            }
+        }
+    }
+
+    /// Timers: sync and download deadlines, static re-dials, the outbound target, transaction
+    /// announcements, ban expiry, saving the registry and the address book.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.next_tx_flush {
+            self.tx_flush(now);
+            self.next_tx_flush = now + self.config.tx_announce_interval;
+        }
+        if now >= self.next_sync_tick {
+            self.redial_statics(now);
+            self.fill_outbound(now);
+            self.sync_tick(now);
+            self.expire_embedder_requests(now, false);
+            self.next_sync_tick = now + SYNC_TICK.min(self.config.dial_interval);
+        }
+        if now >= self.next_persist {
+            self.persist(now);
+            self.next_persist = now + self.config.persist_interval;
+        }
+    }
+
+    fn redial_statics(&mut self, now: Instant) {
+        let due: Vec<SocketAddr> = self
+            .statics
+            .iter()
+            .filter(|(_, r)| r.at.is_some_and(|t| t <= now))
+            .map(|(a, _)| *a)
+            .collect();
+        for a in due {
+            let connected = self.peers.values().any(|p| p.addr == a);
+            if connected {
+                if let Some(r) = self.statics.get_mut(&a) {
+                    r.at = None;
+                }
+                continue;
+            }
+            let ok = self.dial(a, now);
+            if let Some(r) = self.statics.get_mut(&a) {
+                r.at = if ok {
+                    None
+                } else {
+                    r.attempts += 1;
+                    Some(now + redial_delay(&self.config, r.attempts))
+                };
+            }
+        }
+    }
+
+    /// Sweeps expired bans and old ban scores, and writes what changed in the registry and the
+    /// address book.
+    pub(crate) fn persist(&mut self, now: Instant) {
+        let unix = self.unix(now);
+        let expired = self.bans.expire(unix);
+        self.forget_bans(expired);
+        self.scores.prune(unix);
+        let mut batch = self.registry.take_batch();
+        self.book.take_dirty_batch(&mut batch);
+        self.write(batch);
+    }
+
+    /// Counts of every map the core keeps.
+    pub(crate) fn counts(&self) -> CoreCounts {
+        CoreCounts {
+            peers: self.peers.len(),
+            per_ip: self.per_ip.len(),
+            inbound: self.inbound,
+            outbound: self.outbound,
+            dialing: self.dialing.len(),
+            embedder_blocks: self.embedder_blocks.len(),
+            block_buffer: self.buffer.len(),
+            unconfirmed: self.unconfirmed.len(),
+            pending_commits: self.commits.len(),
+            tx: self.txs.entries(),
+            registry_live: self.registry.live_len(),
+        }
+    }
+
+    /// The best header's hash and height.
+    pub(crate) fn best_header(&self) -> (Hash256, u32) {
+        let (hash, height, _) = self.chain.tree().tip();
+        (hash, height)
+    }
+
+    /// Checks a store read's outcome.
+    fn read_ok<T>(&self, r: Result<T, StoreError>, what: &str) -> Option<T> {
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                log::error!("store read ({what}) failed: {e}");
+                None
+            }
+        }
+    }
+}
+
+/// Messages other than ping/pong received.
+fn useful(s: &PeerStats) -> u64 {
+    s.by_command
+        .iter()
+        .filter(|(cmd, _)| !matches!(cmd.as_str(), "ping" | "pong"))
+        .map(|(_, s)| s.msgs_in)
+        .sum()
+}
+
+fn redial_delay(cfg: &Config, attempt: u32) -> Duration {
+    cfg.redial_base
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(cfg.redial_max)
+}
+
+/// The highest height from 1 up whose block is stored without a gap.
+pub(crate) fn stored_up_to(chain: &ChainDb, store: &dyn Store) -> u32 {
+    let tree = chain.tree();
+    let mut h = 0;
+    while let Some(hash) = tree.hash_at(h + 1) {
+        if !crate::store::records::has_block(store, &hash).unwrap_or(false) {
+            break;
+        }
+        h += 1;
+    }
+    h
+}
