@@ -51,6 +51,8 @@ enum CoreCmd {
 
 /// How long an API call waits for the core to answer.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a waiting call checks that the core thread is still there.
+const CALL_SLICE: Duration = Duration::from_millis(50);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -101,23 +103,31 @@ fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
 
 impl Engine {
     /// Starts the engine. Every configuration problem (zero shards, unusable data dir, port in
-    /// use, a stored chain that contradicts a checkpoint) is reported here.
-    pub fn start(mut config: Config) -> Result<Engine, Error> {
+    /// use, a stored chain that contradicts a checkpoint) is reported here. The store is LMDB in
+    /// `config.data_dir`, or in memory without one.
+    pub fn start(config: Config) -> Result<Engine, Error> {
         config.validate()?;
-        if config.headers_only {
-            // A header client serves no blocks.
-            config.services &= !crate::wire::types::NODE_NETWORK;
-        }
         if let Some(d) = &config.data_dir {
             check_data_dir(d)?;
-        }
-        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-            log::warn!("cannot raise the open-file limit: {e}");
         }
         let store: Arc<dyn Store> = match &config.data_dir {
             Some(d) => Arc::new(LmdbStore::open(d, &LmdbOptions::default()).map_err(Error::Store)?),
             None => Arc::new(MemoryStore::new()),
         };
+        Engine::start_with_store(config, store)
+    }
+
+    /// Starts the engine over a store the embedder brings (any [`Store`]; `config.data_dir` is
+    /// not used). A store that fails a write stops the engine with [`Event::Fatal`].
+    pub fn start_with_store(mut config: Config, store: Arc<dyn Store>) -> Result<Engine, Error> {
+        config.validate()?;
+        if config.headers_only {
+            // A header client serves no blocks.
+            config.services &= !crate::wire::types::NODE_NETWORK;
+        }
+        if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+            log::warn!("cannot raise the open-file limit: {e}");
+        }
         let listen_socks = match config.listen {
             Some(addr) => {
                 listeners(addr, config.shards).map_err(|source| Error::Bind { addr, source })?
@@ -294,10 +304,33 @@ impl Engine {
                 let _ = tx.send(r);
             })
         });
-        self.cmds
-            .send_timeout(CoreCmd::Call(call), CALL_TIMEOUT)
-            .map_err(|_| Error::Stopped)?;
-        rx.recv_timeout(CALL_TIMEOUT).map_err(|_| Error::Stopped)
+        // Waited on in slices: a core thread that ended (a fatal error) answers nothing, and a
+        // call queued just before it ended is not dropped until the engine is.
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        let mut cmd = CoreCmd::Call(call);
+        loop {
+            match self.cmds.send_timeout(cmd, CALL_SLICE) {
+                Ok(()) => break,
+                Err(crossbeam_channel::SendTimeoutError::Timeout(c))
+                    if !self.core_gone(deadline) =>
+                {
+                    cmd = c
+                }
+                Err(_) => return Err(Error::Stopped),
+            }
+        }
+        loop {
+            match rx.recv_timeout(CALL_SLICE) {
+                Ok(r) => return Ok(r),
+                Err(RecvTimeoutError::Timeout) if !self.core_gone(deadline) => {}
+                Err(_) => return Err(Error::Stopped),
+            }
+        }
+    }
+
+    /// Whether the core thread has ended, or `deadline` has passed.
+    fn core_gone(&self, deadline: Instant) -> bool {
+        Instant::now() >= deadline || self.core_thread.as_ref().is_none_or(|h| h.is_finished())
     }
 
     /// The configuration the engine runs with.
@@ -364,6 +397,9 @@ impl Engine {
     }
 
     fn command_shard(&self, shard: usize, cmd: ShardCmd) -> Result<(), SendError> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(SendError::Stopped);
+        }
         let (tx, waker) = &self.shards[shard];
         tx.send_timeout(cmd, CALL_TIMEOUT)
             .map_err(|_| SendError::Stopped)?;
@@ -376,10 +412,20 @@ impl Engine {
         let shard = self.check_send(id, &msg)?;
         let (tx, rx) = bounded(1);
         self.command_shard(shard, ShardCmd::Send(id, msg, Some(tx)))?;
-        match rx.recv_timeout(CALL_TIMEOUT) {
-            Ok(r) => r,
-            Err(RecvTimeoutError::Timeout) => Err(SendError::Timeout),
-            Err(RecvTimeoutError::Disconnected) => Err(SendError::Stopped),
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        loop {
+            match rx.recv_timeout(CALL_SLICE) {
+                Ok(r) => return r,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.shard_threads[shard].is_finished() {
+                        return Err(SendError::Stopped);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(SendError::Timeout);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(SendError::Stopped),
+            }
         }
     }
 
@@ -397,22 +443,36 @@ impl Engine {
     /// Every connection with its state and counters (empty once the engine has stopped).
     pub fn peers(&self) -> Vec<PeerInfo> {
         let mut all = Vec::new();
-        if self.core_thread.is_none() {
+        if self.core_thread.is_none() || self.stopping.load(Ordering::Relaxed) {
             return all;
         }
         let replies: Vec<_> = self
             .shards
             .iter()
-            .filter_map(|(tx, waker)| {
+            .enumerate()
+            .filter_map(|(i, (tx, waker))| {
                 let (rtx, rrx) = bounded(1);
                 tx.send_timeout(ShardCmd::Peers(rtx), CALL_TIMEOUT).ok()?;
                 let _ = waker.wake();
-                Some(rrx)
+                Some((i, rrx))
             })
             .collect();
-        for rx in replies {
-            if let Ok(v) = rx.recv_timeout(CALL_TIMEOUT) {
-                all.extend(v);
+        let deadline = Instant::now() + CALL_TIMEOUT;
+        for (i, rx) in replies {
+            // a shard that ended (the engine failed) answers nothing
+            let gone = || {
+                Instant::now() >= deadline
+                    || self.shard_threads.get(i).is_none_or(|h| h.is_finished())
+            };
+            loop {
+                match rx.recv_timeout(CALL_SLICE) {
+                    Ok(v) => {
+                        all.extend(v);
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout) if !gone() => {}
+                    Err(_) => break,
+                }
             }
         }
         all.sort_by_key(|p| p.id);
@@ -811,7 +871,15 @@ impl Driver {
                     self.command_shard(s, ShardCmd::Dial(addr));
                 }
                 Output::Write { batch, ack: None } => {
-                    if self.writer.submit_then(batch, Box::new(|_| {})).is_err() {
+                    // nobody waits on it, but a failure is still fatal: the store would no
+                    // longer hold what the core believes it holds
+                    let tx = self.acks.0.clone();
+                    let cb = Box::new(move |r: StoreResult<u64>| {
+                        if r.is_err() {
+                            let _ = tx.send((0, r));
+                        }
+                    });
+                    if self.writer.submit_then(batch, cb).is_err() {
                         self.fatal = Some("the store writer is gone".into());
                     }
                 }

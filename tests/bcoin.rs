@@ -451,11 +451,13 @@ fn assert_same_chain(
     let tip: bsn::wire::Hash256 = bcoin.best_hash().parse().expect("hex hash");
     watch.until(
         timeout,
-        "the engine has bcoin's tip and every block",
-        |_| {
+        "the engine has bcoin's tip and every block, and raised BlockConnected for each",
+        |w| {
             let (best, h) = engine.best_header().unwrap();
+            // the store holds a block before its event reaches the embedder: both are awaited
             (best == tip
                 && h == height
+                && w.connected.len() >= height as usize
                 && (1..=height).all(|i| {
                     engine
                         .header(bsn::HeaderRef::Height(i))

@@ -271,3 +271,68 @@ fn every_map_is_empty_again_after_many_connections_and_requests() {
     wait_empty(&a, "after outbound connections");
     a.stop();
 }
+
+/// A store whose writes start failing when told to.
+struct FailingStore {
+    inner: bsn::store::memory::MemoryStore,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl bsn::store::Store for FailingStore {
+    fn with_value(
+        &self,
+        t: bsn::store::Table,
+        k: &[u8],
+        f: &mut dyn FnMut(Option<&[u8]>),
+    ) -> bsn::store::StoreResult<()> {
+        self.inner.with_value(t, k, f)
+    }
+    fn scan(
+        &self,
+        t: bsn::store::Table,
+        from: &[u8],
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> bsn::store::StoreResult<()> {
+        self.inner.scan(t, from, f)
+    }
+    fn write(&self, b: &bsn::store::Batch) -> bsn::store::StoreResult<()> {
+        if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(bsn::store::StoreError::Backend("disk on fire".into()));
+        }
+        self.inner.write(b)
+    }
+}
+
+#[test]
+fn a_failing_store_stops_the_engine_with_a_fatal_event_and_calls_say_stopped() {
+    let store = std::sync::Arc::new(FailingStore {
+        inner: bsn::store::memory::MemoryStore::new(),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let e = Engine::start_with_store(config(), store.clone()).unwrap();
+    let ev = e.events();
+    let block = regtest_blocks(1).pop().unwrap();
+    assert_eq!(e.submit_block(block).unwrap(), 1);
+    wait_for(&ev, T, "block stored", |x| {
+        matches!(x, Event::BlockConnected { height: 1, .. }).then_some(())
+    });
+    store.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    // a ban is written to the store: the write fails
+    e.ban("127.9.9.9", Duration::from_secs(60), "test").unwrap();
+    let reason = wait_for(&ev, T, "fatal", |x| match x {
+        Event::Fatal { reason } => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(reason.contains("disk on fire"), "{reason}");
+    let deadline = Instant::now() + T;
+    while e.best_header().is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "calls still answered after a fatal error"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(matches!(e.best_header(), Err(bsn::Error::Stopped)));
+    assert!(e.peers().is_empty());
+    e.stop();
+}

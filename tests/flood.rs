@@ -45,8 +45,11 @@ fn a_flooder_is_limited_and_banned_while_honest_peers_keep_their_latency() {
     h1.handshake(1);
     let mut h2 = ScriptPeer::connect_from(IpAddr::from([127, 0, 12, 2]), addr, REGTEST).unwrap();
     h2.handshake(2);
-    // let the engine's own first pings and protoconf pass
-    std::thread::sleep(Duration::from_millis(100));
+    // the engine's own first ping comes right after the handshake and protoconf: once both
+    // have arrived, the measurement sees only the test's pings
+    for h in [&mut h1, &mut h2] {
+        h.expect(T, |m| matches!(m, Message::Ping(_)));
+    }
     let idle = ping_p50(&mut h1, &mut h2, 100, 1_000);
 
     let flood_src = IpAddr::from([127, 0, 11, 1]);

@@ -53,8 +53,15 @@ fn a_new_block_reaches_a_ring_of_five_and_each_downloads_it_once() {
         });
         assert_eq!(e.best_header().unwrap(), (hash, 1), "engine {i}");
     }
-    // let any duplicate downloads land before counting
-    std::thread::sleep(Duration::from_millis(300));
+    // every engine has the block, so none asks for it again: once no block request is in
+    // flight anywhere, no duplicate can still arrive and the counts are final
+    for (e, _) in &engines {
+        let deadline = Instant::now() + T;
+        while e.core_counts().unwrap().blocks_in_flight > 0 {
+            assert!(Instant::now() < deadline, "block requests still in flight");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     for (i, (e, _)) in engines.iter().enumerate() {
         let want = if i == 0 { 0 } else { 1 };
         assert_eq!(
@@ -119,7 +126,7 @@ fn a_transaction_reaches_a_ring_of_five_exactly_once_each_after_each_embedder_ac
     for (i, ev) in events.into_iter().enumerate() {
         let (e, stop, n) = (engines[i].clone(), stop.clone(), counts[i].clone());
         threads.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) || !ev.is_empty() {
                 if let Ok(Event::TxReceived { tx, .. }) = ev.recv_timeout(Duration::from_millis(20))
                 {
                     if tx.txid() == txid {
@@ -143,8 +150,19 @@ fn a_transaction_reaches_a_ring_of_five_exactly_once_each_after_each_embedder_ac
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // give echoes and duplicates time to show up, then count
-    std::thread::sleep(Duration::from_millis(500));
+    // every engine has the transaction, so none asks for it again: once no transaction
+    // request is unanswered anywhere, nothing more can arrive and the counts are final (the
+    // events of answered requests are in the channels, which the threads drain before ending)
+    for e in &engines {
+        let deadline = Instant::now() + T;
+        while e.core_counts().unwrap().tx[1] > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "transaction requests still unanswered"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
@@ -210,11 +228,21 @@ fn a_rejected_transaction_is_not_relayed_and_its_source_is_told_and_scored() {
     );
     assert_eq!(&r.data[..], &txid.0);
     assert!(b.ban_score("127.0.0.1".parse().unwrap()) >= 10);
-    // c never hears of it
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(!cev
-        .try_iter()
-        .any(|e| matches!(e, Event::TxReceived { .. })));
+    // c never hears of it: a second transaction, accepted by b, is relayed to c over the same
+    // path after the rejection, and it is the first c is handed
+    let tx2 = sample_tx(10);
+    let txid2 = tx2.txid();
+    a.submit_tx(tx2).unwrap();
+    wait_for(&bev, T, "b handed the second tx", |e| match e {
+        Event::TxReceived { tx, .. } if tx.txid() == txid2 => Some(()),
+        _ => None,
+    });
+    assert!(b.accept_tx(&txid2));
+    let first = wait_for(&cev, T, "c handed a tx", |e| match e {
+        Event::TxReceived { tx, .. } => Some(tx.txid()),
+        _ => None,
+    });
+    assert_eq!(first, txid2, "c was handed the rejected transaction");
     for e in [c, b, a] {
         e.stop();
     }

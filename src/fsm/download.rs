@@ -414,7 +414,6 @@ impl BlockDownload {
         self.ready_height() >= chain.height()
     }
 
-    #[cfg(test)]
     /// Requests in flight, all peers.
     pub fn in_flight_len(&self) -> usize {
         self.in_flight.len()

@@ -206,6 +206,8 @@ pub struct CoreCounts {
     pub dialing: usize,
     /// Blocks the embedder asked for and has not received.
     pub embedder_blocks: usize,
+    /// Block requests in flight (the download's).
+    pub blocks_in_flight: usize,
     /// Downloaded blocks waiting for their turn.
     pub block_buffer: usize,
     /// Blocks written, waiting for their commit.
@@ -1029,6 +1031,7 @@ impl NodeCore {
             outbound: self.outbound,
             dialing: self.dialing.len(),
             embedder_blocks: self.embedder_blocks.len(),
+            blocks_in_flight: self.blocks.as_ref().map_or(0, |d| d.in_flight_len()),
             block_buffer: self.buffer.len(),
             unconfirmed: self.unconfirmed.len(),
             pending_commits: self.commits.len(),
