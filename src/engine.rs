@@ -795,7 +795,9 @@ impl Driver {
             if i == i_cmd {
                 match op.recv(&self.cmds) {
                     Ok(CoreCmd::Call(f)) => {
-                        let done = f(&mut self.core, Instant::now());
+                        let now = Instant::now();
+                        self.core.settle(now);
+                        let done = f(&mut self.core, now);
                         self.carry_out();
                         done();
                     }
@@ -821,7 +823,7 @@ impl Driver {
                         self.core.handle_peer(input, now);
                         // take what else is waiting, up to a batch, before the outputs go out
                         for _ in 1..BATCH {
-                            if self.core.outputs_len() > 4 * BATCH {
+                            if self.core.outputs_len() > 4 * BATCH || self.core.has_deferred() {
                                 break;
                             }
                             match self.peers.try_recv() {

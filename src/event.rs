@@ -1,5 +1,5 @@
 //! What the engine tells the embedder ([`Event`]) and what it knows of a connection
-//! ([`PeerInfo`]). Events are raised by the node core (see [`crate::node`]) and delivered in
+//! ([`PeerInfo`]). Events are raised by the node core and delivered in
 //! order, none dropped: when the embedder does not keep up, the engine stops reading peers.
 
 use crate::fsm::bans::{BanReason, Subnet};

@@ -1,11 +1,11 @@
-//! A deterministic network simulator: many node cores ([`crate::node`]) in one thread, on a
+//! A deterministic network simulator: many node cores (the engine's own) in one thread, on a
 //! virtual clock, joined by in-memory links with no sockets and no threads. Each end of a link
 //! runs the same per-connection state machine the shards run (framing, checksums, handshake,
 //! keepalive, rate limits), so what crosses a link is real wire bytes. Stores are in memory;
 //! commits are acknowledged after a virtual delay.
 //!
 //! Everything is decided by the seed: two runs with the same seed and the same calls produce
-//! the same [`SimNet::trace`], byte for byte.
+//! the same [`SimNet::trace_lines`], byte for byte.
 //!
 //! ```
 //! use bsn::sim::SimNet;
@@ -622,10 +622,13 @@ impl SimNet {
     }
 
     fn core(&mut self, node: NodeId) -> &mut NodeCore {
-        self.nodes[node]
+        let now = self.instant();
+        let core = self.nodes[node]
             .core
             .as_mut()
-            .expect("a node core, not a scripted peer")
+            .expect("a node core, not a scripted peer");
+        core.settle(now);
+        core
     }
 
     /// The best header's hash and height of a node.

@@ -158,7 +158,7 @@ impl AddrInfo {
         })
     }
 
-    /// Unix time from which [`AddrBook::select`] may pick it again: the last attempt plus
+    /// Unix time from which the address book may pick it again: the last attempt plus
     /// 60 s * 2^(attempts-1), at most an hour; 0 when not attempted since the last success.
     pub fn retry_at(&self) -> u64 {
         if self.attempts == 0 {
@@ -168,7 +168,7 @@ impl AddrInfo {
         self.last_attempt.saturating_add(delay)
     }
 
-    /// Whether it has failed [`NEW_RETRIES`] times or more since its last success.
+    /// Whether it has failed `NEW_RETRIES` (3) times or more since its last success.
     pub fn is_failing(&self) -> bool {
         self.failures >= NEW_RETRIES
     }

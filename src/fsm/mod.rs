@@ -153,3 +153,48 @@ impl DisconnectReason {
         }
     }
 }
+
+/// Why a message to a peer was not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No connection has this id (never had, or it is gone).
+    NoSuchPeer(PeerId),
+    /// The connection has not finished its handshake.
+    NotReady(PeerId),
+    /// The payload is larger than the peer accepts (its `protoconf`), or needs `extmsg`, which
+    /// the peer does not speak.
+    TooLarge {
+        /// The message's command.
+        command: String,
+        /// Payload bytes.
+        len: u64,
+        /// What the peer accepts.
+        limit: u64,
+    },
+    /// The engine has stopped.
+    Stopped,
+    /// The connection's event loop did not take the message in time.
+    Timeout,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SendError::NoSuchPeer(id) => write!(f, "no peer {id}"),
+            SendError::NotReady(id) => write!(f, "peer {id} has not finished its handshake"),
+            SendError::TooLarge {
+                command,
+                len,
+                limit,
+            } => write!(
+                f,
+                "{command} payload of {len} bytes exceeds the peer's limit of {limit}"
+            ),
+            SendError::Stopped => f.write_str("engine is stopped"),
+            SendError::Timeout => f.write_str("the peer's event loop did not answer in time"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {}

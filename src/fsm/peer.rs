@@ -55,18 +55,7 @@ pub enum PeerOutput {
     Misbehaved(BanReason, String),
 }
 
-/// Counters for one command.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CommandStats {
-    /// Messages received.
-    pub msgs_in: u64,
-    /// Bytes received (frames, headers included).
-    pub bytes_in: u64,
-    /// Messages sent.
-    pub msgs_out: u64,
-    /// Bytes sent (frames, headers included).
-    pub bytes_out: u64,
-}
+pub use crate::store::records::CommandStats;
 
 /// Counters for one connection, per command.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -237,20 +226,20 @@ impl PeerProtocol {
     }
 
     /// Whether a message fits what the peer accepts.
-    pub fn check_send(&self, msg: &Message) -> Result<(), crate::error::SendError> {
+    pub fn check_send(&self, msg: &Message) -> Result<(), super::SendError> {
         let len = msg.payload_len() as u64;
         // (a stored block is served as its raw bytes under the block command)
         let is_block = msg.command() == crate::wire::message::commands::BLOCK;
         let limit = self.their_max_payload.max(LEGACY_MAX_PAYLOAD);
         if !is_block && len > limit {
-            return Err(crate::error::SendError::TooLarge {
+            return Err(super::SendError::TooLarge {
                 command: msg.command().to_string(),
                 len,
                 limit,
             });
         }
         if len >= u32::MAX as u64 && !self.accepts_extended() {
-            return Err(crate::error::SendError::TooLarge {
+            return Err(super::SendError::TooLarge {
                 command: msg.command().to_string(),
                 len,
                 limit: u32::MAX as u64 - 1,

@@ -254,36 +254,12 @@ impl NodeCore {
                     let left = known.saturating_sub(self.chain.tree().height()) as usize;
                     self.sync_actions(vec![a], now);
                     self.chain.reserve(left.min(MAX_RESERVE));
+                    // The request must leave before the validation: the batch waits for the
+                    // driver to carry the outputs out (see `NodeCore::poll_timeout`).
+                    self.deferred = Some((id, headers));
+                    return None;
                 }
-                let u = self.insert_headers(&headers, now);
-                let outcome = match &u.error {
-                    Some((i, e)) => Err((*i, e.clone())),
-                    None => Ok(()),
-                };
-                let a = self
-                    .sync
-                    .headers_received(id, &headers, outcome, self.chain.tree(), now);
-                // The sender has at least the last header it sent: it may be asked for blocks
-                // up to there (its start height from the handshake is out of date by now).
-                let sender_height = headers
-                    .last()
-                    .and_then(|h| self.chain.tree().get(&h.hash()))
-                    .map(|e| e.height);
-                if let Some(r) = &u.reorg {
-                    self.emit(Event::Reorg(Box::new(r.clone())));
-                }
-                let mut d = Vec::new();
-                if let Some(dl) = self.blocks.as_mut() {
-                    if let Some(h) = sender_height {
-                        dl.raise_peer_height(id, h);
-                    }
-                    if let Some(r) = &u.reorg {
-                        d.extend(dl.reorg(r.fork_point.height));
-                    }
-                    d.extend(dl.tick(now, self.chain.tree()));
-                }
-                self.download_actions(d, now);
-                self.sync_actions(a, now);
+                self.validate_headers(id, headers, now);
                 None
             }
             Message::SendHeaders => {
@@ -353,6 +329,39 @@ impl NodeCore {
             }
             other => Some(other),
         }
+    }
+
+    /// Validates and stores a batch of headers from `id` and acts on the outcome.
+    pub(super) fn validate_headers(&mut self, id: PeerId, headers: Vec<BlockHeader>, now: Instant) {
+        let u = self.insert_headers(&headers, now);
+        let outcome = match &u.error {
+            Some((i, e)) => Err((*i, e.clone())),
+            None => Ok(()),
+        };
+        let a = self
+            .sync
+            .headers_received(id, &headers, outcome, self.chain.tree(), now);
+        // The sender has at least the last header it sent: it may be asked for blocks up to
+        // there (its start height from the handshake is out of date by now).
+        let sender_height = headers
+            .last()
+            .and_then(|h| self.chain.tree().get(&h.hash()))
+            .map(|e| e.height);
+        if let Some(r) = &u.reorg {
+            self.emit(Event::Reorg(Box::new(r.clone())));
+        }
+        let mut d = Vec::new();
+        if let Some(dl) = self.blocks.as_mut() {
+            if let Some(h) = sender_height {
+                dl.raise_peer_height(id, h);
+            }
+            if let Some(r) = &u.reorg {
+                d.extend(dl.reorg(r.fork_point.height));
+            }
+            d.extend(dl.tick(now, self.chain.tree()));
+        }
+        self.download_actions(d, now);
+        self.sync_actions(a, now);
     }
 
     /// Whether we hold a block (committed, or written and waiting for its commit).

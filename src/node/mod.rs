@@ -258,6 +258,9 @@ pub(crate) struct NodeCore {
     next_tx_flush: Instant,
     next_persist: Instant,
     height: u32,
+    /// A batch of headers whose validation waits until the request for the next batch has gone
+    /// out (the driver carries out outputs between inputs).
+    deferred: Option<(PeerId, Vec<crate::wire::BlockHeader>)>,
 }
 
 /// How often sync, download, discovery and static re-dials are looked at.
@@ -367,6 +370,7 @@ impl NodeCore {
             base: (now, unix_now),
             next_sync_tick: now,
             height,
+            deferred: None,
         })
     }
 
@@ -380,11 +384,28 @@ impl NodeCore {
         self.out.len()
     }
 
-    /// When the core next needs [`NodeCore::handle_timeout`].
+    /// When the core next needs [`NodeCore::handle_timeout`]: at once (the base instant) when
+    /// work was put off until the outputs so far are carried out.
     pub(crate) fn poll_timeout(&self) -> Instant {
+        if self.deferred.is_some() {
+            return self.base.0;
+        }
         self.next_sync_tick
             .min(self.next_tx_flush)
             .min(self.next_persist)
+    }
+
+    /// Whether work waits for the outputs so far to be carried out (drivers then carry them out
+    /// before the next input, and call [`NodeCore::handle_timeout`]).
+    pub(crate) fn has_deferred(&self) -> bool {
+        self.deferred.is_some()
+    }
+
+    /// Does the work put off (inputs and calls do it first, so order is kept).
+    pub(crate) fn settle(&mut self, now: Instant) {
+        if let Some((id, headers)) = self.deferred.take() {
+            self.validate_headers(id, headers, now);
+        }
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -434,6 +455,7 @@ impl NodeCore {
 
     /// An input about a connection.
     pub(crate) fn handle_peer(&mut self, input: PeerInput, now: Instant) {
+        self.settle(now);
         match input {
             PeerInput::Connection {
                 id,
@@ -943,6 +965,7 @@ impl NodeCore {
     /// A store commit was acknowledged: everything written with an ack up to `ack` is
     /// committed. Blocks waiting on it are raised and announced.
     pub(crate) fn handle_committed(&mut self, ack: u64, now: Instant) {
+        self.settle(now);
         while self.commits.front().is_some_and(|c| c.ack <= ack) {
             let c = self.commits.pop_front().expect("front exists");
             for h in &c.held {
@@ -966,6 +989,7 @@ impl NodeCore {
     /// Timers: sync and download deadlines, static re-dials, the outbound target, transaction
     /// announcements, ban expiry, saving the registry and the address book.
     pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        self.settle(now);
         if now >= self.next_tx_flush {
             self.tx_flush(now);
             self.next_tx_flush = now + self.config.tx_announce_interval;

@@ -2,10 +2,22 @@
 //! typed reads and writes the engine uses on top of any [`Store`].
 
 use super::{Batch, Store, StoreError, StoreResult, Table};
-use crate::fsm::peer::CommandStats;
 use crate::wire::{Command, Hash256};
 use bytes::{BufMut, Bytes, BytesMut};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+/// Counters for one command.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommandStats {
+    /// Messages received.
+    pub msgs_in: u64,
+    /// Bytes received (frames, headers included).
+    pub bytes_in: u64,
+    /// Messages sent.
+    pub msgs_out: u64,
+    /// Bytes sent (frames, headers included).
+    pub bytes_out: u64,
+}
 
 /// What we think of a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
