@@ -369,31 +369,21 @@ impl Engine {
         }
     }
 
-    /// Checks that `id` is ready and tells the core of the message (blocks the embedder asks
-    /// for with its own `getdata` are handed to it when they come, as [`Event::Message`], and
-    /// their senders are not scored for unrequested data).
+    /// The shard of `id`; a block `getdata` is first noted by the core (blocks the embedder
+    /// asks for with its own `getdata` are handed to it when they come, as [`Event::Message`],
+    /// and their senders are not scored for unrequested data). Whether the peer exists and is
+    /// ready, the shard that owns it answers.
     fn check_send(&self, id: PeerId, msg: &Message) -> Result<usize, SendError> {
         let shard = shard_of(id);
         if shard >= self.shards.len() {
             return Err(SendError::NoSuchPeer(id));
         }
-        let m = match msg {
-            Message::GetData(_) => Some(msg.clone()),
-            _ => None,
-        };
-        let state = self
-            .call(move |core, now| {
-                if let Some(m) = &m {
-                    core.note_embedder_send(id, m, now);
-                }
-                (core.has_peer(id), core.is_ready(id))
-            })
-            .map_err(|_| SendError::Stopped)?;
-        match state {
-            (false, _) => Err(SendError::NoSuchPeer(id)),
-            (true, false) => Err(SendError::NotReady(id)),
-            (true, true) => Ok(shard),
+        if let Message::GetData(_) = msg {
+            let m = msg.clone();
+            self.call(move |core, now| core.note_embedder_send(id, &m, now))
+                .map_err(|_| SendError::Stopped)?;
         }
+        Ok(shard)
     }
 
     fn command_shard(&self, shard: usize, cmd: ShardCmd) -> Result<(), SendError> {

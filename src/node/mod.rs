@@ -891,16 +891,6 @@ impl NodeCore {
         self.registry.stats(a).cloned()
     }
 
-    /// Whether `id` is a connection that finished its handshake.
-    pub(crate) fn is_ready(&self, id: PeerId) -> bool {
-        self.peers.get(&id).is_some_and(|p| p.ready)
-    }
-
-    /// Whether `id` is a live connection (ready or not).
-    pub(crate) fn has_peer(&self, id: PeerId) -> bool {
-        self.peers.contains_key(&id)
-    }
-
     /// The embedder closes a connection.
     pub(crate) fn disconnect(&mut self, id: PeerId) -> bool {
         if !self.peers.contains_key(&id) {
@@ -914,6 +904,9 @@ impl NodeCore {
     /// The embedder sends a message itself: its block requests are remembered, so the blocks
     /// reach it and their senders are not scored.
     pub(crate) fn note_embedder_send(&mut self, id: PeerId, msg: &Message, now: Instant) {
+        if !self.peers.contains_key(&id) {
+            return; // the send will fail: nothing to wait for
+        }
         if let Message::GetData(items) = msg {
             for i in items.iter().filter(|i| {
                 i.kind == crate::wire::InvType::BLOCK
