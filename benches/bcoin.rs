@@ -14,11 +14,14 @@
 #[path = "../tests/bcoin_support/mod.rs"]
 mod bcoin_support;
 
+#[path = "../tests/common/random.rs"]
+mod random;
 use bcoin_support::{regtest_params, Bcoin, BCOIN_REGTEST_MAGIC};
 use bsn::wire::frame::{encode_message, FrameDecoder};
 use bsn::wire::{Message, NetAddr, VersionMessage};
 use bsn::{Config, Engine, Event};
 use bytes::{Bytes, BytesMut};
+use random::random_u64;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -248,17 +251,4 @@ fn main() {
         b99 / s99
     );
     server.stop();
-}
-
-/// A random number for nonces (not for cryptography).
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }

@@ -49,6 +49,8 @@
 //! flight and the cores half idle; pipelining the requests, `MDB_APPEND`, reserving the tree and
 //! a set for the per-peer block filter brought it to ~0.9-1.0 M/s, now CPU-bound on 2 cores.
 
+#[path = "../tests/common/random.rs"]
+mod random;
 use bsn::store::chain::{stored_tip, ChainDb};
 use bsn::store::lmdb::{LmdbOptions, LmdbStore};
 use bsn::store::writer::StoreWriter;
@@ -62,6 +64,7 @@ use bsn::TxPolicy;
 use bsn::{Config, Engine, Event, Network};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
+use random::random_u64;
 use std::collections::{HashMap, VecDeque};
 use std::io::{IoSlice, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
@@ -1599,17 +1602,4 @@ fn main() {
         t.elapsed().as_secs_f64(),
         load()
     );
-}
-
-/// A random number for nonces (not for cryptography).
-fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }

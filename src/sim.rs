@@ -84,6 +84,27 @@ struct SimNode {
     height: u32,
 }
 
+impl SimNode {
+    fn new(
+        core: Option<NodeCore>,
+        store: Arc<MemoryStore>,
+        addr: SocketAddr,
+        config: Config,
+    ) -> SimNode {
+        SimNode {
+            core,
+            store,
+            addr,
+            settings: config.peer_settings(),
+            config,
+            conns: BTreeMap::new(),
+            events: Vec::new(),
+            received: Vec::new(),
+            height: 0,
+        }
+    }
+}
+
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 enum Item {
     Bytes {
@@ -179,17 +200,8 @@ impl SimNet {
             seed,
         )
         .expect("a new in-memory store always loads");
-        self.nodes.push(SimNode {
-            core: Some(core),
-            store,
-            addr,
-            settings: config.peer_settings(),
-            config,
-            conns: BTreeMap::new(),
-            events: Vec::new(),
-            received: Vec::new(),
-            height: 0,
-        });
+        self.nodes
+            .push(SimNode::new(Some(core), store, addr, config));
         i
     }
 
@@ -198,17 +210,8 @@ impl SimNet {
     pub fn add_script(&mut self, config: Config) -> NodeId {
         let i = self.nodes.len();
         let addr = Self::node_addr(i);
-        self.nodes.push(SimNode {
-            core: None,
-            store: Arc::new(MemoryStore::new()),
-            addr,
-            settings: config.peer_settings(),
-            config,
-            conns: BTreeMap::new(),
-            events: Vec::new(),
-            received: Vec::new(),
-            height: 0,
-        });
+        let store = Arc::new(MemoryStore::new());
+        self.nodes.push(SimNode::new(None, store, addr, config));
         i
     }
 

@@ -12,6 +12,8 @@
 mod bcoin_support;
 mod common;
 
+use common::random_u64;
+
 use bcoin_support::{regtest_params, Bcoin, Json};
 use bsn::wire::{InvType, Message};
 use bsn::{Config, Direction, Engine, Event, PeerInfo};
@@ -715,7 +717,7 @@ struct Gossiper {
 impl Gossiper {
     fn connect(addr: SocketAddr) -> Gossiper {
         let mut peer = common::ScriptPeer::connect(addr, bcoin_support::BCOIN_REGTEST_MAGIC);
-        peer.handshake(crate::common::random_u64());
+        peer.handshake(random_u64());
         let (tx, rx) = crossbeam_channel::unbounded::<Message>();
         let thread = std::thread::spawn(move || loop {
             match rx.try_recv() {

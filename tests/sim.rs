@@ -5,7 +5,7 @@
 mod common;
 
 use bsn::sim::SimNet;
-use bsn::wire::{Block, BlockHeader, Hash256, Message, OutPoint, Transaction};
+use bsn::wire::{Block, Hash256, Message, OutPoint, Transaction};
 use bsn::{Config, Event, Network, TxPolicy};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -31,35 +31,6 @@ fn tx(n: u32) -> Transaction {
         &[(1000, b"\x51")],
         0,
     )
-}
-
-/// A block on `prev` with real regtest proof of work.
-fn next_block(prev: &BlockHeader, tag: u32) -> Block {
-    let cb = Transaction::build(
-        1,
-        &[(
-            OutPoint {
-                txid: Hash256::ZERO,
-                vout: u32::MAX,
-            },
-            &tag.to_le_bytes(),
-            u32::MAX,
-        )],
-        &[(50, b"\x51")],
-        0,
-    );
-    let mut h = BlockHeader {
-        version: 4,
-        prev_hash: prev.hash(),
-        merkle_root: cb.txid(),
-        time: prev.time + 1,
-        bits: 0x207fffff,
-        nonce: 0,
-    };
-    while !h.meets_own_target() {
-        h.nonce += 1;
-    }
-    Block::new(h, vec![cb])
 }
 
 struct Outcome {
@@ -110,7 +81,7 @@ fn scenario(seed: u64, chain: &[Block]) -> Outcome {
         assert_eq!(net.blocks_height(x), Some(2000));
     }
     // A new block on A reaches C through B.
-    let new = next_block(&chain[1999].header, 9_999);
+    let new = common::next_block(&chain[1999].header, 9_999);
     let new_hash = new.hash();
     assert_eq!(net.submit_block(a, new), Ok(2001));
     assert!(
@@ -137,7 +108,7 @@ fn scenario(seed: u64, chain: &[Block]) -> Outcome {
     // A liar joins C and sends a header with no proof of work: scored and banned.
     net.connect(liar, c);
     assert!(net.run_until(Duration::from_secs(10), |n| n.ready_peers(liar) == 1));
-    let mut bad = next_block(&chain[1999].header, 1).header;
+    let mut bad = common::next_block(&chain[1999].header, 1).header;
     while bad.meets_own_target() {
         bad.nonce += 1;
     }

@@ -615,8 +615,11 @@ fn sweep_stale_dirs() {
 
 fn launch(entry: &Path, extra: &[String]) -> Result<Bcoin, Launch> {
     sweep_stale_dirs();
-    let dir =
-        std::env::temp_dir().join(format!("bsn-bcoin-{}-{:016x}", std::process::id(), nonce()));
+    let dir = std::env::temp_dir().join(format!(
+        "bsn-bcoin-{}-{:016x}",
+        std::process::id(),
+        crate::random_u64()
+    ));
     fs::create_dir_all(&dir).expect("create bcoin's temporary directory");
     let watchdog = dir.join("watchdog.js");
     fs::write(&watchdog, WATCHDOG_JS).expect("write watchdog.js");
@@ -625,7 +628,7 @@ fn launch(entry: &Path, extra: &[String]) -> Result<Bcoin, Launch> {
     let err = out.try_clone().expect("clone the log handle");
     let ports = free_ports(3);
     let (p2p_port, http_port, wallet_port) = (ports[0], ports[1], ports[2]);
-    let api_key = format!("bsn{:016x}", nonce());
+    let api_key = format!("bsn{:016x}", crate::random_u64());
     let mut cmd = Command::new("node");
     cmd.arg("--require")
         .arg(&watchdog)
@@ -1093,17 +1096,4 @@ fn json_and_base64_helpers() {
     assert_eq!(base64(b"x:k"), "eDpr");
     assert_eq!(base64(b"x:ke"), "eDprZQ==");
     assert_eq!(base64(b"x:key"), "eDprZXk=");
-}
-
-/// A random number for nonces and keys (not for cryptography).
-fn nonce() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }

@@ -11,6 +11,10 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+#[path = "random.rs"]
+mod random;
+pub use random::random_u64;
+
 pub const REGTEST: Magic = Magic([0xda, 0xb5, 0xbf, 0xfa]);
 
 /// A loopback config with fast timers and no pinning (tests share the machine).
@@ -245,34 +249,41 @@ pub fn regtest_blocks(n: usize) -> Vec<bsn::wire::Block> {
     let mut prev = bsn::Network::Regtest.params().genesis;
     let mut out = Vec::new();
     for i in 0..n as u32 {
-        let cb = bsn::wire::Transaction::build(
-            1,
-            &[(
-                bsn::wire::OutPoint {
-                    txid: bsn::wire::Hash256::ZERO,
-                    vout: u32::MAX,
-                },
-                &i.to_le_bytes(),
-                u32::MAX,
-            )],
-            &[(50, b"\x51")],
-            0,
-        );
-        let mut h = bsn::wire::BlockHeader {
-            version: 4,
-            prev_hash: prev.hash(),
-            merkle_root: cb.txid(),
-            time: prev.time + 1,
-            bits: 0x207fffff,
-            nonce: 0,
-        };
-        while !h.meets_own_target() {
-            h.nonce += 1;
-        }
-        prev = h;
-        out.push(bsn::wire::Block::new(h, vec![cb]));
+        let b = next_block(&prev, i);
+        prev = b.header;
+        out.push(b);
     }
     out
+}
+
+/// A coinbase-only regtest block on `prev` (its coinbase script holds `tag`), with real proof of
+/// work.
+pub fn next_block(prev: &bsn::wire::BlockHeader, tag: u32) -> bsn::wire::Block {
+    let cb = bsn::wire::Transaction::build(
+        1,
+        &[(
+            bsn::wire::OutPoint {
+                txid: bsn::wire::Hash256::ZERO,
+                vout: u32::MAX,
+            },
+            &tag.to_le_bytes(),
+            u32::MAX,
+        )],
+        &[(50, b"\x51")],
+        0,
+    );
+    let mut h = bsn::wire::BlockHeader {
+        version: 4,
+        prev_hash: prev.hash(),
+        merkle_root: cb.txid(),
+        time: prev.time + 1,
+        bits: 0x207fffff,
+        nonce: 0,
+    };
+    while !h.meets_own_target() {
+        h.nonce += 1;
+    }
+    bsn::wire::Block::new(h, vec![cb])
 }
 
 /// Writes blocks as a block file (records of disk magic, length, block).
@@ -284,17 +295,4 @@ pub fn write_blk(path: &std::path::Path, magic: Magic, blocks: &[&[u8]]) {
         f.extend_from_slice(b);
     }
     std::fs::write(path, f).unwrap();
-}
-
-/// A random number for nonces (not for cryptography).
-pub fn random_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
 }
