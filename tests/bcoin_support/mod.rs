@@ -709,7 +709,7 @@ fn launch(entry: &Path, extra: &[String]) -> Result<Bcoin, Launch> {
 
 /// One HTTP/1.0 request with basic auth (user `x`, password the API key); returns the status
 /// code and the body.
-fn http(
+pub fn http(
     port: u16,
     method: &str,
     path: &str,

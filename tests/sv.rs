@@ -1,0 +1,248 @@
+//! Interoperability with the Bitcoin SV node v1.2.2 (`../shared/sv-node`), the reference bsn
+//! must match: handshakes both ways with its BSV messages tolerated, a 2,500-block chain synced
+//! from it headers-first and by it from bsn, a block carried from one SV node to another through
+//! bsn alone. After every test the SV node's `getpeerinfo` shows bsn with ban score 0, its log
+//! holds nothing against bsn, and bsn holds nothing against it.
+
+mod bcoin_support;
+mod common;
+mod sv_support;
+
+#[allow(unused_imports)] // bcoin_support (for its JSON-RPC helpers) calls it
+use common::random_u64;
+
+use bsn::{Config, Direction, Engine, Event, HeaderRef};
+use common::wait_for;
+use crossbeam_channel::Receiver;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+use sv_support::SvNode;
+
+const T: Duration = Duration::from_secs(60);
+
+fn config() -> Config {
+    let mut c = common::config();
+    c.tx_announce_interval = Duration::from_millis(50);
+    c
+}
+
+fn loopback() -> IpAddr {
+    IpAddr::from([127, 0, 0, 1])
+}
+
+/// Nobody holds anything against anybody: the SV node's view of every bsn connection and its
+/// log, and bsn's ban score of the SV node's address.
+fn assert_peace(sv: &SvNode, engine: &Engine, bsn_peers: usize) {
+    let ua = engine.config().user_agent.clone();
+    let peers = sv.peers();
+    let ours: Vec<_> = peers
+        .iter()
+        .filter(|p| p["subver"].as_str() == Some(ua.as_str()))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        bsn_peers,
+        "bsn connections on the SV node: {peers:?}"
+    );
+    for p in ours {
+        assert_eq!(p["banscore"].as_i64(), Some(0), "SV node scored bsn: {p}");
+    }
+    let complaints = sv.complaints();
+    assert!(complaints.is_empty(), "SV node log: {complaints:#?}");
+    assert_eq!(engine.ban_score(loopback()), 0, "bsn scored the SV node");
+    assert!(engine.bans().is_empty(), "bsn banned: {:?}", engine.bans());
+}
+
+fn connected_sv(ev: &Receiver<Event>, direction: Direction) -> bsn::PeerInfo {
+    wait_for(ev, T, "the SV node connected", |e| match e {
+        Event::PeerConnected(p) if p.direction == direction => Some((**p).clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn bsn_and_the_sv_node_handshake_both_ways_and_keep_the_peace() {
+    let Some(sv) = SvNode::start(&[]) else { return };
+    let engine = Engine::start(config()).unwrap();
+    let ev = engine.events();
+    // bsn dials the SV node
+    engine.connect(sv.p2p_addr()).unwrap();
+    let out = connected_sv(&ev, Direction::Outbound);
+    assert!(out.user_agent.contains("Bitcoin SV"), "{}", out.user_agent);
+    assert_eq!(out.version, 70016);
+    // the SV node dials bsn
+    let me = engine.local_addr().unwrap();
+    sv.rpc("addnode", &format!("[\"{me}\",\"onetry\"]"));
+    let inbound = connected_sv(&ev, Direction::Inbound);
+    assert!(inbound.user_agent.contains("Bitcoin SV"));
+    // Both connections carry traffic both ways: a ping from each side is answered, and the SV
+    // node's protoconf, authch, sendheaders and sendcmpct came without hurting anything.
+    let deadline = Instant::now() + T;
+    loop {
+        let peers = engine.peers();
+        let rtts = peers.iter().filter(|p| p.rtt.is_some()).count();
+        let pongs_sent: u64 = peers
+            .iter()
+            .flat_map(|p| p.stats.by_command.iter())
+            .filter(|(c, _)| c.as_str() == "pong")
+            .map(|(_, s)| s.msgs_out)
+            .sum();
+        let sv_pings = sv
+            .peers()
+            .iter()
+            .filter(|p| p["pingtime"].as_f64().is_some())
+            .count();
+        if rtts == 2 && pongs_sent >= 2 && sv_pings >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pings: {rtts} rtts, {pongs_sent} pongs, {sv_pings} on the SV node"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in engine.peers() {
+        assert_eq!(
+            p.their_max_payload,
+            2 * 1024 * 1024,
+            "the SV node's protoconf is honoured"
+        );
+        let got = |cmd: &str| {
+            p.stats
+                .by_command
+                .iter()
+                .any(|(c, s)| c.as_str() == cmd && s.msgs_in > 0)
+        };
+        assert!(got("protoconf") && got("sendheaders"), "{:?}", p.stats);
+    }
+    assert_peace(&sv, &engine, 2);
+    engine.stop();
+}
+
+/// bsn syncs the chain from `sv`, checks every hash against the SV node's, and returns the
+/// events' heights in order.
+fn sync_from(sv: &SvNode, engine: &Engine, ev: &Receiver<Event>, height: u32) {
+    engine.connect(sv.p2p_addr()).unwrap();
+    let mut connected = Vec::new();
+    let mut synced_at = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while connected.len() < height as usize {
+        let e = ev
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or_else(|_| panic!("{} of {height} blocks connected", connected.len()));
+        match e {
+            Event::HeadersSynced { height: h } if synced_at.is_none() => {
+                synced_at = Some((h, connected.len()))
+            }
+            Event::BlockConnected { height, .. } => connected.push(height),
+            Event::PeerDisconnected { addr, reason, .. } => {
+                panic!("{addr} dropped: {reason}")
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        synced_at,
+        Some((height, 0)),
+        "headers first: all headers before any block"
+    );
+    assert_eq!(connected, (1..=height).collect::<Vec<u32>>(), "chain order");
+    let theirs = sv.block_hashes(0..=height);
+    for (h, want) in (0..=height).zip(&theirs) {
+        let (header, at) = engine.header(HeaderRef::Height(h)).expect("header");
+        assert_eq!(
+            (at, header.hash().to_string()),
+            (h, want.clone()),
+            "height {h}"
+        );
+    }
+    let (tip, h) = engine.best_header().unwrap();
+    assert_eq!((tip.to_string(), h), (sv.best_hash(), height));
+}
+
+#[test]
+fn chains_of_2500_blocks_travel_sv_to_bsn_to_sv_and_a_new_block_crosses_bsn_alone() {
+    const HEIGHT: u32 = 2_500;
+    let Some(sv1) = SvNode::start(&[]) else {
+        return;
+    };
+    sv1.mine(HEIGHT);
+    assert_eq!(sv1.height(), HEIGHT);
+    let engine = Engine::start(config()).unwrap();
+    let ev = engine.events();
+    // 1. bsn syncs 2,500 blocks (more than one 2,000-header batch) from the SV node
+    sync_from(&sv1, &engine, &ev, HEIGHT);
+    // every block is stored as the SV node has it
+    for h in [1, 1_000, 2_000, 2_001, HEIGHT] {
+        let want = sv1.rpc(
+            "getblock",
+            &format!("[{},0]", bcoin_support::json_str(&sv1.block_hashes([h])[0])),
+        );
+        let block = engine.block(HeaderRef::Height(h)).unwrap().expect("stored");
+        assert_eq!(
+            hex::encode(block.raw()),
+            want.as_str().unwrap(),
+            "block {h}"
+        );
+    }
+    // 2. an SV node that may talk only to bsn syncs the 2,500 blocks from it
+    let me = engine.local_addr().unwrap();
+    let sv2 =
+        SvNode::start(&[format!("-connect={me}"), "-listen=0".into()]).expect("started above");
+    let want = sv1.best_hash();
+    sv2.until(
+        Duration::from_secs(180),
+        "the second SV node syncs from bsn",
+        |n| (n.height() == HEIGHT && n.best_hash() == want).then_some(()),
+    );
+    assert_eq!(
+        sv2.block_hashes([1_000, 2_001])[..],
+        sv1.block_hashes([1_000, 2_001])[..]
+    );
+    // 3. a block mined on the first SV node reaches the second through bsn alone
+    let new = sv1.mine(1).pop().unwrap();
+    sv2.until(T, "the new block reaches the second SV node", |n| {
+        (n.best_hash() == new).then_some(())
+    });
+    let got = wait_for(&ev, T, "bsn connected the new block", |e| match e {
+        Event::BlockConnected { height, hash } if *height == HEIGHT + 1 => Some(hash.to_string()),
+        _ => None,
+    });
+    assert_eq!(got, new);
+    // the two SV nodes know only bsn
+    for n in [&sv1, &sv2] {
+        assert!(n
+            .peers()
+            .iter()
+            .all(|p| p["subver"].as_str() == Some(engine.config().user_agent.as_str())));
+    }
+    assert_peace(&sv1, &engine, 1);
+    assert_peace(&sv2, &engine, 1);
+    engine.stop();
+}
+
+#[test]
+fn the_complaint_filter_sees_what_the_sv_node_logs_against_a_misbehaving_peer() {
+    // The peace checks above are only as good as this filter. A peer that sends a second
+    // `version` after its handshake is scored (1 point), and one that speaks another network's
+    // magic is dropped: both must show.
+    let Some(sv) = SvNode::start(&[]) else { return };
+    let mut p = common::ScriptPeer::connect(sv.p2p_addr(), common::REGTEST);
+    p.handshake(77);
+    p.send(&bsn::wire::Message::Version(common::version_msg(70016, 78)));
+    let lines = sv.until(T, "the SV node scores the second version", |n| {
+        let c = n.complaints();
+        c.iter()
+            .any(|l| l.to_ascii_lowercase().contains("misbehaving"))
+            .then_some(c)
+    });
+    assert!(lines.iter().any(|l| l.contains("peer=")), "{lines:#?}");
+    let before = sv.complaints().len();
+    let mut s = std::net::TcpStream::connect(sv.p2p_addr()).unwrap();
+    let bcoin_magic = bsn::wire::Magic([0xfa, 0xbf, 0xb5, 0xda]);
+    let frame = bsn::wire::frame::message_to_bytes(bcoin_magic, &bsn::wire::Message::Ping(1));
+    std::io::Write::write_all(&mut s, &frame).unwrap();
+    sv.until(T, "the SV node complains about the wrong magic", |n| {
+        (n.complaints().len() > before).then_some(())
+    });
+}
