@@ -54,6 +54,11 @@ pub struct Config {
     pub tick: Duration,
     /// Bytes queued for one peer before it is dropped as not reading.
     pub max_send_queue: usize,
+    /// Bytes queued for a peer past which its socket is not read until the queue is half empty
+    /// again (as the SV node pauses a peer over its send buffer): answers to a peer that does
+    /// not read cannot pile up, while one that reads is served at full speed. At most
+    /// `max_send_queue` (past which the peer is dropped).
+    pub read_pause_bytes: usize,
     /// Size limits for what we receive.
     pub limits: Limits,
     /// Lowest protocol version accepted.
@@ -168,6 +173,7 @@ impl Config {
             redial_max: Duration::from_secs(60),
             tick: Duration::from_millis(100),
             max_send_queue: 64 * 1024 * 1024,
+            read_pause_bytes: 4 * 1024 * 1024,
             limits: Limits::default(),
             min_version: DEFAULT_MIN_VERSION,
             services: crate::wire::types::NODE_NETWORK,
@@ -215,6 +221,9 @@ impl Config {
         }
         if self.shards > 1024 {
             return e("shards must be at most 1024");
+        }
+        if self.read_pause_bytes == 0 {
+            return e("read_pause_bytes must be at least 1");
         }
         if self.event_high_water == 0 || self.core_queue == 0 {
             return e("event_high_water and core_queue must be at least 1");

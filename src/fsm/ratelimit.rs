@@ -1,5 +1,6 @@
 //! Per-peer rate limits: token buckets for messages and bytes per second, and per command where
-//! it matters (`addr`, `inv`, `ping`, `getaddr`...). Pure: time is passed in.
+//! it matters (`addr`, `inv`, `getaddr`, `getheaders`...). Pure: time is passed in. `ping` and
+//! `pong` count only against the byte rate.
 
 use crate::wire::Command;
 use std::time::{Duration, Instant};
@@ -74,7 +75,6 @@ impl Default for RateSettings {
             per_command: vec![
                 (Command::from_static("addr"), 1.0, 20.0),
                 (Command::from_static("getaddr"), 0.1, 3.0),
-                (Command::from_static("ping"), 100.0, 200.0),
                 (Command::from_static("inv"), 2_000.0, 5_000.0),
                 // A header sync from us asks 2,000 headers a time: 500 a second is a million
                 // headers a second, and the burst covers a whole mainnet chain (~900,000).
@@ -118,8 +118,16 @@ impl RateLimiter {
         frame_len: usize,
     ) -> Result<(), Duration> {
         let mut wait = Duration::ZERO;
-        if let Err(w) = self.msgs.take(now, 1.0) {
-            wait = wait.max(w);
+        // Keepalive is exempt from the message rate: a client that pings, waits for the pong
+        // and pings again (every latency tool) is served at full speed. What a peer that does
+        // not read its pongs can pile up is bounded by the send queue instead: the shard stops
+        // reading a peer whose queue passes `Config::read_pause_bytes`.
+        let keepalive =
+            command == Command::from_static("ping") || command == Command::from_static("pong");
+        if !keepalive {
+            if let Err(w) = self.msgs.take(now, 1.0) {
+                wait = wait.max(w);
+            }
         }
         if let Err(w) = self.bytes.take(now, frame_len as f64) {
             wait = wait.max(w);
@@ -179,5 +187,25 @@ mod tests {
             assert!(l.check(t0, tx, 300).is_ok());
         }
         assert!(l.check(t0 + Duration::from_secs(1), addr, 100).is_ok());
+    }
+
+    #[test]
+    fn pings_are_not_held_to_the_message_rate() {
+        let t0 = Instant::now();
+        let s = RateSettings {
+            msgs_per_sec: 10.0,
+            msg_burst: 10.0,
+            ..RateSettings::default()
+        };
+        let mut l = RateLimiter::new(&s, t0);
+        let ping = Command::from_static("ping");
+        for _ in 0..100_000 {
+            assert!(l.check(t0, ping, 32).is_ok());
+        }
+        let inv = Command::from_static("inv");
+        for _ in 0..10 {
+            assert!(l.check(t0, inv, 61).is_ok());
+        }
+        assert!(l.check(t0, inv, 61).is_err());
     }
 }

@@ -124,6 +124,8 @@ struct Conn {
     reported: u64,
     /// In the `pending` list already.
     pending: bool,
+    /// Not read while its send queue is over `read_pause_bytes`.
+    paused: bool,
 }
 
 /// A shard's event loop.
@@ -453,6 +455,7 @@ impl Shard {
             since: SystemTime::now(),
             reported: 0,
             pending: false,
+            paused: false,
         });
         self.by_id.insert(id, key);
         // The core hears of the connection before anything else about it.
@@ -618,10 +621,32 @@ impl Shard {
         }
     }
 
+    fn read_pause_bytes(&self) -> usize {
+        let cfg = &self.ctx.config;
+        cfg.read_pause_bytes.min(cfg.max_send_queue)
+    }
+
+    /// Whether `key`'s send queue is over the pause mark; if so it is not read until `flush`
+    /// has brought it down to half of it.
+    fn pause_for_send(&mut self, key: usize) -> bool {
+        let limit = self.read_pause_bytes();
+        match self.conns.get_mut(key) {
+            Some(c) if c.queued > limit => {
+                c.paused = true;
+                true
+            }
+            Some(_) => false,
+            None => true,
+        }
+    }
+
     fn read(&mut self, key: usize) {
         let now = Instant::now();
         if self.blocked() {
             return self.defer_read(key);
+        }
+        if self.pause_for_send(key) {
+            return;
         }
         if self.park_if_throttled(key, now) {
             return;
@@ -647,6 +672,9 @@ impl Shard {
                     if self.blocked() {
                         // the core is behind: the rest stays in the socket for now
                         return self.defer_read(key);
+                    }
+                    if self.pause_for_send(key) {
+                        return;
                     }
                     if n < self.scratch.len() {
                         // A short read took everything the socket held; data arriving later
@@ -757,6 +785,7 @@ impl Shard {
     }
 
     fn flush(&mut self, key: usize) -> Result<(), DisconnectReason> {
+        let resume_at = self.read_pause_bytes() / 2;
         let c = self.conns.get_mut(key).expect("flush on a live connection");
         while !c.queue.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
@@ -793,6 +822,10 @@ impl Shard {
         }
         if c.queue.is_empty() && c.queue.capacity() > 16 {
             c.queue = VecDeque::new();
+        }
+        if c.paused && c.queued <= resume_at {
+            c.paused = false;
+            self.defer_read(key);
         }
         Ok(())
     }
