@@ -360,6 +360,7 @@ pub fn summarize_frames(data: &Bytes) -> Result<String, DecodeFileError> {
     let limits = Limits {
         max_payload: u64::MAX,
         max_block_payload: u64::MAX,
+        max_tx_payload: u64::MAX,
         allow_extended: true,
     };
     let mut dec = FrameDecoder::with_limits(magic, limits);

@@ -786,9 +786,10 @@ fn check_events(events: &[Event], limits: &Limits) {
 fn small_limits() -> impl Strategy<Value = Limits> {
     prop_oneof![
         Just(Limits::default()),
-        (0u64..300, 0u64..600, any::<bool>()).prop_map(|(p, b, e)| Limits {
+        (0u64..300, 0u64..600, 0u64..600, any::<bool>()).prop_map(|(p, b, t, e)| Limits {
             max_payload: p,
             max_block_payload: b,
+            max_tx_payload: t,
             allow_extended: e,
         }),
     ]
@@ -1821,7 +1822,9 @@ fn undecoded_commands_are_kept() {
     );
     assert_eq!(limits.limit_for(commands::BLOCK), DEFAULT_MAX_BLOCK_PAYLOAD);
     assert_eq!(limits.limit_for(commands::PROTOCONF), MAX_PROTOCONF_PAYLOAD);
-    assert_eq!(limits.limit_for(commands::TX), DEFAULT_MAX_PAYLOAD);
+    // transactions are held to the SV node's 1 GB transaction limit, not the 2 MiB protoconf one
+    assert_eq!(limits.limit_for(commands::TX), 1_000_000_000);
+    assert_eq!(limits.limit_for(commands::INV), DEFAULT_MAX_PAYLOAD);
 }
 
 /// `version` fields after the start height are optional: without them relay is None; any

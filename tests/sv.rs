@@ -246,3 +246,165 @@ fn the_complaint_filter_sees_what_the_sv_node_logs_against_a_misbehaving_peer() 
         (n.complaints().len() > before).then_some(())
     });
 }
+
+/// Options that let the SV nodes take big transactions on regtest: the Genesis rules from
+/// height 1 (before them a transaction is at most 1 MB by consensus), no transaction or script
+/// size policy.
+fn big_tx_options() -> Vec<String> {
+    vec![
+        "-genesisactivationheight=1".into(),
+        "-maxtxsizepolicy=0".into(),
+        "-maxscriptsizepolicy=0".into(),
+    ]
+}
+
+/// A block at height 1 on the regtest genesis whose coinbase pays `n` outputs to `OP_TRUE`
+/// (spendable by anyone with an empty scriptSig once mature).
+fn anyone_can_spend_block(n: usize) -> bsn::wire::Block {
+    use bsn::wire::{Block, BlockHeader, Hash256, OutPoint, Transaction};
+    let genesis = bsn::Network::Regtest.params().genesis;
+    let each = 50_0000_0000 / n as i64;
+    let outs: Vec<(i64, &[u8])> = (0..n).map(|_| (each, &b"\x51"[..])).collect();
+    let cb = Transaction::build(
+        1,
+        &[(
+            OutPoint {
+                txid: Hash256::ZERO,
+                vout: u32::MAX,
+            },
+            b"\x01\x01\x03bsn",
+            u32::MAX,
+        )],
+        &outs,
+        0,
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut h = BlockHeader {
+        version: 4,
+        prev_hash: genesis.hash(),
+        merkle_root: cb.txid(),
+        time: now.max(genesis.time + 1),
+        bits: 0x207fffff,
+        nonce: 0,
+    };
+    while !h.meets_own_target() {
+        h.nonce += 1;
+    }
+    Block::new(h, vec![cb])
+}
+
+/// A transaction of about `size` bytes spending `vout` of `coinbase` (an `OP_TRUE` output):
+/// data outputs (`OP_FALSE OP_RETURN`, 400 KB each) and change, paying 1 satoshi a byte.
+fn big_tx(coinbase: &bsn::wire::Transaction, vout: u32, size: usize) -> bsn::wire::Transaction {
+    use bsn::wire::{OutPoint, Transaction};
+    const CHUNK: usize = 400_000;
+    let mut scripts = Vec::new();
+    let mut left = size;
+    let mut tag = 0u32;
+    while left > 1_000 {
+        let n = left.min(CHUNK);
+        let mut s = vec![0x00, 0x6a, 0x4e];
+        s.extend_from_slice(&(n as u32).to_le_bytes());
+        s.extend(std::iter::repeat_n(tag as u8, n));
+        tag += 1;
+        scripts.push(s);
+        left -= n;
+    }
+    let value = coinbase.outputs().nth(vout as usize).unwrap().value;
+    let fee = size as i64 + 1_000;
+    let mut outs: Vec<(i64, &[u8])> = scripts.iter().map(|s| (0, s.as_slice())).collect();
+    outs.push((value - fee, &b"\x51"[..]));
+    Transaction::build(
+        1,
+        &[(
+            OutPoint {
+                txid: coinbase.txid(),
+                vout,
+            },
+            b"",
+            u32::MAX,
+        )],
+        &outs,
+        0,
+    )
+}
+
+fn in_mempool(sv: &SvNode, txid: &str) -> bool {
+    sv.rpc("getrawmempool", "[]")
+        .as_array()
+        .is_some_and(|m| m.iter().any(|t| t.as_str() == Some(txid)))
+}
+
+#[test]
+fn transactions_of_3_and_20_mb_travel_sv_to_bsn_to_sv_and_bsn_to_sv() {
+    let Some(sv1) = SvNode::start(&big_tx_options()) else {
+        return;
+    };
+    let funding = anyone_can_spend_block(3);
+    let coinbase = funding.txs[0].clone();
+    let r = sv1.rpc(
+        "submitblock",
+        &format!("[\"{}\"]", hex::encode(funding.raw())),
+    );
+    assert!(r.is_null(), "submitblock: {r}");
+    assert_eq!(sv1.best_hash(), funding.hash().to_string());
+    sv1.mine(100);
+    let mut c = config();
+    c.tx_policy = bsn::TxPolicy::AcceptAll;
+    let engine = Engine::start(c).unwrap();
+    let ev = engine.events();
+    engine.connect(sv1.p2p_addr()).unwrap();
+    let me = engine.local_addr().unwrap();
+    let mut opts = big_tx_options();
+    opts.extend([format!("-connect={me}"), "-listen=0".into()]);
+    let sv2 = SvNode::start(&opts).expect("started above");
+    let tip = sv1.best_hash();
+    sv2.until(T, "the second SV node syncs through bsn", |n| {
+        (n.best_hash() == tip).then_some(())
+    });
+    // SV node -> bsn -> SV node, 3 MB and 20 MB
+    for (vout, size) in [(0u32, 3_000_000usize), (1, 20_000_000)] {
+        let tx = big_tx(&coinbase, vout, size);
+        assert!(tx.raw().len() >= size - 1_000, "{} bytes", tx.raw().len());
+        let txid = tx.txid().to_string();
+        // (allowhighfees: a 20 MB transaction at 1 satoshi a byte passes the default -maxtxfee)
+        let sent = sv1.rpc(
+            "sendrawtransaction",
+            &format!("[\"{}\",true]", hex::encode(tx.raw())),
+        );
+        assert_eq!(sent.as_str(), Some(txid.as_str()));
+        let got = wait_for(
+            &ev,
+            Duration::from_secs(120),
+            "bsn received the big tx",
+            |e| match e {
+                Event::TxReceived { tx, .. } => Some(tx.clone()),
+                _ => None,
+            },
+        );
+        assert_eq!(got.txid().to_string(), txid);
+        assert_eq!(got.raw().len(), tx.raw().len());
+        sv2.until(
+            Duration::from_secs(120),
+            "the big tx reaches the second SV node",
+            |n| in_mempool(n, &txid).then_some(()),
+        );
+    }
+    // bsn -> both SV nodes, 3 MB
+    let tx = big_tx(&coinbase, 2, 3_000_000);
+    let txid = tx.txid().to_string();
+    engine.submit_tx(tx).unwrap();
+    for n in [&sv1, &sv2] {
+        n.until(
+            Duration::from_secs(120),
+            "bsn's big tx reaches the SV node",
+            |n| in_mempool(n, &txid).then_some(()),
+        );
+    }
+    assert_peace(&sv1, &engine, 1);
+    assert_peace(&sv2, &engine, 1);
+    engine.stop();
+}

@@ -228,10 +228,20 @@ impl PeerProtocol {
     /// Whether a message fits what the peer accepts.
     pub fn check_send(&self, msg: &Message) -> Result<(), super::SendError> {
         let len = msg.payload_len() as u64;
-        // (a stored block is served as its raw bytes under the block command)
-        let is_block = msg.command() == crate::wire::message::commands::BLOCK;
+        // Blocks, their parts and transactions are exempt from the peer's protoconf limit, as
+        // the SV node exempts them (a stored block is served as its raw bytes under `block`).
+        use crate::wire::message::commands;
+        let exempt = matches!(
+            msg.command(),
+            commands::BLOCK
+                | commands::CMPCTBLOCK
+                | commands::BLOCKTXN
+                | commands::HDRSEN
+                | commands::TX
+                | commands::DATAREFTX
+        );
         let limit = self.their_max_payload.max(LEGACY_MAX_PAYLOAD);
-        if !is_block && len > limit {
+        if !exempt && len > limit {
             return Err(super::SendError::TooLarge {
                 command: msg.command().to_string(),
                 len,

@@ -22,6 +22,8 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 2 * 1024 * 1024;
 pub const MAX_PROTOCONF_PAYLOAD: u64 = 1024 * 1024;
 /// Default limit for block payloads: 4 GiB (BSV peers send larger only as `extmsg`).
 pub const DEFAULT_MAX_BLOCK_PAYLOAD: u64 = 4 * 1024 * 1024 * 1024;
+/// The SV node's consensus limit on a transaction (1 GB); its relay policy default is 10 MB.
+pub const DEFAULT_MAX_TX_PAYLOAD: u64 = 1_000_000_000;
 
 /// A network magic: the first four bytes of every message, in wire order.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -54,8 +56,10 @@ impl std::str::FromStr for Magic {
 pub struct Limits {
     /// Largest payload for messages other than blocks and protoconf.
     pub max_payload: u64,
-    /// Largest payload of `block` and `cmpctblock`.
+    /// Largest payload of `block`, `cmpctblock`, `blocktxn` and `hdrsen`.
     pub max_block_payload: u64,
+    /// Largest payload of `tx` and `datareftx` (like blocks, not held to the protoconf limit).
+    pub max_tx_payload: u64,
     /// Whether `extmsg` frames are accepted (peers of protocol 70016 and later).
     pub allow_extended: bool,
 }
@@ -65,16 +69,21 @@ impl Default for Limits {
         Limits {
             max_payload: DEFAULT_MAX_PAYLOAD,
             max_block_payload: DEFAULT_MAX_BLOCK_PAYLOAD,
+            max_tx_payload: DEFAULT_MAX_TX_PAYLOAD,
             allow_extended: true,
         }
     }
 }
 
 impl Limits {
-    /// The limit that applies to `command`.
+    /// The limit that applies to `command` (the SV node's exemptions from the protoconf limit:
+    /// blocks and their parts by the block size, transactions by the transaction size).
     pub fn limit_for(&self, command: Command) -> u64 {
         match command {
-            commands::BLOCK | commands::CMPCTBLOCK => self.max_block_payload,
+            commands::BLOCK | commands::CMPCTBLOCK | commands::BLOCKTXN | commands::HDRSEN => {
+                self.max_block_payload
+            }
+            commands::TX | commands::DATAREFTX => self.max_tx_payload,
             commands::PROTOCONF => MAX_PROTOCONF_PAYLOAD,
             _ => self.max_payload,
         }

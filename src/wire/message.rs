@@ -189,6 +189,9 @@ pub mod commands {
     pub const CMPCTBLOCK: Command = Command::from_static("cmpctblock");
     pub const PROTOCONF: Command = Command::from_static("protoconf");
     pub const EXTMSG: Command = Command::from_static("extmsg");
+    pub const BLOCKTXN: Command = Command::from_static("blocktxn");
+    pub const HDRSEN: Command = Command::from_static("hdrsen");
+    pub const DATAREFTX: Command = Command::from_static("datareftx");
 }
 
 /// A payload that did not decode: which command, at which offset, and why.

@@ -188,8 +188,9 @@ impl SvNode {
     /// A JSON-RPC call that must succeed.
     pub fn rpc(&self, method: &str, params: &str) -> Json {
         self.try_rpc(method, params).unwrap_or_else(|e| {
+            let shown: String = params.chars().take(200).collect();
             panic!(
-                "SV node rpc {method} {params}: {e}\n--- log tail ---\n{}",
+                "SV node rpc {method} {shown}: {e}\n--- log tail ---\n{}",
                 self.log_tail(40)
             )
         })
