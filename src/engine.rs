@@ -607,10 +607,12 @@ impl Engine {
     }
 
     /// Rejects a transaction handed over with [`Event::TxReceived`]: a `reject` goes to its
-    /// source, which is scored. False when no such transaction waits for a decision.
-    pub fn reject_tx(&self, txid: &Hash256, reason: &str) -> bool {
+    /// source, which is scored `score` ban points (as the SV node scores what its validation
+    /// found: 0 for a policy failure, 10 or 100 for consensus). False when no such transaction
+    /// waits for a decision.
+    pub fn reject_tx(&self, txid: &Hash256, reason: &str, score: u32) -> bool {
         let (h, reason) = (*txid, reason.to_string());
-        self.call(move |core, now| core.reject_tx(&h, &reason, now))
+        self.call(move |core, now| core.reject_tx(&h, &reason, score, now))
             .unwrap_or(false)
     }
 

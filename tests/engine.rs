@@ -137,8 +137,14 @@ fn messages_sent_broadcast_and_disconnect_through_the_api() {
 fn wrong_magic_old_version_and_self_connection_are_refused() {
     let (a, aev) = start(config());
     let addr = a.local_addr().unwrap();
-    // a mainnet peer
-    let mut p = ScriptPeer::connect(addr, Network::Mainnet.params().magic);
+    // a mainnet peer (from its own address: another network's magic is banned at once, as the
+    // SV node does)
+    let mut p = ScriptPeer::connect_from(
+        std::net::IpAddr::from([127, 0, 8, 1]),
+        addr,
+        Network::Mainnet.params().magic,
+    )
+    .unwrap();
     p.send(&Message::Version(version_msg(70016, 1)));
     assert!(matches!(
         wait_for(&aev, T, "wrong magic", disconnected),
@@ -148,6 +154,7 @@ fn wrong_magic_old_version_and_self_connection_are_refused() {
     // an engine of another network dialled by ours
     let mut other = config();
     other.network = Network::Stn.params();
+    other.listen = Some("127.0.9.1:0".parse().unwrap());
     let (c, _cev) = start(other);
     a.connect(c.local_addr().unwrap()).unwrap();
     assert!(matches!(
@@ -304,8 +311,13 @@ fn connection_limits() {
     wait_for(&aev, T, "2", connected);
     let mut p3 = ScriptPeer::connect(addr, REGTEST);
     assert!(p3.closed_within(T), "third connection from one IP accepted");
+    // (the refused third connection raises its own PeerDisconnected: wait for p1's)
+    let p1_addr = p1.stream.local_addr().unwrap();
     drop(p1);
-    wait_for(&aev, T, "p1 gone", disconnected);
+    wait_for(&aev, T, "p1 gone", |e| match e {
+        Event::PeerDisconnected { addr, .. } if *addr == p1_addr => Some(()),
+        _ => None,
+    });
     let mut p4 = ScriptPeer::connect(addr, REGTEST);
     p4.handshake(4);
     a.stop();

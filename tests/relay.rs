@@ -214,7 +214,7 @@ fn a_rejected_transaction_is_not_relayed_and_its_source_is_told_and_scored() {
         Event::TxReceived { tx, .. } if tx.txid() == txid => Some(()),
         _ => None,
     });
-    assert!(b.reject_tx(&txid, "bad script"));
+    assert!(b.reject_tx(&txid, "bad script", 10));
     let r = wait_for(&aev, T, "reject on a", |e| match e {
         Event::Message {
             message: bsn::wire::Message::Reject(r),

@@ -267,50 +267,74 @@ impl BanList {
     }
 }
 
-/// Why a peer's ban score went up.
+/// Why a peer's ban score went up. The default points follow the Bitcoin SV node v1.2.2
+/// (`net_processing.cpp`); the README's scoring table sets them side by side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum BanReason {
-    /// An invalid block.
+    /// An invalid block (SV: mostly 100).
     InvalidBlock,
     /// An invalid subtree (Teranode).
     InvalidSubtree,
-    /// A broken protocol rule (message out of order, malformed payload, ...).
+    /// A broken protocol rule: `addr` over 1,000 or `headers` over 2,000 entries, headers that
+    /// do not connect, a second or too small `protoconf` (SV: 20).
     ProtocolViolation,
-    /// Flooding.
+    /// Flooding (bsn's own).
     Spam,
-    /// A frame whose checksum is wrong.
+    /// More than 100 frames with a wrong checksum within 500 ms: 1 point each past that (SV:
+    /// the same; bad checksums below it are dropped and cost nothing).
     BadChecksum,
-    /// A message over the size limit.
+    /// A frame announcing more than the limit for its command (SV: banned at once).
     OversizeMessage,
-    /// A header whose proof of work does not meet its bits.
+    /// A header whose proof of work does not meet its bits (SV: high-hash, 50).
     InvalidHeaderPow,
-    /// Data we never asked for.
+    /// A block we never asked for.
     UnrequestedData,
-    /// A rate limit exceeded.
+    /// A rate limit exceeded (bsn's own flood defence).
     RateLimitExceeded,
-    /// A transaction the embedder rejected.
+    /// A transaction the embedder rejected; the embedder gives the points (`reject_tx`), as the
+    /// SV node scores what its validation says (0 for policy, 10 or 100 for consensus).
     InvalidTransaction,
-    /// A header that breaks a contextual rule: timestamp not above the median time past, a
-    /// checkpoint contradicted, a fork below a checkpoint.
+    /// A header that breaks a consensus rule besides proof of work: a checkpoint contradicted, a
+    /// fork below a checkpoint, bits above the network's limit (SV: 100).
     InvalidHeader,
+    /// Another network's magic (SV: banned at once).
+    WrongNetwork,
+    /// A message header that is not well formed (bad command bytes, a bad `extmsg` header; SV:
+    /// banned at once).
+    MalformedHeader,
+    /// A payload that does not decode (SV: a `reject`, 0 points; bsn drops the peer after
+    /// `max_payload_errors` of them).
+    MalformedPayload,
+    /// A message before `version`/`verack`, a second `version` (SV: 1).
+    UnexpectedMessage,
+    /// A header whose time is not above the median of the last eleven (SV: 0).
+    HeaderTime,
+    /// A transaction nobody asked for: wallets push them (SV: 0).
+    UnrequestedTransaction,
 }
 
 impl BanReason {
-    /// Default points for the reason (the seeds' values where they give one).
+    /// Default points for the reason, as the SV node gives them (bsn's own reasons: as noted).
     pub fn default_points(&self) -> u32 {
         match self {
-            BanReason::InvalidBlock => 10,
+            BanReason::InvalidBlock => 100,
             BanReason::InvalidSubtree => 10,
             BanReason::ProtocolViolation => 20,
             BanReason::Spam => 50,
-            BanReason::BadChecksum => 10,
-            BanReason::OversizeMessage => 50,
+            BanReason::BadChecksum => 1,
+            BanReason::OversizeMessage => 100,
             BanReason::InvalidHeaderPow => 50,
             BanReason::UnrequestedData => 10,
             BanReason::RateLimitExceeded => 50,
             BanReason::InvalidTransaction => 10,
-            BanReason::InvalidHeader => 50,
+            BanReason::InvalidHeader => 100,
+            BanReason::WrongNetwork => 100,
+            BanReason::MalformedHeader => 100,
+            BanReason::MalformedPayload => 0,
+            BanReason::UnexpectedMessage => 1,
+            BanReason::HeaderTime => 0,
+            BanReason::UnrequestedTransaction => 0,
         }
     }
 
@@ -321,13 +345,19 @@ impl BanReason {
             BanReason::InvalidSubtree => "invalid subtree",
             BanReason::ProtocolViolation => "protocol violation",
             BanReason::Spam => "spam",
-            BanReason::BadChecksum => "bad checksum",
+            BanReason::BadChecksum => "bad checksums",
             BanReason::OversizeMessage => "oversize message",
             BanReason::InvalidHeaderPow => "invalid header proof of work",
             BanReason::UnrequestedData => "unrequested data",
             BanReason::RateLimitExceeded => "rate limit exceeded",
             BanReason::InvalidTransaction => "invalid transaction",
             BanReason::InvalidHeader => "invalid header",
+            BanReason::WrongNetwork => "wrong network",
+            BanReason::MalformedHeader => "malformed message header",
+            BanReason::MalformedPayload => "malformed payload",
+            BanReason::UnexpectedMessage => "unexpected message",
+            BanReason::HeaderTime => "header time",
+            BanReason::UnrequestedTransaction => "unrequested transaction",
         }
     }
 }
@@ -343,7 +373,8 @@ impl fmt::Display for BanReason {
 pub struct ScoreSettings {
     /// Score at which the address is banned.
     pub threshold: u32,
-    /// Points taken off per `decay_interval`.
+    /// Points taken off per `decay_interval`: bsn's improvement; 0 gives the SV node's rule
+    /// (a score never decays).
     pub decay_amount: u32,
     /// Seconds per decay step.
     pub decay_interval: u64,
@@ -403,15 +434,25 @@ impl BanScores {
             .map_or(0, |&(s, t)| self.decayed(s, t, now).0)
     }
 
-    /// Adds the points of `reason` to `ip`.
-    pub fn add(&mut self, ip: IpAddr, reason: BanReason, now: u64) -> ScoreChange {
-        let ip = canonical(ip);
-        let added = self
-            .settings
+    /// The points `reason` is worth (the settings' override, else the default).
+    pub fn points(&self, reason: BanReason) -> u32 {
+        self.settings
             .points
             .get(&reason)
             .copied()
-            .unwrap_or_else(|| reason.default_points());
+            .unwrap_or_else(|| reason.default_points())
+    }
+
+    /// Adds the points of `reason` to `ip`.
+    #[cfg(test)]
+    pub fn add(&mut self, ip: IpAddr, reason: BanReason, now: u64) -> ScoreChange {
+        let points = self.points(reason);
+        self.add_points(ip, points, now)
+    }
+
+    /// Adds `added` points to `ip` (0 changes nothing).
+    pub fn add_points(&mut self, ip: IpAddr, added: u32, now: u64) -> ScoreChange {
+        let ip = canonical(ip);
         let (cur, since) = self
             .scores
             .get(&ip)
@@ -518,14 +559,44 @@ mod tests {
         assert_eq!(s.score(a, 10), 45);
         assert_eq!(s.score(a, 100), 0);
         assert_eq!(s.add(a, BanReason::ProtocolViolation, 30).score, 55);
-        for _ in 0..4 {
-            s.add(a, BanReason::BadChecksum, 30);
+        for _ in 0..2 {
+            s.add(a, BanReason::ProtocolViolation, 30);
         }
-        let c = s.add(a, BanReason::BadChecksum, 30);
+        let c = s.add(a, BanReason::ProtocolViolation, 30);
         assert!(c.ban && c.score >= 100);
         assert_eq!(s.score(a, 30), 0, "reset after the ban");
-        s.add(ip("127.0.0.6"), BanReason::BadChecksum, 0);
+        s.add(ip("127.0.0.6"), BanReason::ProtocolViolation, 0);
         s.prune(1000);
         assert_eq!(s.score(ip("127.0.0.6"), 1000), 0);
+    }
+
+    /// The SV node's points (README "Ban points"), row by row.
+    #[test]
+    fn default_points_are_the_sv_nodes() {
+        for (reason, sv_points) in [
+            (BanReason::WrongNetwork, 100),
+            (BanReason::OversizeMessage, 100),
+            (BanReason::MalformedHeader, 100),
+            (BanReason::BadChecksum, 1),
+            (BanReason::MalformedPayload, 0),
+            (BanReason::UnexpectedMessage, 1),
+            (BanReason::ProtocolViolation, 20),
+            (BanReason::InvalidHeaderPow, 50),
+            (BanReason::InvalidHeader, 100),
+            (BanReason::HeaderTime, 0),
+            (BanReason::UnrequestedTransaction, 0),
+            (BanReason::InvalidBlock, 100),
+        ] {
+            assert_eq!(reason.default_points(), sv_points, "{reason}");
+        }
+        // no decay gives the SV node's rule: a score stays
+        let mut s = BanScores::new(ScoreSettings {
+            decay_amount: 0,
+            ..ScoreSettings::default()
+        });
+        let a = ip("127.0.0.7");
+        s.add(a, BanReason::ProtocolViolation, 0);
+        assert_eq!(s.score(a, 1_000_000), 20);
+        assert!(s.add(a, BanReason::WrongNetwork, 5).ban);
     }
 }

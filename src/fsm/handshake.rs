@@ -16,6 +16,9 @@ pub enum HandshakeAction {
     Send(Message),
     /// The handshake is complete; the peer's version is attached.
     Done(Box<VersionMessage>),
+    /// The peer sent something out of order (a message before `version`, a second `version`):
+    /// ignored and scored 1 point, as the SV node does.
+    Unexpected(String),
 }
 
 /// Where the handshake is.
@@ -102,15 +105,13 @@ impl Handshake {
                 out.push(HandshakeAction::Send(Message::Verack));
             }
             (HandshakeState::AwaitVersion, other) => {
-                return Err(DisconnectReason::ProtocolViolation(format!(
+                out.push(HandshakeAction::Unexpected(format!(
                     "{} before version",
                     other.command()
                 )));
             }
             (HandshakeState::AwaitVerack, Message::Version(_)) => {
-                return Err(DisconnectReason::ProtocolViolation(
-                    "duplicate version".into(),
-                ));
+                out.push(HandshakeAction::Unexpected("duplicate version".into()));
             }
             (HandshakeState::AwaitVerack, Message::Verack) => {
                 self.state = HandshakeState::Done;
@@ -163,6 +164,7 @@ mod tests {
             .map(|x| match x {
                 HandshakeAction::Send(m) => m.command().to_string(),
                 HandshakeAction::Done(_) => "done".into(),
+                HandshakeAction::Unexpected(w) => format!("unexpected: {w}"),
             })
             .collect()
     }
@@ -221,11 +223,13 @@ mod tests {
                 min: 70001
             })
         );
+        // out of order: ignored and reported (1 point, as the SV node), not fatal
         let mut h = Handshake::new(Direction::Inbound, version(2, 70016), 70001, dl);
         assert!(matches!(
-            h.on_message(&Message::Ping(1), |_| false),
-            Err(DisconnectReason::ProtocolViolation(_))
+            h.on_message(&Message::Ping(1), |_| false).unwrap()[..],
+            [HandshakeAction::Unexpected(_)]
         ));
+        assert_eq!(h.state(), HandshakeState::AwaitVersion);
         let mut h = Handshake::new(Direction::Inbound, version(2, 70016), 70001, dl);
         h.on_message(&Message::Version(version(9, 70016)), |_| false)
             .unwrap();
@@ -234,8 +238,9 @@ mod tests {
             .unwrap()
             .is_empty());
         assert!(matches!(
-            h.on_message(&Message::Version(version(9, 70016)), |_| false),
-            Err(DisconnectReason::ProtocolViolation(_))
+            h.on_message(&Message::Version(version(9, 70016)), |_| false)
+                .unwrap()[..],
+            [HandshakeAction::Unexpected(_)]
         ));
         let h = Handshake::new(Direction::Inbound, version(2, 70016), 70001, dl);
         assert!(h.tick(t0).is_ok());

@@ -142,13 +142,13 @@ impl DisconnectReason {
     pub fn ban_reason(&self) -> Option<bans::BanReason> {
         use crate::wire::FrameError;
         match self {
-            DisconnectReason::WrongNetwork { .. }
-            | DisconnectReason::ProtocolViolation(_)
-            | DisconnectReason::Malformed(_) => Some(bans::BanReason::ProtocolViolation),
+            DisconnectReason::WrongNetwork { .. } => Some(bans::BanReason::WrongNetwork),
+            DisconnectReason::ProtocolViolation(_) => Some(bans::BanReason::ProtocolViolation),
             DisconnectReason::BadFrame(FrameError::Oversize { .. }) => {
                 Some(bans::BanReason::OversizeMessage)
             }
-            DisconnectReason::BadFrame(_) => Some(bans::BanReason::ProtocolViolation),
+            DisconnectReason::BadFrame(_) => Some(bans::BanReason::MalformedHeader),
+            // each malformed payload was scored (0, as the SV node) when it came
             _ => None,
         }
     }

@@ -106,6 +106,12 @@ impl PeerStats {
     }
 }
 
+/// Bad checksums tolerated within [`CHECKSUM_WINDOW`] before each further one costs a point
+/// (the SV node's rule).
+pub const CHECKSUM_FLOOD: u32 = 100;
+/// The window for [`CHECKSUM_FLOOD`].
+pub const CHECKSUM_WINDOW: Duration = Duration::from_millis(500);
+
 /// The protocol state of one connection.
 #[derive(Debug)]
 pub struct PeerProtocol {
@@ -122,6 +128,8 @@ pub struct PeerProtocol {
     limiter: RateLimiter,
     throttled_until: Option<Instant>,
     last_violation: Option<Instant>,
+    /// Start of the current bad-checksum window and the bad checksums in it.
+    checksum_window: Option<(Instant, u32)>,
     /// Counters.
     pub stats: PeerStats,
 }
@@ -158,6 +166,7 @@ impl PeerProtocol {
             limiter: RateLimiter::new(&settings.rates, now),
             throttled_until: None,
             last_violation: None,
+            checksum_window: None,
             stats: PeerStats::default(),
         }
     }
@@ -279,7 +288,20 @@ impl PeerProtocol {
                     return Err(DisconnectReason::WrongNetwork { expected, got })
                 }
                 Err(e @ FrameError::BadChecksum { .. }) => {
-                    self.misbehaved(out, BanReason::BadChecksum, e.to_string(), None)?;
+                    // Dropped; as the SV node: nothing until more than 100 within 500 ms, then
+                    // 1 point each. Not counted towards `max_payload_errors`.
+                    self.stats.errors += 1;
+                    let window = self
+                        .checksum_window
+                        .filter(|(t, _)| now.saturating_duration_since(*t) < CHECKSUM_WINDOW);
+                    let (start, n) = window.unwrap_or((now, 0));
+                    self.checksum_window = Some((start, n + 1));
+                    if n + 1 > CHECKSUM_FLOOD {
+                        out.push(PeerOutput::Misbehaved(
+                            BanReason::BadChecksum,
+                            e.to_string(),
+                        ));
+                    }
                     continue;
                 }
                 Err(e) => return Err(DisconnectReason::BadFrame(e)),
@@ -317,12 +339,21 @@ impl PeerProtocol {
                     if self.handshake.is_some() {
                         return Err(DisconnectReason::Malformed(error));
                     }
-                    self.misbehaved(
-                        out,
-                        BanReason::ProtocolViolation,
-                        error.to_string(),
-                        Some(error),
-                    )?;
+                    // As the SV node: more entries than `addr` or `headers` may hold is 20
+                    // points, any other malformed payload 0 (bsn still drops a peer after
+                    // `max_payload_errors` of them).
+                    let too_many = matches!(error.error.kind, crate::wire::DecodeErrorKind::TooMany { count, max, .. } if count > max)
+                        && matches!(
+                            error.command,
+                            crate::wire::message::commands::ADDR
+                                | crate::wire::message::commands::HEADERS
+                        );
+                    let reason = if too_many {
+                        BanReason::ProtocolViolation
+                    } else {
+                        BanReason::MalformedPayload
+                    };
+                    self.misbehaved(out, reason, error.to_string(), Some(error))?;
                     continue;
                 }
                 Err(WireError::Frame(e)) => return Err(DisconnectReason::BadFrame(e)),
@@ -360,9 +391,14 @@ impl PeerProtocol {
         out: &mut Vec<PeerOutput>,
     ) -> Result<(), DisconnectReason> {
         if let Some(h) = self.handshake.as_mut() {
-            for a in h.on_message(&msg, is_own_nonce)? {
+            let actions = h.on_message(&msg, is_own_nonce)?;
+            let done = h.state() == HandshakeState::Done;
+            for a in actions {
                 match a {
                     HandshakeAction::Send(m) => out.push(PeerOutput::Send(m)),
+                    HandshakeAction::Unexpected(what) => {
+                        self.misbehaved(out, BanReason::UnexpectedMessage, what, None)?
+                    }
                     HandshakeAction::Done(v) => {
                         let mut limits = self.decoder.limits();
                         limits.allow_extended = v.version >= EXTMSG_VERSION;
@@ -376,7 +412,7 @@ impl PeerProtocol {
                     }
                 }
             }
-            if h.state() == HandshakeState::Done {
+            if done {
                 self.handshake = None;
             }
             return Ok(());
@@ -406,7 +442,7 @@ impl PeerProtocol {
             Message::Version(_) | Message::Verack => {
                 self.misbehaved(
                     out,
-                    BanReason::ProtocolViolation,
+                    BanReason::UnexpectedMessage,
                     format!("{} after the handshake", msg.command()),
                     None,
                 )?;
@@ -588,5 +624,104 @@ mod tests {
         };
         assert!(a.check_send(&big).is_err());
         assert!(a.check_send(&Message::Ping(1)).is_ok());
+    }
+
+    fn scored(out: &[PeerOutput]) -> Vec<BanReason> {
+        out.iter()
+            .filter_map(|o| match o {
+                PeerOutput::Misbehaved(r, _) => Some(*r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The SV node's ban points, row by row as far as the connection sees them (README "Ban
+    /// points"); the points per reason are checked in `bans`.
+    #[test]
+    fn misbehaviour_is_reported_as_the_sv_node_scores_it() {
+        let t0 = Instant::now();
+        let s = settings();
+        // wrong magic and a malformed or oversize message header: dropped, banned at once
+        let verdicts = [
+            DisconnectReason::WrongNetwork {
+                expected: MAGIC,
+                got: MAGIC,
+            },
+            DisconnectReason::BadFrame(crate::wire::FrameError::Oversize {
+                offset: 0,
+                command: Command::new("inv").unwrap(),
+                length: 1 << 30,
+                limit: 1 << 21,
+            }),
+            DisconnectReason::BadFrame(crate::wire::FrameError::BadCommand {
+                offset: 0,
+                raw: [0xff; 12],
+            }),
+        ];
+        for (v, r) in verdicts.iter().zip([
+            BanReason::WrongNetwork,
+            BanReason::OversizeMessage,
+            BanReason::MalformedHeader,
+        ]) {
+            assert_eq!(v.ban_reason(), Some(r));
+            assert_eq!(r.default_points(), 100);
+        }
+        // a message before version: ignored, 1 point, the handshake goes on
+        let mut p = PeerProtocol::new(Direction::Inbound, &s, version(2), t0);
+        let mut out = Vec::new();
+        encode_message(p.read_buffer(), MAGIC, &Message::Ping(1));
+        p.on_data(t0, &|_| false, &mut out).unwrap();
+        assert_eq!(scored(&out), [BanReason::UnexpectedMessage]);
+        encode_message(p.read_buffer(), MAGIC, &Message::Version(version(5)));
+        out.clear();
+        p.on_data(t0, &|_| false, &mut out).unwrap();
+        assert!(scored(&out).is_empty() && !out.is_empty(), "{out:?}");
+        // a second version after the handshake: 1 point
+        let (_, mut b) = pair(t0);
+        out.clear();
+        encode_message(b.read_buffer(), MAGIC, &Message::Version(version(9)));
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert_eq!(scored(&out), [BanReason::UnexpectedMessage]);
+        // a malformed payload: 0 points; addr with more than 1,000 entries: 20
+        let (_, mut b) = pair(t0);
+        out.clear();
+        let short_ping = Message::Unknown {
+            command: Command::new("ping").unwrap(),
+            payload: Bytes::from_static(b"xx"),
+        };
+        encode_message(b.read_buffer(), MAGIC, &short_ping);
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert_eq!(scored(&out), [BanReason::MalformedPayload]);
+        out.clear();
+        let mut addr = vec![0xfd, 0xe9, 0x03]; // 1,001 entries
+        addr.extend(std::iter::repeat_n(0u8, 1001 * 30));
+        let big_addr = Message::Unknown {
+            command: Command::new("addr").unwrap(),
+            payload: Bytes::from(addr),
+        };
+        encode_message(b.read_buffer(), MAGIC, &big_addr);
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert_eq!(scored(&out), [BanReason::ProtocolViolation]);
+        // bad checksums: dropped and free up to 100 within 500 ms, then 1 point each
+        let (_, mut b) = pair(t0);
+        out.clear();
+        let mut frame = crate::wire::frame::message_to_bytes(MAGIC, &Message::Ping(5)).to_vec();
+        frame[20] ^= 0xff;
+        for _ in 0..100 {
+            b.read_buffer().extend_from_slice(&frame);
+        }
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert!(scored(&out).is_empty(), "{out:?}");
+        b.read_buffer().extend_from_slice(&frame);
+        b.on_data(t0 + Duration::from_millis(100), &|_| false, &mut out)
+            .unwrap();
+        assert_eq!(scored(&out), [BanReason::BadChecksum]);
+        // a new window starts clean
+        out.clear();
+        b.read_buffer().extend_from_slice(&frame);
+        b.on_data(t0 + Duration::from_secs(1), &|_| false, &mut out)
+            .unwrap();
+        assert!(scored(&out).is_empty());
+        assert!(b.is_ready(), "bad checksums do not end the connection");
     }
 }

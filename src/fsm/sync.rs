@@ -417,14 +417,17 @@ impl HeaderSync {
                     BanReason::InvalidHeaderPow,
                     format!("header {index} of {}: {error}", headers.len()),
                 ),
-                HeaderError::BitsAboveLimit { .. } | HeaderError::WorkOverflow { .. } => (
-                    BanReason::ProtocolViolation,
-                    format!("header {index} of {}: {error}", headers.len()),
-                ),
-                HeaderError::TimeTooOld { .. }
+                // as the SV node: wrong difficulty bits and checkpoint mismatches 100, header
+                // times 0 (the round still ends)
+                HeaderError::BitsAboveLimit { .. }
+                | HeaderError::WorkOverflow { .. }
                 | HeaderError::CheckpointMismatch { .. }
                 | HeaderError::ForkBeforeCheckpoint { .. } => (
                     BanReason::InvalidHeader,
+                    format!("header {index} of {}: {error}", headers.len()),
+                ),
+                HeaderError::TimeTooOld { .. } => (
+                    BanReason::HeaderTime,
                     format!("header {index} of {}: {error}", headers.len()),
                 ),
                 // Maybe our clock is behind: not misbehaviour, but nothing more from this peer
@@ -1257,7 +1260,7 @@ mod tests {
                 reason,
                 detail,
             } => {
-                assert_eq!((*peer, *reason), (A, BanReason::InvalidHeader));
+                assert_eq!((*peer, *reason), (A, BanReason::HeaderTime));
                 assert!(detail.contains("median time past"), "{detail}");
             }
             other => panic!("{other:?}"),
@@ -1279,7 +1282,7 @@ mod tests {
     }
 
     #[test]
-    fn bits_above_limit_and_broken_chains_are_protocol_violations() {
+    fn bits_above_limit_is_invalid_and_broken_chains_are_protocol_violations() {
         let hs = chain(&genesis(), 10, 6);
         let t0 = Instant::now();
 
@@ -1296,7 +1299,7 @@ mod tests {
             &a[..],
             [SyncAction::Misbehaved {
                 peer: A,
-                reason: BanReason::ProtocolViolation,
+                reason: BanReason::InvalidHeader,
                 ..
             }]
         ));

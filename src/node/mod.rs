@@ -763,8 +763,26 @@ impl NodeCore {
         detail: &str,
         now: Instant,
     ) {
+        let points = self.scores.points(reason);
+        self.misbehaving_points(ip, peer, reason, points, detail, now);
+    }
+
+    /// Adds `points` for `reason` to `ip` (0: only logged, as the SV node's 0-point rules).
+    fn misbehaving_points(
+        &mut self,
+        ip: IpAddr,
+        peer: Option<PeerId>,
+        reason: BanReason,
+        points: u32,
+        detail: &str,
+        now: Instant,
+    ) {
+        if points == 0 {
+            log::debug!("{ip}: {reason} ({detail}), 0 points");
+            return;
+        }
         let unix = self.unix(now);
-        let change = self.scores.add(ip, reason, unix);
+        let change = self.scores.add_points(ip, points, unix);
         log::info!(
             "{ip}: +{} ban score for {reason} ({detail}): {}",
             change.added,

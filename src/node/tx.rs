@@ -25,7 +25,8 @@ impl NodeCore {
                 if !self.txs.on_tx(id, &tx, policy, now) {
                     if let Some(ip) = self.ip_of(id) {
                         let detail = format!("tx {}", tx.txid());
-                        self.misbehaving(ip, Some(id), BanReason::UnrequestedData, &detail, now);
+                        let reason = BanReason::UnrequestedTransaction;
+                        self.misbehaving(ip, Some(id), reason, &detail, now);
                     }
                     return None;
                 }
@@ -70,8 +71,15 @@ impl NodeCore {
         self.txs.accept_pending(txid)
     }
 
-    /// The embedder rejected it: `reject` to its source, which is scored.
-    pub(crate) fn reject_tx(&mut self, txid: &Hash256, reason: &str, now: Instant) -> bool {
+    /// The embedder rejected it: `reject` to its source, which is scored `score` points (what
+    /// the embedder's validation says: 0 for policy).
+    pub(crate) fn reject_tx(
+        &mut self,
+        txid: &Hash256,
+        reason: &str,
+        score: u32,
+        now: Instant,
+    ) -> bool {
         let Some(src) = self.txs.reject_pending(txid) else {
             return false;
         };
@@ -89,7 +97,8 @@ impl NodeCore {
         }
         if let Some(ip) = self.ip_of(src) {
             let detail = format!("tx {txid}: {reason}");
-            self.misbehaving(ip, Some(src), BanReason::InvalidTransaction, &detail, now);
+            let why = BanReason::InvalidTransaction;
+            self.misbehaving_points(ip, Some(src), why, score, &detail, now);
         }
         true
     }
