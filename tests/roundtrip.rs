@@ -38,7 +38,7 @@ use std::net::Ipv4Addr;
 const MAGIC: Magic = Magic([0xe3, 0xe1, 0xf3, 0xe8]);
 
 /// Every command name the codec has a constant for (decoded or not).
-const KNOWN_COMMANDS: [&str; 22] = [
+const KNOWN_COMMANDS: [&str; 26] = [
     "version",
     "verack",
     "ping",
@@ -61,6 +61,10 @@ const KNOWN_COMMANDS: [&str; 22] = [
     "cmpctblock",
     "protoconf",
     "extmsg",
+    "authch",
+    "gethdrsen",
+    "sendhdrsen",
+    "hdrsen",
 ];
 
 /// `cases` per property, or `PROPTEST_CASES` when set (for long runs).
@@ -426,8 +430,68 @@ fn message() -> impl Strategy<Value = Message> {
         (any::<bool>(), any::<u64>())
             .prop_map(|(announce, version)| Message::SendCmpct { announce, version }),
         protoconf().prop_map(Message::Protoconf),
+        (any::<u32>(), bytes_up_to(64)).prop_map(|(version, challenge)| Message::AuthCh(
+            bsn::wire::AuthChallenge { version, challenge }
+        )),
+        locator().prop_map(Message::GetHdrsEn),
+        Just(Message::SendHdrsEn),
+        vec(enriched_header(), 0..4).prop_map(Message::HdrsEn),
         unknown(),
     ]
+}
+
+fn proof_node() -> impl Strategy<Value = bsn::wire::ProofNode> {
+    prop_oneof![
+        hash().prop_map(bsn::wire::ProofNode::Hash),
+        Just(bsn::wire::ProofNode::Duplicate),
+        any::<u64>().prop_map(bsn::wire::ProofNode::Index),
+    ]
+}
+
+fn proven_tx() -> impl Strategy<Value = bsn::wire::ProvenTx> {
+    (
+        transaction(),
+        any::<u64>(),
+        any::<bool>(),
+        vec(proof_node(), 0..8),
+    )
+        .prop_map(|(tx, index, header_target, nodes)| {
+            // flags 0: a txid and a block hash; flags 2: a txid and a whole header
+            let (flags, target) = if header_target {
+                (2, Bytes::from(vec![7u8; 80]))
+            } else {
+                (0, Bytes::from(vec![9u8; 32]))
+            };
+            bsn::wire::ProvenTx {
+                proof: bsn::wire::MerkleProof {
+                    flags,
+                    index,
+                    tx_or_id: Bytes::copy_from_slice(&tx.txid().0),
+                    target,
+                    nodes,
+                },
+                tx,
+            }
+        })
+}
+
+fn enriched_header() -> impl Strategy<Value = bsn::wire::EnrichedHeader> {
+    (
+        block_header(),
+        any::<u64>(),
+        any::<bool>(),
+        proptest::option::of(proven_tx()),
+        proptest::option::of(proven_tx()),
+    )
+        .prop_map(|(header, tx_count, no_more, coinbase, miner_info)| {
+            bsn::wire::EnrichedHeader {
+                header,
+                tx_count,
+                no_more,
+                coinbase,
+                miner_info,
+            }
+        })
 }
 
 /// Chunk sizes for feeding a decoder, used in turn (cycled).

@@ -115,7 +115,77 @@ fn bsn_and_the_sv_node_handshake_both_ways_and_keep_the_peace() {
         };
         assert!(got("protoconf") && got("sendheaders"), "{:?}", p.stats);
     }
+    // the SV node's authch is decoded (and needs no answer from a non-miner)
+    let challenge = wait_for(&ev, T, "the SV node's authch", |e| match e {
+        Event::Message {
+            message: bsn::wire::Message::AuthCh(a),
+            ..
+        } => Some(a.clone()),
+        _ => None,
+    });
+    assert_eq!((challenge.version, challenge.challenge.len()), (1, 32));
     assert_peace(&sv, &engine, 2);
+    engine.stop();
+}
+
+/// The first `hdrsen` entry a peer at `addr` answers to a `gethdrsen` from `from`.
+fn hdrsen_after(p: &mut common::ScriptPeer, from: bsn::wire::Hash256) -> bsn::wire::EnrichedHeader {
+    use bsn::wire::{Hash256, Locator, Message};
+    p.send(&Message::GetHdrsEn(Locator {
+        version: 70016,
+        hashes: vec![from],
+        stop: Hash256::ZERO,
+    }));
+    match p.expect(T, |m| matches!(m, Message::HdrsEn(_))) {
+        Message::HdrsEn(mut v) => {
+            assert!(!v.is_empty(), "empty hdrsen");
+            v.swap_remove(0)
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn bsn_answers_gethdrsen_as_the_sv_node_does_and_takes_its_sendhdrsen() {
+    let Some(sv) = SvNode::start(&[]) else { return };
+    let hashes = sv.mine(6);
+    let engine = Engine::start(config()).unwrap();
+    let ev = engine.events();
+    sync_from(&sv, &engine, &ev, 6);
+    let mut to_sv = common::ScriptPeer::connect(sv.p2p_addr(), common::REGTEST);
+    to_sv.handshake(1);
+    let mut to_bsn = common::ScriptPeer::connect(engine.local_addr().unwrap(), common::REGTEST);
+    to_bsn.handshake(2);
+    // sendhdrsen is taken without complaint
+    to_bsn.send(&bsn::wire::Message::SendHdrsEn);
+    let mut prev = bsn::Network::Regtest.params().genesis.hash();
+    for (i, h) in hashes.iter().enumerate() {
+        let theirs = hdrsen_after(&mut to_sv, prev);
+        let ours = hdrsen_after(&mut to_bsn, prev);
+        assert_eq!(theirs.header.hash().to_string(), *h);
+        // field by field and byte for byte the same as the SV node's
+        assert_eq!(ours, theirs, "enriched header {}", i + 1);
+        let cb = ours.coinbase.as_ref().expect("coinbase and proof");
+        assert_eq!(cb.proof.root(cb.tx.txid()), ours.header.merkle_root);
+        assert_eq!(
+            ours.no_more,
+            i == hashes.len() - 1,
+            "no more headers only at the tip"
+        );
+        prev = ours.header.hash();
+    }
+    // the whole answer from genesis: all six, within the size limit
+    to_bsn.send(&bsn::wire::Message::GetHdrsEn(bsn::wire::Locator {
+        version: 70016,
+        hashes: vec![bsn::Network::Regtest.params().genesis.hash()],
+        stop: bsn::wire::Hash256::ZERO,
+    }));
+    let all = to_bsn.expect(T, |m| matches!(m, bsn::wire::Message::HdrsEn(_)));
+    assert!(matches!(all, bsn::wire::Message::HdrsEn(v) if v.len() == 6));
+    to_bsn.send(&bsn::wire::Message::Ping(9));
+    to_bsn.expect(T, |m| *m == bsn::wire::Message::Pong(9));
+    assert_eq!(engine.ban_score("127.0.0.1".parse().unwrap()), 0);
+    assert_peace(&sv, &engine, 1);
     engine.stop();
 }
 

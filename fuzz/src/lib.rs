@@ -122,6 +122,7 @@ pub fn frame_stream(data: &[u8]) {
     let limits = Limits {
         max_payload: cfg[1] as u64 * 16,
         max_block_payload: cfg[2] as u64 * 64,
+        max_tx_payload: cfg[2] as u64 * 32,
         allow_extended: cfg[0] & 1 != 0,
     };
     let chunks = [

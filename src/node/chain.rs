@@ -25,6 +25,9 @@ use std::time::Instant;
 
 /// Most hashes answered to one `getblocks`.
 pub const MAX_GETBLOCKS: usize = 500;
+/// Most bytes of an `hdrsen` answer (the smallest `protoconf` limit a peer may have), unless
+/// its one header needs more.
+const MAX_HDRSEN_BYTES: usize = 1 << 20;
 /// Most headers room is made for ahead of a sync (~1M headers: ~170 MB of tree, untouched until
 /// used), whatever height peers claim.
 const MAX_RESERVE: usize = 1 << 20;
@@ -395,6 +398,30 @@ impl NodeCore {
                 self.send(id, Message::Headers(headers));
                 None
             }
+            Message::GetHdrsEn(l) => {
+                let headers =
+                    self.chain
+                        .tree()
+                        .headers_after(&l.hashes, &l.stop, MAX_HEADERS as usize);
+                let tip = self.chain.tree().tip().0;
+                let mut out = Vec::new();
+                let mut size = 3;
+                for h in headers {
+                    let e = self.enriched(h, h.hash() == tip);
+                    size += e.len();
+                    // within the smallest limit a peer may have (1 MiB), but never empty
+                    if !out.is_empty() && size > MAX_HDRSEN_BYTES {
+                        break;
+                    }
+                    out.push(e);
+                }
+                self.send(id, Message::HdrsEn(out));
+                None
+            }
+            Message::SendHdrsEn => {
+                // permitted, not required: new blocks are announced as `sendheaders` asked
+                None
+            }
             Message::GetBlocks(l) => {
                 // a header client holds no blocks
                 if self.config.headers_only {
@@ -486,6 +513,34 @@ impl NodeCore {
                 None
             }
             other => Some(other),
+        }
+    }
+
+    /// `header` with its transaction count, coinbase and the coinbase's merkle proof when we
+    /// hold the block (else the header alone, as the SV node answers for blocks it lacks).
+    fn enriched(&self, header: BlockHeader, no_more: bool) -> crate::wire::EnrichedHeader {
+        let hash = header.hash();
+        let block = self
+            .block_bytes(&hash)
+            .and_then(|raw| <Block as crate::wire::Decode>::decode_all(raw).ok());
+        let (tx_count, coinbase) = match block {
+            Some(b) if !b.txs.is_empty() => {
+                let txids: Vec<Hash256> = b.txs.iter().map(|t| t.txid()).collect();
+                let proof = crate::wire::MerkleProof::for_index(&txids, 0, hash);
+                let tx = b.txs[0].clone();
+                (
+                    b.txs.len() as u64,
+                    Some(crate::wire::ProvenTx { tx, proof }),
+                )
+            }
+            _ => (0, None),
+        };
+        crate::wire::EnrichedHeader {
+            header,
+            tx_count,
+            no_more,
+            coinbase,
+            miner_info: None,
         }
     }
 

@@ -155,6 +155,14 @@ pub enum Message {
     },
     /// BSV `protoconf`
     Protoconf(Protoconf),
+    /// BSV `authch`: an authentication challenge (needs no answer from a non-miner)
+    AuthCh(crate::wire::bsv::AuthChallenge),
+    /// BSV `gethdrsen`: `getheaders` answered with enriched headers
+    GetHdrsEn(Locator),
+    /// BSV `sendhdrsen`: announce new blocks with `hdrsen`
+    SendHdrsEn,
+    /// BSV `hdrsen`: enriched headers (at most 2,000)
+    HdrsEn(Vec<crate::wire::bsv::EnrichedHeader>),
     /// Any other command, payload untouched.
     Unknown {
         /// The command.
@@ -192,6 +200,9 @@ pub mod commands {
     pub const BLOCKTXN: Command = Command::from_static("blocktxn");
     pub const HDRSEN: Command = Command::from_static("hdrsen");
     pub const DATAREFTX: Command = Command::from_static("datareftx");
+    pub const AUTHCH: Command = Command::from_static("authch");
+    pub const GETHDRSEN: Command = Command::from_static("gethdrsen");
+    pub const SENDHDRSEN: Command = Command::from_static("sendhdrsen");
 }
 
 /// A payload that did not decode: which command, at which offset, and why.
@@ -301,6 +312,10 @@ impl Message {
             Message::FeeFilter(_) => FEEFILTER,
             Message::SendCmpct { .. } => SENDCMPCT,
             Message::Protoconf(_) => PROTOCONF,
+            Message::AuthCh(_) => AUTHCH,
+            Message::GetHdrsEn(_) => GETHDRSEN,
+            Message::SendHdrsEn => SENDHDRSEN,
+            Message::HdrsEn(_) => HDRSEN,
             Message::Unknown { command, .. } => *command,
         }
     }
@@ -322,7 +337,19 @@ impl Message {
                     buf.put_slice(&v.extra);
                 }
             }
-            Message::Verack | Message::GetAddr | Message::SendHeaders | Message::Mempool => {}
+            Message::Verack
+            | Message::GetAddr
+            | Message::SendHeaders
+            | Message::Mempool
+            | Message::SendHdrsEn => {}
+            Message::AuthCh(a) => a.encode(buf),
+            Message::GetHdrsEn(l) => l.encode(buf),
+            Message::HdrsEn(h) => {
+                put_compact_size(buf, h.len() as u64);
+                for e in h {
+                    e.encode(buf);
+                }
+            }
             Message::Ping(n) | Message::Pong(n) => buf.put_u64_le(*n),
             Message::Addr(a) => put_list(buf, a),
             Message::Inv(i) | Message::GetData(i) | Message::NotFound(i) => put_list(buf, i),
@@ -372,7 +399,16 @@ impl Message {
                     + 4
                     + v.relay.map_or(0, |_| 1 + v.extra.len())
             }
-            Message::Verack | Message::GetAddr | Message::SendHeaders | Message::Mempool => 0,
+            Message::Verack
+            | Message::GetAddr
+            | Message::SendHeaders
+            | Message::Mempool
+            | Message::SendHdrsEn => 0,
+            Message::AuthCh(a) => a.len(),
+            Message::GetHdrsEn(l) => l.len(),
+            Message::HdrsEn(h) => {
+                compact_size_len(h.len() as u64) + h.iter().map(|e| e.len()).sum::<usize>()
+            }
             Message::Ping(_) | Message::Pong(_) | Message::FeeFilter(_) => 8,
             Message::Addr(a) => list_len(a),
             Message::Inv(i) | Message::GetData(i) | Message::NotFound(i) => list_len(i),
@@ -434,6 +470,18 @@ impl Message {
                 Message::Headers(v)
             }
             SENDHEADERS => Message::SendHeaders,
+            AUTHCH => Message::AuthCh(crate::wire::bsv::AuthChallenge::decode(r)?),
+            GETHDRSEN => Message::GetHdrsEn(Locator::decode(r)?),
+            SENDHDRSEN => Message::SendHdrsEn,
+            HDRSEN => {
+                // an enriched header is at least 80 + 1 + 1 + 1 + 1 bytes
+                let n = r.count("enriched headers", MAX_HEADERS, 84)?;
+                let mut v = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(crate::wire::bsv::EnrichedHeader::decode(r)?);
+                }
+                Message::HdrsEn(v)
+            }
             BLOCK => Message::Block(Block::decode(r)?),
             TX => Message::Tx(Transaction::decode(r)?),
             REJECT => Message::Reject(Reject {

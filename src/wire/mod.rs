@@ -3,6 +3,7 @@
 //! given (`bytes::Bytes`) and never copies a payload.
 
 pub mod block;
+pub mod bsv;
 pub mod codec;
 pub mod frame;
 pub mod hash;
@@ -12,6 +13,7 @@ pub mod types;
 pub mod u256;
 
 pub use block::{Block, BlockHeader};
+pub use bsv::{AuthChallenge, EnrichedHeader, MerkleProof, ProofNode, ProvenTx};
 pub use codec::{Decode, DecodeError, DecodeErrorKind, Encode, Reader};
 pub use frame::{encode_message, Frame, FrameDecoder, FrameError, Limits, Magic, WireError};
 pub use hash::Hash256;
