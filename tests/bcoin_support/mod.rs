@@ -132,41 +132,13 @@ impl Bcoin {
     /// Several node JSON-RPC calls in one HTTP request (a JSON-RPC batch); `calls` are (method,
     /// params as a JSON array text). Returns the results in order; panics if any call failed.
     pub fn rpc_batch(&self, calls: &[(&str, String)]) -> Vec<Json> {
-        if calls.is_empty() {
-            return Vec::new();
-        }
-        let body = format!(
-            "[{}]",
-            calls
-                .iter()
-                .enumerate()
-                .map(|(i, (m, p))| format!(r#"{{"method":{},"params":{p},"id":{i}}}"#, json_str(m)))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        let r = http(self.http_port, "POST", "/", Some(&body), &self.api_key)
-            .and_then(|(_, text)| Json::parse(&text).map_err(|e| format!("{e} in reply {text:?}")));
-        let reply = r.unwrap_or_else(|e| {
+        json_rpc_batch(self.http_port, &self.api_key, calls).unwrap_or_else(|e| {
             panic!(
                 "bcoin rpc batch of {}: {e}\n--- bcoin log tail ---\n{}",
                 calls.len(),
                 self.log_tail(40)
             )
-        });
-        let answers = reply
-            .as_array()
-            .unwrap_or_else(|| panic!("bcoin rpc batch: not an array: {reply}"));
-        assert_eq!(answers.len(), calls.len(), "bcoin rpc batch answers");
-        answers
-            .iter()
-            .zip(calls)
-            .map(|(a, (m, p))| {
-                if !a["error"].is_null() {
-                    panic!("bcoin rpc {m} {p} (in a batch): {}", a["error"]);
-                }
-                a["result"].clone()
-            })
-            .collect()
+        })
     }
 
     /// The hashes of its best chain at `heights` (`getblockhash`, RPC byte order).
@@ -705,6 +677,53 @@ fn launch(entry: &Path, extra: &[String]) -> Result<Bcoin, Launch> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A JSON-RPC batch over HTTP with basic auth (user `x`, password `key`) to a node on
+/// loopback `port`: the results in order, or the first error (transport or any call's).
+/// Shared by the bcoin and SV node supports.
+pub fn json_rpc_batch(port: u16, key: &str, calls: &[(&str, String)]) -> Result<Vec<Json>, String> {
+    if calls.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = format!(
+        "[{}]",
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, (m, p))| {
+                format!(
+                    r#"{{"jsonrpc":"1.0","method":{},"params":{p},"id":{i}}}"#,
+                    json_str(m)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let (_, text) = http(port, "POST", "/", Some(&body), key)?;
+    let reply = Json::parse(&text).map_err(|e| format!("{e} in reply {text:?}"))?;
+    let answers = reply
+        .as_array()
+        .ok_or_else(|| format!("not an array: {reply}"))?;
+    if answers.len() != calls.len() {
+        return Err(format!(
+            "{} answers to {} calls",
+            answers.len(),
+            calls.len()
+        ));
+    }
+    answers
+        .iter()
+        .zip(calls)
+        .map(|(a, (m, p))| {
+            if a["error"].is_null() {
+                Ok(a["result"].clone())
+            } else {
+                let shown: String = p.chars().take(200).collect();
+                Err(format!("{m} {shown}: {}", a["error"]))
+            }
+        })
+        .collect()
 }
 
 /// One HTTP/1.0 request with basic auth (user `x`, password the API key); returns the status

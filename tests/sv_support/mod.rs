@@ -12,7 +12,7 @@
 //! panic with the reason, never a silent skip.
 #![allow(dead_code)]
 
-use crate::bcoin_support::{http, json_str, Json};
+use crate::bcoin_support::{http, json_rpc_batch, json_str, Json};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -198,36 +198,12 @@ impl SvNode {
 
     /// Several calls in one request (a JSON-RPC batch), results in order; each must succeed.
     pub fn rpc_batch(&self, calls: &[(&str, String)]) -> Vec<Json> {
-        if calls.is_empty() {
-            return Vec::new();
-        }
-        let body = format!(
-            "[{}]",
-            calls
-                .iter()
-                .enumerate()
-                .map(|(i, (m, p))| format!(
-                    r#"{{"jsonrpc":"1.0","method":{},"params":{p},"id":{i}}}"#,
-                    json_str(m)
-                ))
-                .collect::<Vec<_>>()
-                .join(",")
-        );
-        let (_, text) = http(self.rpc, "POST", "/", Some(&body), &self.key)
-            .unwrap_or_else(|e| panic!("SV node rpc batch: {e}"));
-        let reply = Json::parse(&text).unwrap_or_else(|e| panic!("{e} in {text:?}"));
-        let answers = reply
-            .as_array()
-            .unwrap_or_else(|| panic!("not an array: {reply}"));
-        assert_eq!(answers.len(), calls.len());
-        answers
-            .iter()
-            .zip(calls)
-            .map(|(a, (m, p))| {
-                assert!(a["error"].is_null(), "rpc {m} {p}: {}", a["error"]);
-                a["result"].clone()
-            })
-            .collect()
+        json_rpc_batch(self.rpc, &self.key, calls).unwrap_or_else(|e| {
+            panic!(
+                "SV node rpc batch: {e}\n--- log tail ---\n{}",
+                self.log_tail(40)
+            )
+        })
     }
 
     /// Mines `n` blocks; their hashes.
