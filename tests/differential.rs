@@ -805,9 +805,15 @@ fn frame(command: Command, payload: &[u8]) -> Vec<u8> {
 /// - `feefilter` outside 0..=MAX_MONEY;
 /// - `reject` with a code outside the eight standard ones or data that is not 32 bytes;
 /// - `sendcmpct` whose announce byte is neither 0 nor 1 (bsn reads any non-zero byte as true,
-///   as the reference node reads a bool; rust-bitcoin refuses it).
+///   as the reference node reads a bool; rust-bitcoin refuses it);
+/// - bytes after a known message, which bsn ignores as the SV node does (a `mempool` with the
+///   SV node's 8-byte age among them).
 fn rust_bitcoin_refuses(ours: &Message, payload: &[u8]) -> bool {
     let empty_tx = |t: &Transaction| t.input_count() == 0;
+    // bytes after a known message: ignored by bsn as by the SV node, refused by rust-bitcoin
+    if ours.payload_len() < payload.len() {
+        return true;
+    }
     match ours {
         Message::Tx(t) => empty_tx(t),
         Message::Block(b) => b.txs.iter().any(empty_tx),
@@ -815,6 +821,7 @@ fn rust_bitcoin_refuses(ours: &Message, payload: &[u8]) -> bool {
         Message::FeeFilter(f) => !(0..=MAX_MONEY).contains(f),
         Message::Reject(r) => r.data.len() != 32 || !REJECT_CODES.iter().any(|(c, _)| *c == r.code),
         Message::SendCmpct { .. } => payload[0] > 1,
+        Message::MempoolAge(_) => true,
         _ => false,
     }
 }

@@ -426,6 +426,7 @@ fn message() -> impl Strategy<Value = Message> {
         transaction().prop_map(Message::Tx),
         reject().prop_map(Message::Reject),
         Just(Message::Mempool),
+        any::<u64>().prop_map(Message::MempoolAge),
         any::<i64>().prop_map(Message::FeeFilter),
         (any::<bool>(), any::<u64>())
             .prop_map(|(announce, version)| Message::SendCmpct { announce, version }),
@@ -995,10 +996,21 @@ fn check_payload(command: Command, payload: Bytes) -> Result<Message, PayloadErr
     match &r {
         Ok(m) => {
             assert_eq!(m.command(), command);
-            assert_eq!(m.payload_len(), payload.len());
+            // bytes after a known message are ignored (as the SV node does): the message used
+            // a prefix of the payload
+            let used = m.payload_len();
+            assert!(
+                used <= payload.len(),
+                "{command} used {used} of {}",
+                payload.len()
+            );
             let again = m.payload();
             if command != commands::VERSION && command != commands::SENDCMPCT {
-                assert_eq!(again, payload, "canonical re-encoding of {command}");
+                assert_eq!(
+                    again,
+                    payload.slice(..used),
+                    "canonical re-encoding of {command}"
+                );
             }
             assert_eq!(Message::decode(command, again).as_ref(), Ok(m));
         }
@@ -1579,21 +1591,29 @@ fn payload_errors_report_command_and_offset() {
     );
     assert_eq!(dec.next_message(), Ok(Some(Message::Ping(1))));
 
-    // Trailing bytes.
-    assert_eq!(
-        payload_err(commands::PING, &[0; 9]),
-        DecodeError {
-            offset: 8,
-            kind: DecodeErrorKind::TrailingBytes(1)
-        }
+    // Trailing bytes after a known message are ignored, as the SV node ignores them; the
+    // message says how many bytes it used.
+    let m = Message::decode(
+        commands::PING,
+        Bytes::from_static(&[1, 0, 0, 0, 0, 0, 0, 0, 9]),
     );
+    assert_eq!(m, Ok(Message::Ping(1)));
+    assert_eq!(m.unwrap().payload_len(), 8);
     assert_eq!(
-        payload_err(commands::VERACK, &[0]),
-        DecodeError {
-            offset: 0,
-            kind: DecodeErrorKind::TrailingBytes(1)
-        }
+        Message::decode(commands::VERACK, Bytes::from_static(&[0])),
+        Ok(Message::Verack)
     );
+    // `mempool` with the SV node's optional age
+    assert_eq!(
+        Message::decode(commands::MEMPOOL, Bytes::new()),
+        Ok(Message::Mempool)
+    );
+    let aged = Message::decode(
+        commands::MEMPOOL,
+        Bytes::from_static(&[60, 0, 0, 0, 0, 0, 0, 0]),
+    );
+    assert_eq!(aged, Ok(Message::MempoolAge(60)));
+    assert_eq!(aged.unwrap().payload().len(), 8);
     // Non-canonical compact size.
     let mut inv = vec![0xfd, 0x01, 0x00];
     inv.extend_from_slice(&[0; 36]);

@@ -144,6 +144,9 @@ pub enum Message {
     Reject(Reject),
     /// `mempool`
     Mempool,
+    /// `mempool` with the 8-byte age the SV node (1.2) may add: transactions no older than
+    /// this many seconds
+    MempoolAge(u64),
     /// `feefilter`: minimum fee rate in satoshis per 1000 bytes
     FeeFilter(i64),
     /// `sendcmpct` (BIP152; decoded, bsn does not use compact blocks)
@@ -308,7 +311,7 @@ impl Message {
             Message::Block(_) => BLOCK,
             Message::Tx(_) => TX,
             Message::Reject(_) => REJECT,
-            Message::Mempool => MEMPOOL,
+            Message::Mempool | Message::MempoolAge(_) => MEMPOOL,
             Message::FeeFilter(_) => FEEFILTER,
             Message::SendCmpct { .. } => SENDCMPCT,
             Message::Protoconf(_) => PROTOCONF,
@@ -350,7 +353,7 @@ impl Message {
                     e.encode(buf);
                 }
             }
-            Message::Ping(n) | Message::Pong(n) => buf.put_u64_le(*n),
+            Message::Ping(n) | Message::Pong(n) | Message::MempoolAge(n) => buf.put_u64_le(*n),
             Message::Addr(a) => put_list(buf, a),
             Message::Inv(i) | Message::GetData(i) | Message::NotFound(i) => put_list(buf, i),
             Message::GetHeaders(l) | Message::GetBlocks(l) => l.encode(buf),
@@ -409,7 +412,10 @@ impl Message {
             Message::HdrsEn(h) => {
                 compact_size_len(h.len() as u64) + h.iter().map(|e| e.len()).sum::<usize>()
             }
-            Message::Ping(_) | Message::Pong(_) | Message::FeeFilter(_) => 8,
+            Message::Ping(_)
+            | Message::Pong(_)
+            | Message::FeeFilter(_)
+            | Message::MempoolAge(_) => 8,
             Message::Addr(a) => list_len(a),
             Message::Inv(i) | Message::GetData(i) | Message::NotFound(i) => list_len(i),
             Message::GetHeaders(l) | Message::GetBlocks(l) => l.len(),
@@ -436,11 +442,11 @@ impl Message {
     }
 
     /// Decodes the payload of `command`. Byte slices in the result share `payload`'s memory.
+    /// Bytes after a known message are ignored, as the SV node ignores them (fields a newer
+    /// version added); the message's `payload_len` says how many were read.
     pub fn decode(command: Command, payload: Bytes) -> Result<Message, PayloadError> {
         let mut r = Reader::new(payload);
-        Message::decode_from(command, &mut r)
-            .and_then(|m| r.finish().map(|_| m))
-            .map_err(|error| PayloadError { command, error })
+        Message::decode_from(command, &mut r).map_err(|error| PayloadError { command, error })
     }
 
     fn decode_from(command: Command, r: &mut Reader) -> DecodeResult<Message> {
@@ -490,6 +496,7 @@ impl Message {
                 reason: r.var_str("reject reason bytes", MAX_REJECT_REASON)?,
                 data: r.take_rest(),
             }),
+            MEMPOOL if r.remaining() >= 8 => Message::MempoolAge(r.u64_le()?),
             MEMPOOL => Message::Mempool,
             FEEFILTER => Message::FeeFilter(r.i64_le()?),
             SENDCMPCT => Message::SendCmpct {
