@@ -296,3 +296,59 @@ fn checkpoints_hold_the_chain_to_them_and_refuse_forks_below() {
         e.stop();
     }
 }
+
+#[test]
+fn a_peer_that_is_too_busy_is_not_asked_for_blocks_for_five_seconds_nor_scored() {
+    use bsn::wire::{InvType, Message, Reject};
+    let blocks = regtest_blocks(3);
+    let (e, ev) = start(config());
+    // a peer at height 3 with NODE_NETWORK that answers the first getdata with TOOBUSY
+    let mut p = ScriptPeer::connect(e.local_addr().unwrap(), REGTEST);
+    let mut v = version_msg(70016, 1);
+    v.services = 1;
+    v.start_height = 3;
+    p.send(&Message::Version(v));
+    p.expect(T, |m| matches!(m, Message::Verack));
+    p.send(&Message::Verack);
+    p.expect(T, |m| matches!(m, Message::GetHeaders(_)));
+    p.send(&Message::Headers(blocks.iter().map(|b| b.header).collect()));
+    let first = p.expect(T, |m| matches!(m, Message::GetData(_)));
+    let asked = match first {
+        Message::GetData(items) => items,
+        _ => unreachable!(),
+    };
+    assert!(asked.iter().all(|i| i.kind == InvType::BLOCK));
+    let rejected_at = Instant::now();
+    p.send(&Message::Reject(Reject {
+        message: "getdata".into(),
+        code: 0x44,
+        reason: "Max blocks' downloading size exceeded.".into(),
+        data: bytes::Bytes::new(),
+    }));
+    // the embedder sees the reject; the next request comes after the SV node's 5 s, not before
+    wait_for(&ev, T, "the reject", |x| match x {
+        Event::Message {
+            message: Message::Reject(r),
+            ..
+        } if r.code == 0x44 => Some(()),
+        _ => None,
+    });
+    let again = p.expect(T, |m| matches!(m, Message::GetData(_)));
+    assert!(
+        rejected_at.elapsed() >= Duration::from_millis(4_900),
+        "asked again after {:?}",
+        rejected_at.elapsed()
+    );
+    if let Message::GetData(items) = again {
+        assert_eq!(items[0].hash, asked[0].hash);
+    }
+    for b in &blocks {
+        p.send(&Message::Block(b.clone()));
+    }
+    wait_for(&ev, T, "block 3 connected", |x| match x {
+        Event::BlockConnected { height: 3, .. } => Some(()),
+        _ => None,
+    });
+    assert_eq!(e.ban_score("127.0.0.1".parse().unwrap()), 0);
+    e.stop();
+}

@@ -144,6 +144,8 @@ struct PeerState {
     last_progress: Option<Instant>,
     /// A request to it timed out and it has not answered since: no new requests.
     stalled: bool,
+    /// It said it is too busy (`reject` TOOBUSY): no new requests before this.
+    paused_until: Option<Instant>,
     /// Blocks it was asked for that no longer count as in flight (timed out, delivered by
     /// another peer, dropped by a reorg): delivering them is no fault. The height is kept while
     /// the block may still be used. Oldest first, bounded.
@@ -198,6 +200,7 @@ impl BlockDownload {
             in_flight: 0,
             last_progress: None,
             stalled: false,
+            paused_until: None,
             late: VecDeque::new(),
             refused: BTreeMap::new(),
         });
@@ -227,6 +230,34 @@ impl BlockDownload {
         if let Some(p) = self.peers.get_mut(&id) {
             p.score = score;
         }
+    }
+
+    /// The peer answered a request with `reject` TOOBUSY (0x44): as the SV node does, it gets no
+    /// requests until `until`, and what it was asked for is asked of other peers at once (as far
+    /// as they have free slots; delivering it later is no fault). Returns those requests.
+    pub fn too_busy(&mut self, id: PeerId, now: Instant, until: Instant) -> Vec<DownloadAction> {
+        let mut out = Vec::new();
+        let cap = self.late_cap();
+        let Some(p) = self.peers.get_mut(&id) else {
+            return out;
+        };
+        p.paused_until = Some(until);
+        let mut released: Vec<(u32, Hash256)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.peer == id)
+            .map(|(h, e)| (e.height, *h))
+            .collect();
+        released.sort_unstable();
+        for (height, hash) in &released {
+            self.in_flight.remove(hash);
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.in_flight -= 1;
+                Self::push_late(p, cap, *hash, Some(*height));
+            }
+        }
+        self.assign(now, released, &mut out);
+        out
     }
 
     /// The peer is gone: its requests in flight are asked of other peers at once, as far as they
@@ -609,7 +640,9 @@ impl BlockDownload {
         let max = self.config.max_in_flight_per_peer;
         let mut batches: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
         for (height, hash) in wanted {
-            let free = |p: &PeerState| !p.stalled && p.in_flight < max;
+            let free = |p: &PeerState| {
+                !p.stalled && p.in_flight < max && p.paused_until.is_none_or(|t| t <= now)
+            };
             if !self.peers.values().any(free) {
                 break;
             }
@@ -1221,5 +1254,40 @@ mod tests {
             ]
         );
         assert_eq!(d.block_received(A, a[1], t0), ready(&b, [1]));
+    }
+
+    #[test]
+    fn a_too_busy_peer_is_left_alone_for_a_while_and_its_blocks_asked_elsewhere() {
+        let (tree, hashes) = chain(20);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 4, 60_000), 0);
+        d.peer_connected(A, 20, 60);
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[1, 2, 3, 4])]);
+        d.peer_connected(B, 20, 50);
+        // A says it is too busy: its four go to B at once
+        let until = t0 + ms(5_000);
+        assert_eq!(
+            d.too_busy(A, t0, until),
+            vec![req(B, &hashes, &[1, 2, 3, 4])]
+        );
+        assert_eq!(d.peer_in_flight(A), Some(0));
+        // nothing new for A before `until`
+        assert_eq!(d.tick(t0 + ms(1_000), &tree), vec![]);
+        // delivering what it was asked before is no fault
+        let late = d.block_received(A, hashes[1], t0 + ms(1_500));
+        assert!(
+            !late
+                .iter()
+                .any(|a| matches!(a, DownloadAction::Unrequested { .. })),
+            "{late:?}"
+        );
+        // then it is asked again
+        let after = d.tick(until, &tree);
+        assert!(
+            after
+                .iter()
+                .any(|a| matches!(a, DownloadAction::Request { peer, .. } if *peer == A)),
+            "{after:?}"
+        );
     }
 }

@@ -25,6 +25,11 @@ use std::time::Instant;
 
 /// Most hashes answered to one `getblocks`.
 pub const MAX_GETBLOCKS: usize = 500;
+/// `reject` code of a peer too busy to serve blocks (the SV node's `REJECT_TOOBUSY`).
+const REJECT_TOOBUSY: u8 = 0x44;
+/// How long a peer that said it is too busy is not asked for blocks (the SV node's
+/// `TOOBUSY_RETRY_DELAY`).
+const TOOBUSY_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Most bytes of an `hdrsen` answer (the smallest `protoconf` limit a peer may have), unless
 /// its one header needs more.
 const MAX_HDRSEN_BYTES: usize = 1 << 20;
@@ -312,6 +317,16 @@ impl NodeCore {
                 }
                 self.download_actions(d, now);
                 None
+            }
+            Message::Reject(ref r) if r.code == REJECT_TOOBUSY => {
+                // the SV node's "too busy": no block requests to it for a while, and what it
+                // was asked for goes elsewhere (the embedder sees the reject too)
+                let until = now + TOOBUSY_RETRY_DELAY;
+                if let Some(dl) = self.blocks.as_mut() {
+                    let d = dl.too_busy(id, now, until);
+                    self.download_actions(d, now);
+                }
+                Some(msg)
             }
             Message::NotFound(ref items) => {
                 let mut d = Vec::new();
