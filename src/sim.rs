@@ -394,8 +394,9 @@ impl SimNet {
             queued_bytes: 0,
             stats: c.proto.stats.clone(),
             shard: 0,
-            score: 50,
-            status: crate::store::records::PeerStatus::Alive,
+            // scored by the core
+            score: 0,
+            status: crate::store::records::PeerStatus::Unknown,
         })
     }
 
@@ -479,7 +480,6 @@ impl SimNet {
         let input = PeerInput::Disconnected {
             id,
             reason,
-            handshaken: c.proto.is_ready(),
             stats: std::mem::take(&mut c.proto.stats),
             rtt: c.proto.rtt(),
         };

@@ -3,28 +3,12 @@
 
 mod common;
 
-use bsn::wire::{Hash256, InvType, Inventory, Locator, Message, OutPoint, Transaction};
+use bsn::wire::{Hash256, InvType, Inventory, Locator, Message, Transaction};
 use bsn::{Engine, Event, TxPolicy};
 use common::*;
 use std::time::{Duration, Instant};
 
 const T: Duration = Duration::from_secs(30);
-
-fn tx(n: u32) -> Transaction {
-    Transaction::build(
-        1,
-        &[(
-            OutPoint {
-                txid: Hash256::sha256d(&n.to_le_bytes()),
-                vout: n,
-            },
-            b"\x51",
-            u32::MAX,
-        )],
-        &[(1000, b"\x51")],
-        0,
-    )
-}
 
 /// Resident memory of this process, from /proc (None where there is no /proc).
 fn rss_bytes() -> Option<u64> {
@@ -42,7 +26,7 @@ const RSS_GROWTH_BOUND: u64 = 256 << 20;
 #[test]
 fn a_slow_embedder_gets_every_block_and_transaction_exactly_once_in_order() {
     let blocks = regtest_blocks(3000);
-    let txs: Vec<Transaction> = (0..1000).map(tx).collect();
+    let txs: Vec<Transaction> = (0..1000).map(sample_tx).collect();
     let mut ca = config();
     ca.tx_announce_interval = Duration::from_millis(20);
     let (a, _aev) = start(ca);
@@ -141,7 +125,7 @@ fn submit_tx_right_after_peer_connected_reaches_that_peer() {
             Event::PeerConnected(i) => Some(i.id),
             _ => None,
         });
-        let t = tx(50_000 + round);
+        let t = sample_tx(50_000 + round);
         let txid = t.txid();
         a.submit_tx(t).unwrap();
         p.expect(
@@ -225,7 +209,7 @@ fn every_map_is_empty_again_after_many_connections_and_requests() {
         // transactions it announces: asked for, never delivered
         p.send(&Message::Inv(vec![Inventory {
             kind: InvType::TX,
-            hash: tx(90_000 + round).txid(),
+            hash: sample_tx(90_000 + round).txid(),
         }]));
         p.expect(T, |m| matches!(m, Message::GetData(_)));
         // blocks the embedder asks this peer for, never delivered

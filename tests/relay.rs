@@ -76,22 +76,6 @@ fn a_new_block_reaches_a_ring_of_five_and_each_downloads_it_once() {
     }
 }
 
-fn sample_tx(n: u32) -> bsn::wire::Transaction {
-    bsn::wire::Transaction::build(
-        1,
-        &[(
-            bsn::wire::OutPoint {
-                txid: bsn::wire::Hash256([n as u8; 32]),
-                vout: n,
-            },
-            b"\x51",
-            u32::MAX,
-        )],
-        &[(1_000, b"\x76\xa9")],
-        0,
-    )
-}
-
 #[test]
 fn a_transaction_reaches_a_ring_of_five_exactly_once_each_after_each_embedder_accepts_it() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -5,7 +5,7 @@
 mod common;
 
 use bsn::sim::SimNet;
-use bsn::wire::{Block, Hash256, Message, OutPoint, Transaction};
+use bsn::wire::{Block, Message};
 use bsn::{Config, Event, Network, TxPolicy};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -15,22 +15,6 @@ fn node_config() -> Config {
     c.tx_policy = TxPolicy::AcceptAll;
     c.target_outbound = 0;
     c
-}
-
-fn tx(n: u32) -> Transaction {
-    Transaction::build(
-        1,
-        &[(
-            OutPoint {
-                txid: Hash256::sha256d(&n.to_le_bytes()),
-                vout: 0,
-            },
-            b"",
-            u32::MAX,
-        )],
-        &[(1000, b"\x51")],
-        0,
-    )
 }
 
 struct Outcome {
@@ -91,7 +75,7 @@ fn scenario(seed: u64, chain: &[Block]) -> Outcome {
         "relayed block"
     );
     // A transaction submitted on A reaches B and C exactly once.
-    let t = tx(1);
+    let t = common::sample_tx(1);
     let txid = t.txid();
     net.submit_tx(a, t);
     let got = |n: &SimNet, x| {

@@ -242,22 +242,30 @@ impl BlockDownload {
             return out;
         };
         p.paused_until = Some(until);
-        let mut released: Vec<(u32, Hash256)> = self
-            .in_flight
-            .iter()
-            .filter(|(_, e)| e.peer == id)
-            .map(|(h, e)| (e.height, *h))
-            .collect();
-        released.sort_unstable();
-        for (height, hash) in &released {
-            self.in_flight.remove(hash);
-            if let Some(p) = self.peers.get_mut(&id) {
-                p.in_flight -= 1;
+        let released = self.take_in_flight_of(id);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.in_flight = 0;
+            for (height, hash) in &released {
                 Self::push_late(p, cap, *hash, Some(*height));
             }
         }
         self.assign(now, released, &mut out);
         out
+    }
+
+    /// Removes `id`'s requests in flight; returns them by ascending height.
+    fn take_in_flight_of(&mut self, id: PeerId) -> Vec<(u32, Hash256)> {
+        let mut taken: Vec<(u32, Hash256)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.peer == id)
+            .map(|(h, e)| (e.height, *h))
+            .collect();
+        taken.sort_unstable();
+        for (_, hash) in &taken {
+            self.in_flight.remove(hash);
+        }
+        taken
     }
 
     /// The peer is gone: its requests in flight are asked of other peers at once, as far as they
@@ -267,16 +275,7 @@ impl BlockDownload {
         if self.peers.remove(&id).is_none() {
             return out;
         }
-        let mut released: Vec<(u32, Hash256)> = self
-            .in_flight
-            .iter()
-            .filter(|(_, e)| e.peer == id)
-            .map(|(h, e)| (e.height, *h))
-            .collect();
-        released.sort_unstable();
-        for (_, hash) in &released {
-            self.in_flight.remove(hash);
-        }
+        let released = self.take_in_flight_of(id);
         self.assign(now, released, &mut out);
         out
     }

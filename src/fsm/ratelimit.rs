@@ -122,9 +122,8 @@ impl RateLimiter {
         // and pings again (every latency tool) is served at full speed. What a peer that does
         // not read its pongs can pile up is bounded by the send queue instead: the shard stops
         // reading a peer whose queue passes `Config::read_pause_bytes`.
-        let keepalive =
-            command == Command::from_static("ping") || command == Command::from_static("pong");
-        if !keepalive {
+        use crate::wire::message::commands::{PING, PONG};
+        if command != PING && command != PONG {
             if let Err(w) = self.msgs.take(now, 1.0) {
                 wait = wait.max(w);
             }

@@ -177,13 +177,14 @@ impl NodeCore {
         let target = self.config.target_outbound.min(self.config.max_outbound);
         let me = self.own_addr().map(canonical);
         let t = self.unix(now);
-        for _ in 0..target {
-            // (dials in flight hold their outbound slot already)
-            if self.outbound >= target {
-                return;
-            }
-            let connected: Vec<SocketAddr> =
-                self.peers.values().map(|p| canonical(p.addr)).collect();
+        // (dials in flight hold their outbound slot already)
+        if self.outbound >= target {
+            return;
+        }
+        // dials only add peers when their sockets report back, so this holds for the loop
+        let connected: std::collections::HashSet<SocketAddr> =
+            self.peers.values().map(|p| canonical(p.addr)).collect();
+        while self.outbound < target {
             let pick = {
                 let (bans, dialing) = (&self.bans, &self.dialing);
                 let exclude = |a: &SocketAddr| {

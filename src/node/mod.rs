@@ -86,7 +86,6 @@ pub(crate) enum PeerInput {
         reason: DisconnectReason,
         stats: PeerStats,
         rtt: Option<Duration>,
-        handshaken: bool,
     },
     /// An outbound connection could not even be started.
     DialFailed { addr: SocketAddr, reason: String },
@@ -131,10 +130,9 @@ struct Peer {
     continuation: Option<Hash256>,
     /// Its `getaddr` was answered (once per connection).
     getaddr_answered: bool,
-    /// Last counters from the shard (for eviction scores).
-    rtt_us: u64,
-    useful_msgs: u64,
-    errors: u64,
+    /// What its last counters from the shard say (for eviction scores; bans are added when
+    /// scoring).
+    inputs: ScoreInputs,
 }
 
 /// Most block hashes remembered per peer as already known to it.
@@ -479,8 +477,7 @@ impl NodeCore {
                 reason,
                 stats,
                 rtt,
-                handshaken,
-            } => self.disconnected(id, reason, stats, rtt, handshaken, now),
+            } => self.disconnected(id, reason, stats, rtt, now),
             PeerInput::DialFailed { addr, reason } => self.dial_failed(addr, reason, now),
         }
     }
@@ -504,9 +501,7 @@ impl NodeCore {
                 known: KnownBlocks::default(),
                 continuation: None,
                 getaddr_answered: false,
-                rtt_us: 0,
-                useful_msgs: 0,
-                errors: 0,
+                inputs: ScoreInputs::default(),
             },
         );
         if direction == Direction::Outbound {
@@ -578,19 +573,16 @@ impl NodeCore {
     }
 
     fn score_of(&self, p: &Peer, now: Instant) -> u32 {
-        scoring::score(&self.score_inputs(p.addr.ip(), p, now))
+        scoring::score(&self.with_bans(p.addr.ip(), p.inputs, now))
     }
 
-    fn score_inputs(&self, ip: IpAddr, p: &Peer, now: Instant) -> ScoreInputs {
+    /// `inputs` with what the core alone knows: the address's ban score and ban.
+    fn with_bans(&self, ip: IpAddr, inputs: ScoreInputs, now: Instant) -> ScoreInputs {
         let unix = self.unix(now);
         ScoreInputs {
-            rtt_us: p.rtt_us,
-            connections: p.ready as u64,
-            failures: 0,
-            useful_msgs: p.useful_msgs,
-            errors: p.errors,
             ban_score: self.scores.score(ip, unix),
             banned: self.bans.banned(ip, unix).is_some(),
+            ..inputs
         }
     }
 
@@ -608,20 +600,12 @@ impl NodeCore {
             .map(|(id, _)| *id)
     }
 
-    /// Fills in the score and status of connections the shards reported.
+    /// Fills in the score and status of connections the shards reported (the shards know
+    /// counters, the core bans).
     pub(crate) fn rate_peers(&self, infos: &mut [PeerInfo], now: Instant) {
-        let unix = self.unix(now);
         for i in infos.iter_mut() {
-            let ip = i.addr.ip();
-            let inputs = ScoreInputs {
-                rtt_us: i.rtt.map_or(0, |r| r.as_micros().max(1) as u64),
-                connections: i.ready as u64,
-                failures: 0,
-                useful_msgs: useful(&i.stats),
-                errors: i.stats.errors,
-                ban_score: self.scores.score(ip, unix),
-                banned: self.bans.banned(ip, unix).is_some(),
-            };
+            let inputs = conn_inputs(i.rtt, i.ready, &i.stats);
+            let inputs = self.with_bans(i.addr.ip(), inputs, now);
             i.score = scoring::score(&inputs);
             i.status = scoring::status(&inputs);
         }
@@ -644,8 +628,11 @@ impl NodeCore {
         let unix = self.unix(now);
         self.registry
             .connected(id, addr, v.services, &v.user_agent, v.version, unix);
-        let score = self.score_of(&self.peers[&id], now);
-        info.score = score;
+        if let Some(r) = self.statics.get_mut(&addr) {
+            r.attempts = 0; // reached: the backoff starts over
+        }
+        self.rate_peers(std::slice::from_mut(&mut info), now);
+        let score = info.score;
         self.addr_connected(id, addr, direction, v.services, now);
         self.txs.peer_connected(id);
         self.sync_connected(id, v.start_height, v.services, score, now);
@@ -672,9 +659,7 @@ impl NodeCore {
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
-        p.rtt_us = rtt.map_or(0, |r| r.as_micros().max(1) as u64);
-        p.useful_msgs = useful(stats);
-        p.errors = stats.errors;
+        p.inputs = conn_inputs(rtt, p.ready, stats);
         if p.ready {
             let addr = p.addr;
             self.registry.snapshot(id, addr, stats, rtt);
@@ -687,7 +672,6 @@ impl NodeCore {
         reason: DisconnectReason,
         stats: PeerStats,
         rtt: Option<Duration>,
-        handshaken: bool,
         now: Instant,
     ) {
         let Some(peer) = self.peers.get(&id) else {
@@ -702,17 +686,14 @@ impl NodeCore {
         self.peers.remove(&id);
         let unix = self.unix(now);
         self.registry
-            .disconnected(id, addr, direction, handshaken && ready, &stats, rtt, unix);
+            .disconnected(id, addr, direction, ready, &stats, rtt, unix);
         self.addr_disconnected(addr, direction, ready, now);
         if ready {
             self.sync_disconnected(id, now);
             self.txs.peer_disconnected(id);
         }
         self.forget_embedder_requests_of(id);
-        if let Some(r) = self.statics.get_mut(&addr) {
-            r.at = Some(now + redial_delay(&self.config, r.attempts));
-            r.attempts += 1;
-        }
+        self.schedule_redial(addr, now);
         self.emit(Event::PeerDisconnected {
             id,
             addr,
@@ -727,11 +708,17 @@ impl NodeCore {
         let unix = self.unix(now);
         self.registry.failed(addr, unix);
         self.addr_dial_failed(addr, now);
+        self.schedule_redial(addr, now);
+        self.emit(Event::ConnectFailed { addr, reason });
+    }
+
+    /// A static peer that dropped or could not be reached is dialled again after a backoff
+    /// that grows with each failure in a row.
+    fn schedule_redial(&mut self, addr: SocketAddr, now: Instant) {
         if let Some(r) = self.statics.get_mut(&addr) {
             r.at = Some(now + redial_delay(&self.config, r.attempts));
             r.attempts += 1;
         }
-        self.emit(Event::ConnectFailed { addr, reason });
     }
 
     /// Asks for an outbound connection: false (with a `ConnectFailed` event for a banned
@@ -1093,13 +1080,21 @@ impl NodeCore {
     }
 }
 
-/// Messages other than ping/pong received.
-fn useful(s: &PeerStats) -> u64 {
-    s.by_command
-        .iter()
-        .filter(|(cmd, _)| !matches!(cmd.as_str(), "ping" | "pong"))
-        .map(|(_, s)| s.msgs_in)
-        .sum()
+/// What a connection's counters say for its score (ban scores are the core's to add).
+fn conn_inputs(rtt: Option<Duration>, ready: bool, s: &PeerStats) -> ScoreInputs {
+    ScoreInputs {
+        rtt_us: rtt.map_or(0, |r| r.as_micros().max(1) as u64),
+        connections: ready as u64,
+        // messages other than ping/pong received
+        useful_msgs: s
+            .by_command
+            .iter()
+            .filter(|(cmd, _)| !matches!(cmd.as_str(), "ping" | "pong"))
+            .map(|(_, s)| s.msgs_in)
+            .sum(),
+        errors: s.errors,
+        ..ScoreInputs::default()
+    }
 }
 
 fn redial_delay(cfg: &Config, attempt: u32) -> Duration {

@@ -13,7 +13,6 @@ use crate::config::Config;
 use crate::error::SendError;
 use crate::event::PeerInfo;
 use crate::fsm::peer::{PeerOutput, PeerProtocol, PeerSettings};
-use crate::fsm::scoring::{self, ScoreInputs};
 use crate::fsm::{Direction, DisconnectReason, PeerId};
 use crate::node::PeerInput;
 use crate::wire::frame::encode_message;
@@ -271,23 +270,11 @@ impl Shard {
     /// Hands a report to the core, in order; when its channel is full the report waits here
     /// and the shard reads no socket until the core has taken it.
     fn report(&mut self, input: PeerInput) {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(input);
-            return;
-        }
-        match self.ctx.core.try_send(input) {
-            Ok(()) => {}
-            Err(TrySendError::Full(input)) => self.backlog.push_back(input),
-            Err(TrySendError::Disconnected(_)) => {
-                // the core is gone (the engine is stopping or failed): nothing left to serve
-                if !self.stopping {
-                    log::error!("shard {}: the node core is gone; stopping", self.index);
-                }
-                self.stopping = true;
-            }
-        }
+        self.backlog.push_back(input);
+        self.drain_backlog();
     }
 
+    /// Hands the core what waits, in order, as far as its channel takes it.
     fn drain_backlog(&mut self) {
         while let Some(input) = self.backlog.pop_front() {
             match self.ctx.core.try_send(input) {
@@ -297,6 +284,10 @@ impl Shard {
                     return;
                 }
                 Err(TrySendError::Disconnected(_)) => {
+                    // the core is gone (the engine is stopping or failed): nothing to serve
+                    if !self.stopping {
+                        log::error!("shard {}: the node core is gone; stopping", self.index);
+                    }
                     self.backlog.clear();
                     self.stopping = true;
                     return;
@@ -349,7 +340,6 @@ impl Shard {
 
     fn info(&self, c: &Conn) -> PeerInfo {
         let v = c.proto.version();
-        let inputs = self.score_inputs(c);
         PeerInfo {
             id: c.id,
             addr: c.addr,
@@ -365,29 +355,9 @@ impl Shard {
             queued_bytes: c.queued,
             stats: c.proto.stats.clone(),
             shard: self.index,
-            // the core adds what it knows (ban scores) before the embedder sees these
-            score: scoring::score(&inputs),
-            status: scoring::status(&inputs),
-        }
-    }
-
-    fn score_inputs(&self, c: &Conn) -> ScoreInputs {
-        let useful = c
-            .proto
-            .stats
-            .by_command
-            .iter()
-            .filter(|(cmd, _)| !matches!(cmd.as_str(), "ping" | "pong"))
-            .map(|(_, s)| s.msgs_in)
-            .sum();
-        ScoreInputs {
-            rtt_us: c.proto.rtt().map_or(0, |r| r.as_micros().max(1) as u64),
-            connections: c.proto.is_ready() as u64,
-            failures: 0,
-            useful_msgs: useful,
-            errors: c.proto.stats.errors,
-            ban_score: 0,
-            banned: false,
+            // scored by the core (it knows ban scores) before anyone sees these
+            score: 0,
+            status: crate::store::records::PeerStatus::Unknown,
         }
     }
 
@@ -909,7 +879,6 @@ impl Shard {
         let input = PeerInput::Disconnected {
             id: c.id,
             reason,
-            handshaken: c.proto.is_ready(),
             stats: std::mem::take(&mut c.proto.stats),
             rtt: c.proto.rtt(),
         };

@@ -117,16 +117,7 @@ impl Bcoin {
 
     /// Calls a node JSON-RPC method; errors are bcoin's error message or a transport problem.
     pub fn try_rpc(&self, method: &str, params: &str) -> Result<Json, String> {
-        let body = format!(
-            r#"{{"method":{},"params":{params},"id":1}}"#,
-            json_str(method)
-        );
-        let (_, text) = http(self.http_port, "POST", "/", Some(&body), &self.api_key)?;
-        let reply = Json::parse(&text).map_err(|e| format!("{e} in reply {text:?}"))?;
-        if !reply["error"].is_null() {
-            return Err(format!("bcoin error: {}", reply["error"]));
-        }
-        Ok(reply["result"].clone())
+        json_rpc(self.http_port, &self.api_key, method, params)
     }
 
     /// Several node JSON-RPC calls in one HTTP request (a JSON-RPC batch); `calls` are (method,
@@ -679,6 +670,22 @@ fn launch(entry: &Path, extra: &[String]) -> Result<Bcoin, Launch> {
     }
 }
 
+/// One JSON-RPC call over HTTP with basic auth (user `x`, password `key`) to a node on loopback
+/// `port`; `params` is a JSON array as text. Errors are the node's message or a transport
+/// problem. Shared by the bcoin and SV node supports.
+pub fn json_rpc(port: u16, key: &str, method: &str, params: &str) -> Result<Json, String> {
+    let body = format!(
+        r#"{{"jsonrpc":"1.0","method":{},"params":{params},"id":1}}"#,
+        json_str(method)
+    );
+    let (_, text) = http(port, "POST", "/", Some(&body), key)?;
+    let reply = Json::parse(&text).map_err(|e| format!("{e} in reply {text:?}"))?;
+    if !reply["error"].is_null() {
+        return Err(format!("node error: {}", reply["error"]));
+    }
+    Ok(reply["result"].clone())
+}
+
 /// A JSON-RPC batch over HTTP with basic auth (user `x`, password `key`) to a node on
 /// loopback `port`: the results in order, or the first error (transport or any call's).
 /// Shared by the bcoin and SV node supports.
@@ -728,7 +735,7 @@ pub fn json_rpc_batch(port: u16, key: &str, calls: &[(&str, String)]) -> Result<
 
 /// One HTTP/1.0 request with basic auth (user `x`, password the API key); returns the status
 /// code and the body.
-pub fn http(
+fn http(
     port: u16,
     method: &str,
     path: &str,

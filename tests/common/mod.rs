@@ -286,6 +286,23 @@ pub fn next_block(prev: &bsn::wire::BlockHeader, tag: u32) -> bsn::wire::Block {
     bsn::wire::Block::new(h, vec![cb])
 }
 
+/// A transaction spending output `n` of a made-up parent (distinct for every `n`).
+pub fn sample_tx(n: u32) -> bsn::wire::Transaction {
+    bsn::wire::Transaction::build(
+        1,
+        &[(
+            bsn::wire::OutPoint {
+                txid: bsn::wire::Hash256::sha256d(&n.to_le_bytes()),
+                vout: n,
+            },
+            b"\x51",
+            u32::MAX,
+        )],
+        &[(1000, b"\x51")],
+        0,
+    )
+}
+
 /// Writes blocks as a block file (records of disk magic, length, block).
 pub fn write_blk(path: &std::path::Path, magic: Magic, blocks: &[&[u8]]) {
     let mut f = Vec::new();

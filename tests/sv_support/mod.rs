@@ -12,7 +12,7 @@
 //! panic with the reason, never a silent skip.
 #![allow(dead_code)]
 
-use crate::bcoin_support::{http, json_rpc_batch, json_str, Json};
+use crate::bcoin_support::{json_rpc, json_rpc_batch, json_str, Json};
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -173,16 +173,7 @@ impl SvNode {
 
     /// A JSON-RPC call; `params` is a JSON array as text. Errors are the node's message.
     pub fn try_rpc(&self, method: &str, params: &str) -> Result<Json, String> {
-        let body = format!(
-            r#"{{"jsonrpc":"1.0","method":{},"params":{params},"id":1}}"#,
-            json_str(method)
-        );
-        let (_, text) = http(self.rpc, "POST", "/", Some(&body), &self.key)?;
-        let reply = Json::parse(&text).map_err(|e| format!("{e} in reply {text:?}"))?;
-        if !reply["error"].is_null() {
-            return Err(format!("{}", reply["error"]));
-        }
-        Ok(reply["result"].clone())
+        json_rpc(self.rpc, &self.key, method, params)
     }
 
     /// A JSON-RPC call that must succeed.
