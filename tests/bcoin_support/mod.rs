@@ -538,7 +538,7 @@ enum Launch {
 }
 
 /// Ports the kernel considers free right now (bound together, so distinct, then released).
-fn free_ports(n: usize) -> Vec<u16> {
+pub fn free_ports(n: usize) -> Vec<u16> {
     let ls: Vec<TcpListener> = (0..n)
         .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
         .collect();

@@ -12,9 +12,9 @@
 //! panic with the reason, never a silent skip.
 #![allow(dead_code)]
 
-use crate::bcoin_support::{json_rpc, json_rpc_batch, json_str, Json};
+use crate::bcoin_support::{free_ports, json_rpc, json_rpc_batch, json_str, Json};
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
@@ -110,15 +110,6 @@ fn install(dir: &Path) -> Result<PathBuf, String> {
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a loopback port"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("bound").port())
-        .collect()
 }
 
 /// A running SV node on regtest. Stopped when dropped.
