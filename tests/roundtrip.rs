@@ -38,7 +38,7 @@ use std::net::Ipv4Addr;
 const MAGIC: Magic = Magic([0xe3, 0xe1, 0xf3, 0xe8]);
 
 /// Every command name the codec has a constant for (decoded or not).
-const KNOWN_COMMANDS: [&str; 26] = [
+const KNOWN_COMMANDS: [&str; 32] = [
     "version",
     "verack",
     "ping",
@@ -65,6 +65,12 @@ const KNOWN_COMMANDS: [&str; 26] = [
     "gethdrsen",
     "sendhdrsen",
     "hdrsen",
+    "datareftx",
+    "authresp",
+    "createstrm",
+    "streamack",
+    "dsdetected",
+    "revokemid",
 ];
 
 /// `cases` per property, or `PROPTEST_CASES` when set (for long runs).
@@ -437,8 +443,73 @@ fn message() -> impl Strategy<Value = Message> {
         locator().prop_map(Message::GetHdrsEn),
         Just(Message::SendHdrsEn),
         vec(enriched_header(), 0..4).prop_map(Message::HdrsEn),
+        (bytes_up_to(129), any::<u8>(), "[A-Za-z]{0,64}").prop_map(|(a, t, p)| {
+            Message::CreateStream(bsn::wire::CreateStream {
+                association_id: a,
+                stream_type: t,
+                policy: p,
+            })
+        }),
+        (bytes_up_to(129), any::<u8>()).prop_map(|(a, t)| Message::StreamAck(
+            bsn::wire::StreamAck {
+                association_id: a,
+                stream_type: t
+            }
+        )),
+        (bytes_up_to(40), any::<u64>(), bytes_up_to(80)).prop_map(|(k, n, s)| {
+            Message::AuthResp(bsn::wire::AuthResponse {
+                public_key: k,
+                nonce: n,
+                signature: s,
+            })
+        }),
+        (
+            any::<u16>(),
+            vec((vec(block_header(), 0..3), whole_tx_proof()), 0..3)
+        )
+            .prop_map(
+                |(version, blocks)| Message::DsDetected(bsn::wire::DsDetected {
+                    version,
+                    blocks: blocks
+                        .into_iter()
+                        .map(|(headers, proof)| bsn::wire::DsBlock { headers, proof })
+                        .collect(),
+                })
+            ),
+        (
+            any::<u32>(),
+            any::<[u8; 33]>(),
+            any::<[u8; 33]>(),
+            any::<[u8; 33]>(),
+            bytes_up_to(144)
+        )
+            .prop_map(|(version, k1, k2, k3, signature)| Message::RevokeMid(
+                bsn::wire::RevokeMid {
+                    version,
+                    revocation_key: k1,
+                    miner_id: k2,
+                    revocation_message: k3,
+                    signature,
+                }
+            )),
+        (transaction(), whole_tx_proof())
+            .prop_map(|(tx, proof)| Message::DataRefTx(bsn::wire::DataRefTx { tx, proof })),
         unknown(),
     ]
+}
+
+/// A proof as `dsdetected` and `datareftx` carry it: flags 5 (a whole transaction, a merkle
+/// root as target) and hash nodes.
+fn whole_tx_proof() -> impl Strategy<Value = bsn::wire::MerkleProof> {
+    (transaction(), any::<u64>(), hash(), vec(hash(), 0..6)).prop_map(|(tx, index, root, nodes)| {
+        bsn::wire::MerkleProof {
+            flags: 5,
+            index,
+            tx_or_id: tx.raw().clone(),
+            target: Bytes::copy_from_slice(&root.0),
+            nodes: nodes.into_iter().map(bsn::wire::ProofNode::Hash).collect(),
+        }
+    })
 }
 
 fn proof_node() -> impl Strategy<Value = bsn::wire::ProofNode> {

@@ -56,6 +56,30 @@ pub struct VersionMessage {
     pub extra: Bytes,
 }
 
+impl VersionMessage {
+    /// The association ID after `relay` (BSV multistreams): `Ok(None)` when absent or null (the
+    /// peer has streams off or does not know them), an error when malformed.
+    pub fn association_id(&self) -> Result<Option<crate::wire::bsv::AssociationId>, &'static str> {
+        if self.extra.is_empty() {
+            return Ok(None);
+        }
+        let mut r = Reader::new(self.extra.clone());
+        let b = r
+            .var_bytes("association ID bytes", crate::wire::bsv::MAX_ASSOCIATION_ID)
+            .map_err(|_| "badly formatted association ID")?;
+        crate::wire::bsv::AssociationId::from_bytes(&b)
+    }
+
+    /// Puts an association ID after `relay` (which it sets if unset), or a null one.
+    pub fn set_association_id(&mut self, id: Option<crate::wire::bsv::AssociationId>) {
+        let mut b = BytesMut::new();
+        let raw = id.map(|i| i.to_bytes()).unwrap_or_default();
+        super::codec::put_var_bytes(&mut b, &raw);
+        self.relay.get_or_insert(true);
+        self.extra = b.freeze();
+    }
+}
+
 /// `getheaders` and `getblocks`: a block locator and a stop hash.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Locator {
@@ -166,6 +190,18 @@ pub enum Message {
     SendHdrsEn,
     /// BSV `hdrsen`: enriched headers (at most 2,000)
     HdrsEn(Vec<crate::wire::bsv::EnrichedHeader>),
+    /// BSV `authresp`: a miner's answer to `authch`
+    AuthResp(crate::wire::bsv::AuthResponse),
+    /// BSV `createstrm`: the first message of a connection joining an association
+    CreateStream(crate::wire::bsv::CreateStream),
+    /// BSV `streamack`: a `createstrm` accepted
+    StreamAck(crate::wire::bsv::StreamAck),
+    /// BSV `dsdetected`: a double spend across competing blocks
+    DsDetected(crate::wire::bsv::DsDetected),
+    /// BSV `revokemid`: a miner ID revocation
+    RevokeMid(crate::wire::bsv::RevokeMid),
+    /// BSV `datareftx`: a transaction with its merkle proof (answers inventory type 5)
+    DataRefTx(crate::wire::bsv::DataRefTx),
     /// Any other command, payload untouched.
     Unknown {
         /// The command.
@@ -206,6 +242,11 @@ pub mod commands {
     pub const AUTHCH: Command = Command::from_static("authch");
     pub const GETHDRSEN: Command = Command::from_static("gethdrsen");
     pub const SENDHDRSEN: Command = Command::from_static("sendhdrsen");
+    pub const AUTHRESP: Command = Command::from_static("authresp");
+    pub const CREATESTRM: Command = Command::from_static("createstrm");
+    pub const STREAMACK: Command = Command::from_static("streamack");
+    pub const DSDETECTED: Command = Command::from_static("dsdetected");
+    pub const REVOKEMID: Command = Command::from_static("revokemid");
 }
 
 /// A payload that did not decode: which command, at which offset, and why.
@@ -319,6 +360,12 @@ impl Message {
             Message::GetHdrsEn(_) => GETHDRSEN,
             Message::SendHdrsEn => SENDHDRSEN,
             Message::HdrsEn(_) => HDRSEN,
+            Message::AuthResp(_) => AUTHRESP,
+            Message::CreateStream(_) => CREATESTRM,
+            Message::StreamAck(_) => STREAMACK,
+            Message::DsDetected(_) => DSDETECTED,
+            Message::RevokeMid(_) => REVOKEMID,
+            Message::DataRefTx(_) => DATAREFTX,
             Message::Unknown { command, .. } => *command,
         }
     }
@@ -346,6 +393,12 @@ impl Message {
             | Message::Mempool
             | Message::SendHdrsEn => {}
             Message::AuthCh(a) => a.encode(buf),
+            Message::AuthResp(a) => a.encode(buf),
+            Message::CreateStream(c) => c.encode(buf),
+            Message::StreamAck(a) => a.encode(buf),
+            Message::DsDetected(d) => d.encode(buf),
+            Message::RevokeMid(m) => m.encode(buf),
+            Message::DataRefTx(d) => d.encode(buf),
             Message::GetHdrsEn(l) => l.encode(buf),
             Message::HdrsEn(h) => {
                 put_compact_size(buf, h.len() as u64);
@@ -408,6 +461,12 @@ impl Message {
             | Message::Mempool
             | Message::SendHdrsEn => 0,
             Message::AuthCh(a) => a.len(),
+            Message::AuthResp(a) => a.len(),
+            Message::CreateStream(c) => c.len(),
+            Message::StreamAck(a) => a.len(),
+            Message::DsDetected(d) => d.len(),
+            Message::RevokeMid(m) => m.len(),
+            Message::DataRefTx(d) => d.len(),
             Message::GetHdrsEn(l) => l.len(),
             Message::HdrsEn(h) => {
                 compact_size_len(h.len() as u64) + h.iter().map(|e| e.len()).sum::<usize>()
@@ -477,6 +536,12 @@ impl Message {
             }
             SENDHEADERS => Message::SendHeaders,
             AUTHCH => Message::AuthCh(crate::wire::bsv::AuthChallenge::decode(r)?),
+            AUTHRESP => Message::AuthResp(crate::wire::bsv::AuthResponse::decode(r)?),
+            CREATESTRM => Message::CreateStream(crate::wire::bsv::CreateStream::decode(r)?),
+            STREAMACK => Message::StreamAck(crate::wire::bsv::StreamAck::decode(r)?),
+            DSDETECTED => Message::DsDetected(crate::wire::bsv::DsDetected::decode(r)?),
+            REVOKEMID => Message::RevokeMid(crate::wire::bsv::RevokeMid::decode(r)?),
+            DATAREFTX => Message::DataRefTx(crate::wire::bsv::DataRefTx::decode(r)?),
             GETHDRSEN => Message::GetHdrsEn(Locator::decode(r)?),
             SENDHDRSEN => Message::SendHdrsEn,
             HDRSEN => {

@@ -13,7 +13,10 @@ pub mod types;
 pub mod u256;
 
 pub use block::{Block, BlockHeader};
-pub use bsv::{AuthChallenge, EnrichedHeader, MerkleProof, ProofNode, ProvenTx};
+pub use bsv::{
+    stream_type, AssociationId, AuthChallenge, AuthResponse, CreateStream, DataRefTx, DsBlock,
+    DsDetected, EnrichedHeader, MerkleProof, ProofNode, ProvenTx, RevokeMid, StreamAck,
+};
 pub use codec::{Decode, DecodeError, DecodeErrorKind, Encode, Reader};
 pub use frame::{encode_message, Frame, FrameDecoder, FrameError, Limits, Magic, WireError};
 pub use hash::Hash256;

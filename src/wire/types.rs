@@ -179,6 +179,8 @@ impl InvType {
     pub const FILTERED_BLOCK: InvType = InvType(3);
     /// A compact block (BIP152).
     pub const CMPCT_BLOCK: InvType = InvType(4);
+    /// A data-reference transaction (BSV miner ID: answered with `datareftx`).
+    pub const DATAREF_TX: InvType = InvType(5);
     /// A transaction with witness (BTC peers only).
     pub const WITNESS_TX: InvType = InvType(0x4000_0001);
     /// A block with witness (BTC peers only).
@@ -192,6 +194,7 @@ impl InvType {
             InvType::BLOCK => "block",
             InvType::FILTERED_BLOCK => "filtered_block",
             InvType::CMPCT_BLOCK => "cmpct_block",
+            InvType::DATAREF_TX => "dataref_tx",
             InvType::WITNESS_TX => "witness_tx",
             InvType::WITNESS_BLOCK => "witness_block",
             _ => "unknown",
