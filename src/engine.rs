@@ -595,14 +595,29 @@ impl Engine {
     /// Relays a transaction from the embedder to every peer (announced at the next announce
     /// interval). Every peer whose [`Event::PeerConnected`] came before this call gets it.
     pub fn submit_tx(&self, tx: Transaction) -> Result<(), Error> {
-        self.call(move |core, _| core.submit_tx(tx))
+        self.call(move |core, _| core.submit_tx(tx, None))
+    }
+
+    /// [`Engine::submit_tx`] with the transaction's fee in satoshis: peers whose `feefilter`
+    /// asks for a higher rate (per 1000 bytes) are not told of it, as the SV node does. (bsn
+    /// holds no outputs to compute a fee from, so without one every peer is told.)
+    pub fn submit_tx_with_fee(&self, tx: Transaction, fee: u64) -> Result<(), Error> {
+        self.call(move |core, _| core.submit_tx(tx, Some(fee)))
     }
 
     /// Accepts a transaction handed over with [`Event::TxReceived`]: it is relayed on. False
     /// when no such transaction waits for a decision.
     pub fn accept_tx(&self, txid: &Hash256) -> bool {
         let h = *txid;
-        self.call(move |core, _| core.accept_tx(&h))
+        self.call(move |core, _| core.accept_tx(&h, None))
+            .unwrap_or(false)
+    }
+
+    /// [`Engine::accept_tx`] with the transaction's fee in satoshis (what the embedder's
+    /// validation computed): peers whose `feefilter` asks for more are not told of it.
+    pub fn accept_tx_with_fee(&self, txid: &Hash256, fee: u64) -> bool {
+        let h = *txid;
+        self.call(move |core, _| core.accept_tx(&h, Some(fee)))
             .unwrap_or(false)
     }
 

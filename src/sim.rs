@@ -662,7 +662,7 @@ impl SimNet {
 
     /// Hands a transaction to a node, as `Engine::submit_tx`.
     pub fn submit_tx(&mut self, node: NodeId, tx: Transaction) {
-        self.core(node).submit_tx(tx);
+        self.core(node).submit_tx(tx, None);
         self.drain(node);
     }
 

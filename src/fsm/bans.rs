@@ -312,6 +312,10 @@ pub enum BanReason {
     HeaderTime,
     /// A transaction nobody asked for: wallets push them (SV: 0).
     UnrequestedTransaction,
+    /// A `dsdetected` or `revokemid` that does not decode or fails its form checks (SV: 10).
+    InvalidNotice,
+    /// A `createstrm` from another IP than the association's (SV: banned at once).
+    StreamFromOtherAddress,
 }
 
 impl BanReason {
@@ -335,6 +339,8 @@ impl BanReason {
             BanReason::UnexpectedMessage => 1,
             BanReason::HeaderTime => 0,
             BanReason::UnrequestedTransaction => 0,
+            BanReason::InvalidNotice => 10,
+            BanReason::StreamFromOtherAddress => 100,
         }
     }
 
@@ -358,6 +364,8 @@ impl BanReason {
             BanReason::UnexpectedMessage => "unexpected message",
             BanReason::HeaderTime => "header time",
             BanReason::UnrequestedTransaction => "unrequested transaction",
+            BanReason::InvalidNotice => "invalid dsdetected or revokemid",
+            BanReason::StreamFromOtherAddress => "stream from another address",
         }
     }
 }
@@ -586,6 +594,8 @@ mod tests {
             (BanReason::HeaderTime, 0),
             (BanReason::UnrequestedTransaction, 0),
             (BanReason::InvalidBlock, 100),
+            (BanReason::InvalidNotice, 10),
+            (BanReason::StreamFromOtherAddress, 100),
         ] {
             assert_eq!(reason.default_points(), sv_points, "{reason}");
         }

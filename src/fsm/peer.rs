@@ -348,8 +348,16 @@ impl PeerProtocol {
                             crate::wire::message::commands::ADDR
                                 | crate::wire::message::commands::HEADERS
                         );
+                    // A `dsdetected` or `revokemid` that does not decode costs 10 (SV).
+                    let notice = matches!(
+                        error.command,
+                        crate::wire::message::commands::DSDETECTED
+                            | crate::wire::message::commands::REVOKEMID
+                    );
                     let reason = if too_many {
                         BanReason::ProtocolViolation
+                    } else if notice {
+                        BanReason::InvalidNotice
                     } else {
                         BanReason::MalformedPayload
                     };

@@ -43,6 +43,16 @@ struct PeerTx {
     known: HashSet<Hash256>,
     order: VecDeque<Hash256>,
     queue: Vec<Hash256>,
+    /// The peer's `feefilter`: no announcement of a transaction paying less per 1000 bytes.
+    fee_filter: u64,
+}
+
+/// Most satoshis there can be (a `feefilter` above it is ignored, as the SV node ignores it).
+const MAX_MONEY: i64 = 21_000_000 * 100_000_000;
+
+/// A transaction's fee rate in satoshis per 1000 bytes.
+fn fee_rate(fee: u64, size: usize) -> u64 {
+    (fee as u128 * 1000 / size.max(1) as u128).min(u64::MAX as u128) as u64
 }
 
 impl PeerTx {
@@ -166,8 +176,12 @@ impl TxRelay {
             || self.rejected.contains(h)
     }
 
-    fn accept(&mut self, tx: Transaction, source: Option<PeerId>) {
+    /// Relays `tx` to every peer but its source; with its `fee` known, not to peers whose
+    /// `feefilter` asks for more (an unknown fee is announced to all: bsn does not hold the
+    /// outputs a fee is computed from; the embedder tells it).
+    fn accept(&mut self, tx: Transaction, source: Option<PeerId>, fee: Option<u64>) {
         let h = tx.txid();
+        let rate = fee.map(|f| fee_rate(f, tx.raw().len()));
         if self.accepted.insert(h, tx).is_none() {
             self.accepted_order.push_back(h);
             if self.accepted_order.len() > MAX_ACCEPTED {
@@ -177,9 +191,22 @@ impl TxRelay {
             }
         }
         for (id, p) in self.peers.iter_mut() {
+            if rate.is_some_and(|r| r < p.fee_filter) {
+                continue;
+            }
             if Some(*id) != source && p.learn(h) {
                 p.queue.push(h);
             }
+        }
+    }
+
+    /// A peer's `feefilter` (satoshis per 1000 bytes); out of range, ignored.
+    pub(crate) fn set_fee_filter(&mut self, id: PeerId, rate: i64) {
+        if !(0..=MAX_MONEY).contains(&rate) {
+            return;
+        }
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.fee_filter = rate as u64;
         }
     }
 }
@@ -238,10 +265,10 @@ impl TxRelay {
     }
 
     /// The embedder accepted a transaction it was handed: it is relayed.
-    pub(crate) fn accept_pending(&mut self, txid: &Hash256) -> bool {
+    pub(crate) fn accept_pending(&mut self, txid: &Hash256, fee: Option<u64>) -> bool {
         match self.pending.remove(txid) {
             Some((src, tx, _)) => {
-                self.accept(tx, Some(src));
+                self.accept(tx, Some(src), fee);
                 true
             }
             None => false,
@@ -256,8 +283,8 @@ impl TxRelay {
     }
 
     /// A transaction from the embedder: accepted and relayed to every peer.
-    pub(crate) fn submit(&mut self, tx: Transaction) {
-        self.accept(tx, None);
+    pub(crate) fn submit(&mut self, tx: Transaction, fee: Option<u64>) {
+        self.accept(tx, None, fee);
     }
 
     /// Transaction announcements from `id`: the ones to ask it for (not seen before, within the
@@ -304,7 +331,7 @@ impl TxRelay {
             p.learn(h);
         }
         match policy {
-            TxPolicy::AcceptAll => self.accept(tx.clone(), Some(id)),
+            TxPolicy::AcceptAll => self.accept(tx.clone(), Some(id), None),
             TxPolicy::Embedder => self.hold(tx.clone(), id, now),
         }
         true

@@ -25,6 +25,7 @@
 //! the block stays servable from memory.
 
 mod addr;
+mod bsv;
 mod chain;
 mod tx;
 
@@ -216,6 +217,8 @@ pub struct CoreCounts {
     pub tx: [usize; 5],
     /// Registry entries of live connections.
     pub registry_live: usize,
+    /// `dsdetected`/`revokemid` remembered (at most 1,000).
+    pub notices: usize,
 }
 
 /// The node core. See the module documentation for its calling contract.
@@ -239,6 +242,8 @@ pub(crate) struct NodeCore {
     /// Downloaded blocks waiting for their turn in chain order.
     buffer: HashMap<Hash256, Block>,
     txs: TxRelay,
+    /// `dsdetected` and `revokemid` seen lately.
+    notices: bsv::SeenNotices,
     /// Blocks the embedder asked for itself: hash → (asked of, when).
     embedder_blocks: HashMap<Hash256, (PeerId, Instant)>,
     embedder_order: VecDeque<(Instant, Hash256)>,
@@ -357,6 +362,7 @@ impl NodeCore {
             blocks,
             buffer: HashMap::new(),
             txs: TxRelay::default(),
+            notices: Default::default(),
             embedder_blocks: HashMap::new(),
             embedder_order: VecDeque::new(),
             unconfirmed: HashMap::new(),
@@ -647,6 +653,7 @@ impl NodeCore {
     fn message(&mut self, id: PeerId, msg: Message, now: Instant) {
         let msg = Some(msg)
             .and_then(|m| self.tx_message(id, m, now))
+            .and_then(|m| self.bsv_message(id, m, now))
             .and_then(|m| self.addr_message(id, m, now))
             .and_then(|m| self.serve_message(id, m))
             .and_then(|m| self.sync_message(id, m, now));
@@ -1059,6 +1066,7 @@ impl NodeCore {
             pending_commits: self.commits.len(),
             tx: self.txs.entries(),
             registry_live: self.registry.live_len(),
+            notices: self.notices.len(),
         }
     }
 

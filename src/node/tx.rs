@@ -66,9 +66,10 @@ impl NodeCore {
         }
     }
 
-    /// The embedder accepted a transaction it was handed: it is relayed.
-    pub(crate) fn accept_tx(&mut self, txid: &Hash256) -> bool {
-        self.txs.accept_pending(txid)
+    /// The embedder accepted a transaction it was handed: it is relayed (with its fee known,
+    /// only to peers whose `feefilter` it meets).
+    pub(crate) fn accept_tx(&mut self, txid: &Hash256, fee: Option<u64>) -> bool {
+        self.txs.accept_pending(txid, fee)
     }
 
     /// The embedder rejected it: `reject` to its source, which is scored `score` points (what
@@ -103,8 +104,9 @@ impl NodeCore {
         true
     }
 
-    /// A transaction from the embedder: relayed to every peer at the next announcement.
-    pub(crate) fn submit_tx(&mut self, tx: Transaction) {
-        self.txs.submit(tx);
+    /// A transaction from the embedder: relayed to every peer at the next announcement (with
+    /// its fee known, only to peers whose `feefilter` it meets).
+    pub(crate) fn submit_tx(&mut self, tx: Transaction, fee: Option<u64>) {
+        self.txs.submit(tx, fee);
     }
 }

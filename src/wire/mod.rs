@@ -12,7 +12,7 @@ pub mod tx;
 pub mod types;
 pub mod u256;
 
-pub use block::{Block, BlockHeader};
+pub use block::{merkle_root, Block, BlockHeader};
 pub use bsv::{
     stream_type, AssociationId, AuthChallenge, AuthResponse, CreateStream, DataRefTx, DsBlock,
     DsDetected, EnrichedHeader, MerkleProof, ProofNode, ProvenTx, RevokeMid, StreamAck,
