@@ -71,8 +71,15 @@ pub struct Config {
     pub relay: bool,
     /// Malformed messages tolerated from a peer before it is dropped.
     pub max_payload_errors: u32,
-    /// Stream policies advertised in protoconf.
+    /// Stream policies, comma-separated, most preferred first (the SV node's
+    /// `-multistreampolicies`): advertised in protoconf, and the first one the peer also has is
+    /// used on associations we open. Known: `BlockPriority` (blocks, headers and ping/pong on
+    /// a second connection, DATA1) and `Default` (one connection).
     pub stream_policies: String,
+    /// BSV multistreams (the SV node's `-multistreams`, on by default): an association ID in
+    /// `version` (ours when we dial, the peer's echoed when it dials), and extra connections
+    /// (streams) joined to it with `createstrm` as the agreed stream policy asks.
+    pub multistreams: bool,
     /// Capacity of the event channel to the embedder.
     pub event_capacity: usize,
     /// Events the core holds for an embedder that does not keep up before it stops taking
@@ -180,7 +187,8 @@ impl Config {
             user_agent: format!("/bsn:{}/", env!("CARGO_PKG_VERSION")),
             relay: true,
             max_payload_errors: 10,
-            stream_policies: "Default".into(),
+            stream_policies: "BlockPriority,Default".into(),
+            multistreams: true,
             event_capacity: 65_536,
             event_high_water: 4096,
             core_queue: 8192,
@@ -261,6 +269,18 @@ impl Config {
         if self.event_capacity == 0 {
             return e("event_capacity must be at least 1");
         }
+        let policies = self.stream_policy_list();
+        if policies.is_empty() {
+            return e("stream_policies must name at least one policy (Default, BlockPriority)");
+        }
+        if let Some(p) = policies
+            .iter()
+            .find(|p| !crate::fsm::peer::KNOWN_STREAM_POLICIES.contains(&p.as_str()))
+        {
+            return Err(ConfigError(format!(
+                "unknown stream policy {p:?} (known: Default, BlockPriority)"
+            )));
+        }
         for &(height, hash) in &self.checkpoints {
             if height == 0 && hash != self.network.genesis_hash() {
                 return Err(ConfigError(format!(
@@ -280,6 +300,15 @@ impl Config {
         Ok(())
     }
 
+    /// The stream policies, most preferred first.
+    pub fn stream_policy_list(&self) -> Vec<String> {
+        self.stream_policies
+            .split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect()
+    }
+
     /// The per-connection settings derived from this configuration.
     pub fn peer_settings(&self) -> PeerSettings {
         PeerSettings {
@@ -293,8 +322,10 @@ impl Config {
             rates: self.rate_limits.clone(),
             protoconf: Some(Protoconf::new(
                 self.limits.max_payload as u32,
-                &self.stream_policies,
+                &self.stream_policy_list().join(","),
             )),
+            multistreams: self.multistreams,
+            stream_policies: self.stream_policy_list(),
         }
     }
 }
@@ -403,7 +434,19 @@ impl ConfigBuilder {
         self.config.max_outbound = n;
         self
     }
-    /// Most connections per IP (0: no limit).
+    /// Stream policies, comma-separated, most preferred first.
+    pub fn stream_policies(mut self, policies: &str) -> Self {
+        self.config.stream_policies = policies.to_string();
+        self
+    }
+
+    /// BSV multistreams on or off.
+    pub fn multistreams(mut self, on: bool) -> Self {
+        self.config.multistreams = on;
+        self
+    }
+
+    /// Most connections from one IP (0: no limit).
     pub fn max_per_ip(mut self, n: usize) -> Self {
         self.config.max_per_ip = n;
         self

@@ -228,11 +228,8 @@ impl Engine {
                 core: peer_tx.clone(),
                 start_height: start_height.clone(),
                 nonce_key,
-                siblings: if single_listener && i == 0 {
-                    shards.clone()
-                } else {
-                    Vec::new()
-                },
+                siblings: shards.clone(),
+                accept_for_all: single_listener && i == 0 && shards.len() > 1,
             };
             let shard = Shard::new(poll, listen_socks.next(), rx, ctx).map_err(Error::Io)?;
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
@@ -873,6 +870,23 @@ impl Driver {
                 }
                 Output::Disconnect(id, reason) => {
                     self.command_shard(shard_of(id), ShardCmd::Disconnect(id, reason))
+                }
+                Output::JoinStream {
+                    from,
+                    owner,
+                    stream_type,
+                    policy,
+                } => self.command_shard(
+                    shard_of(from),
+                    ShardCmd::JoinStream {
+                        from,
+                        owner,
+                        stream_type,
+                        policy,
+                    },
+                ),
+                Output::RefuseStream(id, why) => {
+                    self.command_shard(shard_of(id), ShardCmd::RefuseStream(id, why))
                 }
                 Output::Dial(addr) => {
                     let s = self.next_dial % self.shards.len();

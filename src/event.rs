@@ -47,6 +47,23 @@ pub struct PeerInfo {
     pub score: u32,
     /// Status from the same evidence.
     pub status: PeerStatus,
+    /// Its BSV association (multistreams), when both sides agreed on one.
+    pub association: Option<crate::wire::AssociationId>,
+    /// The association's stream policy (`Default` or `BlockPriority`).
+    pub stream_policy: &'static str,
+    /// The connections of the association: the first (GENERAL) and any joined to it.
+    pub streams: Vec<StreamInfo>,
+}
+
+/// One connection (stream) of a peer's association.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Its type (`GENERAL`, `DATA1`, ...), as the SV node names it.
+    pub kind: &'static str,
+    /// Bytes received on it.
+    pub bytes_in: u64,
+    /// Bytes sent on it.
+    pub bytes_out: u64,
 }
 
 /// What the engine tells the embedder.

@@ -49,7 +49,7 @@ pub mod wire;
 pub use config::{Config, ConfigBuilder, ConfigError, PROTOCOL_VERSION};
 pub use engine::Engine;
 pub use error::{Error, SendError};
-pub use event::{Event, PeerInfo};
+pub use event::{Event, PeerInfo, StreamInfo};
 pub use fsm::addrbook::AddrInfo;
 pub use fsm::bans::{Ban, BanReason, ScoreSettings, Subnet};
 pub use fsm::peer::{CommandStats, PeerStats};

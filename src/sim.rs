@@ -368,6 +368,10 @@ impl SimNet {
                 PeerOutput::Misbehaved(reason, detail) => {
                     self.report(node, PeerInput::Misbehaved { id, reason, detail })
                 }
+                // the simulator runs one stream per peer (its links are not sockets)
+                PeerOutput::StreamRequest(_)
+                | PeerOutput::OpenStream(_)
+                | PeerOutput::StreamAcked(_) => {}
             }
         }
         if !buf.is_empty() {
@@ -397,6 +401,9 @@ impl SimNet {
             // scored by the core
             score: 0,
             status: crate::store::records::PeerStatus::Unknown,
+            association: None,
+            stream_policy: "Default",
+            streams: Vec::new(),
         })
     }
 
@@ -467,6 +474,15 @@ impl SimNet {
                     self.nodes[node].events.push(e);
                 }
                 Output::Height(h) => self.nodes[node].height = h,
+                // no simulated connection asks to join an association
+                Output::JoinStream { from, .. } => self.close(
+                    node,
+                    from,
+                    DisconnectReason::StreamSetup("simulated".into()),
+                ),
+                Output::RefuseStream(id, why) => {
+                    self.close(node, id, DisconnectReason::StreamSetup(why))
+                }
             }
         }
     }

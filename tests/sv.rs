@@ -478,3 +478,132 @@ fn transactions_of_3_and_20_mb_travel_sv_to_bsn_to_sv_and_bsn_to_sv() {
     assert_peace(&sv2, &engine, 1);
     engine.stop();
 }
+
+/// Bytes of the blocks at heights 1..=n as bsn stores them.
+fn block_bytes(engine: &Engine, n: u32) -> u64 {
+    (1..=n)
+        .map(|h| {
+            let b = engine.block(HeaderRef::Height(h)).unwrap().expect("stored");
+            b.raw().len() as u64 + 24
+        })
+        .sum()
+}
+
+/// bsn's view of its association with a peer: the association ID, and the bytes of the
+/// GENERAL and DATA1 streams (in, out).
+fn streams(p: &bsn::PeerInfo) -> (String, [(u64, u64); 2]) {
+    assert_eq!(p.stream_policy, "BlockPriority", "{p:?}");
+    let kinds: Vec<&str> = p.streams.iter().map(|s| s.kind).collect();
+    assert_eq!(kinds, ["GENERAL", "DATA1"], "{p:?}");
+    let io = |i: usize| (p.streams[i].bytes_in, p.streams[i].bytes_out);
+    (
+        p.association.expect("an association").to_string(),
+        [io(0), io(1)],
+    )
+}
+
+/// The SV node's view of bsn's associations: association ID → stream types.
+fn sv_associations(sv: &SvNode, ua: &str) -> Vec<(String, String, Vec<String>)> {
+    sv.peers()
+        .iter()
+        .filter(|p| p["subver"].as_str() == Some(ua))
+        .map(|p| {
+            (
+                p["associd"].as_str().unwrap_or("").to_string(),
+                p["streampolicy"].as_str().unwrap_or("").to_string(),
+                p["streams"]
+                    .as_array()
+                    .map(|s| {
+                        s.iter()
+                            .map(|s| s["streamtype"].as_str().unwrap_or("").to_string())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn multistream_associations_with_the_sv_node_both_ways_carry_blocks_on_data1() {
+    const HEIGHT: u32 = 300;
+    let Some(sv1) = SvNode::start(&[]) else {
+        return;
+    };
+    sv1.mine(HEIGHT);
+    let engine = Engine::start(config()).unwrap();
+    let ev = engine.events();
+    let ua = engine.config().user_agent.clone();
+    // 1. bsn dials: its association (two streams, BlockPriority) as the SV node sees it
+    engine.connect(sv1.p2p_addr()).unwrap();
+    let assoc = sv1.until(
+        T,
+        "the SV node shows bsn's association",
+        |n| match &sv_associations(n, &ua)[..] {
+            [(id, policy, types)] if policy == "BlockPriority" && types.len() == 2 => {
+                Some((id.clone(), types.clone()))
+            }
+            _ => None,
+        },
+    );
+    assert_eq!(assoc.1, ["GENERAL", "DATA1"]);
+    // the blocks come over DATA1: it carried at least their bytes, GENERAL less than them
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while engine.sync_progress().unwrap().1 != Some(HEIGHT) {
+        assert!(Instant::now() < deadline, "bsn did not sync");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let blocks = block_bytes(&engine, HEIGHT);
+    let p = engine.peers().pop().expect("the SV node");
+    let (id, [general, data1]) = streams(&p);
+    assert_eq!(id, assoc.0, "one association ID on both sides");
+    assert!(
+        data1.0 >= blocks && general.0 < blocks,
+        "blocks of {blocks} bytes: GENERAL got {}, DATA1 {}",
+        general.0,
+        data1.0
+    );
+    // 2. an SV node dials bsn: bsn takes its association and serves blocks over DATA1 (those
+    // asked for before the SV node's DATA1 joined go over GENERAL, as the SV node sends them)
+    let me = engine.local_addr().unwrap();
+    let sv2 =
+        SvNode::start(&[format!("-connect={me}"), "-listen=0".into()]).expect("started above");
+    let want = sv1.best_hash();
+    sv2.until(Duration::from_secs(120), "the second SV node syncs", |n| {
+        (n.best_hash() == want).then_some(())
+    });
+    let inbound = || {
+        engine
+            .peers()
+            .into_iter()
+            .find(|p| p.direction == Direction::Inbound)
+            .expect("the second SV node")
+    };
+    let (id2, [general_before, data1_before]) = streams(&inbound());
+    let new = sv1.mine(100);
+    let want = new.last().unwrap().clone();
+    sv2.until(Duration::from_secs(120), "the new blocks cross bsn", |n| {
+        (n.best_hash() == want).then_some(())
+    });
+    let new_blocks = block_bytes(&engine, HEIGHT + 100) - blocks;
+    let (_, [general, data1]) = streams(&inbound());
+    let (general, data1) = (general.1 - general_before.1, data1.1 - data1_before.1);
+    assert!(
+        data1 >= new_blocks && general < new_blocks,
+        "served {new_blocks} bytes of new blocks: GENERAL sent {general}, DATA1 {data1}"
+    );
+    let theirs = sv2.until(
+        T,
+        "the second SV node shows the association",
+        |n| match &sv_associations(n, &ua)[..] {
+            [(id, policy, types)] if policy == "BlockPriority" && types.len() == 2 => {
+                Some(id.clone())
+            }
+            _ => None,
+        },
+    );
+    assert_eq!(theirs, id2, "one association ID on both sides");
+    assert_peace(&sv1, &engine, 1);
+    assert_peace(&sv2, &engine, 1);
+    engine.stop();
+}

@@ -6,7 +6,7 @@
 //! protocol violation; other messages between version and verack are ignored, as BSV nodes do.
 
 use super::{Direction, DisconnectReason};
-use crate::wire::{Message, VersionMessage};
+use crate::wire::{AssociationId, CreateStream, Message, VersionMessage};
 use std::time::Instant;
 
 /// What the handshake wants done.
@@ -19,6 +19,9 @@ pub enum HandshakeAction {
     /// The peer sent something out of order (a message before `version`, a second `version`):
     /// ignored and scored 1 point, as the SV node does.
     Unexpected(String),
+    /// An inbound connection's first message is `createstrm`: it asks to join an association
+    /// as a further stream instead of being a peer of its own.
+    CreateStream(CreateStream),
 }
 
 /// Where the handshake is.
@@ -42,6 +45,8 @@ pub struct Handshake {
     state: HandshakeState,
     sent_version: bool,
     theirs: Option<VersionMessage>,
+    multistreams: bool,
+    association: Option<AssociationId>,
 }
 
 impl Handshake {
@@ -60,7 +65,22 @@ impl Handshake {
             state: HandshakeState::AwaitVersion,
             sent_version: false,
             theirs: None,
+            multistreams: false,
+            association: None,
         }
+    }
+
+    /// With BSV multistreams: an outbound handshake's version carries our association ID
+    /// (put in `ours` by the caller) and the peer must echo it; an inbound one echoes the
+    /// peer's.
+    pub fn with_multistreams(mut self) -> Handshake {
+        self.multistreams = true;
+        self
+    }
+
+    /// The association both sides agreed on, once the peer's version is in.
+    pub fn association(&self) -> Option<AssociationId> {
+        self.association
     }
 
     /// Where it is.
@@ -96,6 +116,9 @@ impl Handshake {
                         min: self.min_version,
                     });
                 }
+                if self.multistreams {
+                    self.associate(v)?;
+                }
                 self.theirs = Some(v.clone());
                 self.state = HandshakeState::AwaitVerack;
                 if !self.sent_version {
@@ -103,6 +126,18 @@ impl Handshake {
                     out.push(HandshakeAction::Send(Message::Version(self.ours.clone())));
                 }
                 out.push(HandshakeAction::Send(Message::Verack));
+            }
+            (HandshakeState::AwaitVersion, Message::CreateStream(c))
+                if self.direction == Direction::Inbound && !self.sent_version =>
+            {
+                out.push(HandshakeAction::CreateStream(c.clone()));
+            }
+            (_, Message::CreateStream(_) | Message::StreamAck(_)) => {
+                // the SV node: "Invalid createstream scenario", disconnected, not scored
+                return Err(DisconnectReason::StreamSetup(format!(
+                    "{} on an established connection",
+                    msg.command()
+                )));
             }
             (HandshakeState::AwaitVersion, other) => {
                 out.push(HandshakeAction::Unexpected(format!(
@@ -125,6 +160,36 @@ impl Handshake {
             (HandshakeState::Done, _) => {}
         }
         Ok(out)
+    }
+
+    /// The association ID in the peer's version, as the SV node reads it: an outbound side
+    /// needs its own echoed (a mismatch ends the connection, no echo means one stream); an
+    /// inbound side takes the peer's and echoes it in its own version.
+    fn associate(&mut self, v: &VersionMessage) -> Result<(), DisconnectReason> {
+        let theirs = v.association_id().map_err(|e| {
+            DisconnectReason::StreamSetup(format!("badly formatted association ID: {e}"))
+        })?;
+        match self.direction {
+            Direction::Outbound => {
+                let ours = self.ours.association_id().ok().flatten();
+                match (ours, theirs) {
+                    (Some(a), Some(b)) if a != b => {
+                        return Err(DisconnectReason::StreamSetup(
+                            "mismatched association IDs".into(),
+                        ))
+                    }
+                    (Some(a), Some(_)) => self.association = Some(a),
+                    _ => self.association = None,
+                }
+            }
+            Direction::Inbound => {
+                self.association = theirs;
+                if theirs.is_some() {
+                    self.ours.set_association_id(theirs);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks the deadline.
@@ -165,6 +230,7 @@ mod tests {
                 HandshakeAction::Send(m) => m.command().to_string(),
                 HandshakeAction::Done(_) => "done".into(),
                 HandshakeAction::Unexpected(w) => format!("unexpected: {w}"),
+                HandshakeAction::CreateStream(_) => "createstrm".into(),
             })
             .collect()
     }

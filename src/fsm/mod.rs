@@ -104,6 +104,9 @@ pub enum DisconnectReason {
     Evicted,
     /// The peer did not answer a sync request (headers or blocks) in time.
     Stalled(String),
+    /// A multistream setup failed (a bad or mismatched association ID, a refused or
+    /// misplaced `createstrm`/`streamack`); not scored, as the SV node does not score it.
+    StreamSetup(String),
 }
 
 impl fmt::Display for DisconnectReason {
@@ -133,6 +136,7 @@ impl fmt::Display for DisconnectReason {
             DisconnectReason::Banned => f.write_str("banned"),
             DisconnectReason::Evicted => f.write_str("evicted for a new inbound peer"),
             DisconnectReason::Stalled(what) => write!(f, "stalled: {what}"),
+            DisconnectReason::StreamSetup(what) => write!(f, "stream setup: {what}"),
         }
     }
 }

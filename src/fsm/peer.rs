@@ -8,7 +8,9 @@ use super::ping::Keepalive;
 use super::ratelimit::{RateLimiter, RateSettings};
 use super::{Direction, DisconnectReason};
 use crate::wire::frame::{FrameDecoder, FrameError, Limits, WireError};
-use crate::wire::{Command, Magic, Message, Protoconf, VersionMessage};
+use crate::wire::{
+    AssociationId, Command, CreateStream, Magic, Message, Protoconf, StreamAck, VersionMessage,
+};
 use bytes::BytesMut;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,57 @@ use std::time::{Duration, Instant};
 pub const LEGACY_MAX_PAYLOAD: u64 = 1024 * 1024;
 /// First protocol version that understands `extmsg`.
 pub const EXTMSG_VERSION: i32 = 70016;
+
+/// Stream policies bsn knows (the SV node's two).
+pub const KNOWN_STREAM_POLICIES: [&str; 2] = ["Default", "BlockPriority"];
+
+/// How an association spreads messages over its streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum StreamPolicy {
+    /// Everything on the first connection (GENERAL).
+    #[default]
+    Default,
+    /// Blocks, headers (and their requests) and ping/pong on DATA1, the rest on GENERAL.
+    BlockPriority,
+}
+
+impl StreamPolicy {
+    /// The policy's name on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamPolicy::Default => "Default",
+            StreamPolicy::BlockPriority => "BlockPriority",
+        }
+    }
+
+    /// A policy by its wire name.
+    pub fn from_name(s: &str) -> Option<StreamPolicy> {
+        match s {
+            "Default" => Some(StreamPolicy::Default),
+            "BlockPriority" => Some(StreamPolicy::BlockPriority),
+            _ => None,
+        }
+    }
+
+    /// Whether the policy sends `command` on DATA1 (the SV node's high-priority messages).
+    pub fn on_data1(&self, command: Command) -> bool {
+        use crate::wire::message::commands::*;
+        const GETBLOCKTXN: Command = Command::from_static("getblocktxn");
+        *self == StreamPolicy::BlockPriority
+            && matches!(
+                command,
+                PING | PONG
+                    | BLOCK
+                    | CMPCTBLOCK
+                    | BLOCKTXN
+                    | GETBLOCKTXN
+                    | HEADERS
+                    | GETHEADERS
+                    | HDRSEN
+                    | GETHDRSEN
+            )
+    }
+}
 
 /// Settings shared by every connection of an engine.
 #[derive(Clone, Debug)]
@@ -38,6 +91,10 @@ pub struct PeerSettings {
     pub protoconf: Option<Protoconf>,
     /// Rate limits on what the peer sends.
     pub rates: RateSettings,
+    /// BSV multistreams on.
+    pub multistreams: bool,
+    /// Stream policies, most preferred first.
+    pub stream_policies: Vec<String>,
 }
 
 /// What the connection wants done.
@@ -53,6 +110,12 @@ pub enum PeerOutput {
     Rtt(Duration),
     /// A non-fatal error worth counting (bad checksum, malformed payload, unexpected message).
     Misbehaved(BanReason, String),
+    /// An inbound connection asks, with its first message, to join an association as a stream.
+    StreamRequest(CreateStream),
+    /// The peer's protoconf agreed on a policy that needs a second stream: open it (DATA1).
+    OpenStream(StreamPolicy),
+    /// The stream we opened was accepted.
+    StreamAcked(StreamAck),
 }
 
 pub use crate::store::records::CommandStats;
@@ -90,6 +153,18 @@ impl PeerStats {
         let e = self.entry(c);
         e.msgs_out += 1;
         e.bytes_out += frame_bytes as u64;
+    }
+
+    /// Adds another connection's counters (a further stream's, to its peer's).
+    pub fn absorb(&mut self, other: PeerStats) {
+        for (c, s) in other.by_command {
+            let e = self.entry(c);
+            e.msgs_in += s.msgs_in;
+            e.bytes_in += s.bytes_in;
+            e.msgs_out += s.msgs_out;
+            e.bytes_out += s.bytes_out;
+        }
+        self.errors += other.errors;
     }
 
     /// Totals over every command.
@@ -130,6 +205,14 @@ pub struct PeerProtocol {
     last_violation: Option<Instant>,
     /// Start of the current bad-checksum window and the bad checksums in it.
     checksum_window: Option<(Instant, u32)>,
+    /// A further stream of an association (no handshake, no keepalive of its own: what it
+    /// receives goes to the association's first connection); until when its `streamack` may
+    /// take, for one we opened.
+    stream: Option<Option<Instant>>,
+    /// The association agreed in the handshake.
+    association: Option<AssociationId>,
+    /// Our stream policies, most preferred first.
+    policies: Vec<String>,
     /// Counters.
     pub stats: PeerStats,
 }
@@ -147,15 +230,19 @@ impl PeerProtocol {
             allow_extended: false,
             ..settings.limits
         };
+        let mut handshake = Handshake::new(
+            direction,
+            ours,
+            settings.min_version,
+            now + settings.handshake_timeout,
+        );
+        if settings.multistreams {
+            handshake = handshake.with_multistreams();
+        }
         PeerProtocol {
             direction,
             decoder: FrameDecoder::with_limits(settings.magic, limits),
-            handshake: Some(Handshake::new(
-                direction,
-                ours,
-                settings.min_version,
-                now + settings.handshake_timeout,
-            )),
+            handshake: Some(handshake),
             keepalive: Keepalive::new(now, settings.ping_interval, settings.ping_timeout),
             version: None,
             their_max_payload: LEGACY_MAX_PAYLOAD,
@@ -167,8 +254,69 @@ impl PeerProtocol {
             throttled_until: None,
             last_violation: None,
             checksum_window: None,
+            stream: None,
+            association: None,
+            policies: settings.stream_policies.clone(),
             stats: PeerStats::default(),
         }
+    }
+
+    /// A further stream of an association: no handshake; `first` (our `createstrm`, for a
+    /// stream we open) goes out at start, and its `streamack` must come within the handshake
+    /// timeout. `buffered` is what was read before it became a stream.
+    pub fn new_stream(
+        direction: Direction,
+        settings: &PeerSettings,
+        peer_version: i32,
+        now: Instant,
+        buffered: &[u8],
+    ) -> PeerProtocol {
+        let a = crate::wire::NetAddr::new(std::net::SocketAddr::from(([0, 0, 0, 0], 0)), 0);
+        let placeholder = VersionMessage {
+            version: 0,
+            services: 0,
+            timestamp: 0,
+            receiver: a,
+            sender: a,
+            nonce: 0,
+            user_agent: String::new(),
+            start_height: 0,
+            relay: None,
+            extra: bytes::Bytes::new(),
+        };
+        let mut p = PeerProtocol::new(direction, settings, placeholder, now);
+        p.handshake = None;
+        let mut limits = p.decoder.limits();
+        limits.allow_extended = peer_version >= EXTMSG_VERSION;
+        p.decoder.set_limits(limits);
+        p.stream =
+            Some((direction == Direction::Outbound).then_some(now + settings.handshake_timeout));
+        p.decoder.buffer_mut().extend_from_slice(buffered);
+        p
+    }
+
+    /// The association agreed in the handshake (both sides carry its ID).
+    pub fn association(&self) -> Option<AssociationId> {
+        self.association
+    }
+
+    /// Takes what the read buffer holds (a connection that becomes a stream elsewhere).
+    pub fn take_buffered(&mut self) -> BytesMut {
+        self.decoder.buffer_mut().split()
+    }
+
+    /// A message that came on another stream of this connection's association: handled as if
+    /// it came here.
+    pub fn on_stream_message(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        out: &mut Vec<PeerOutput>,
+    ) -> Result<(), DisconnectReason> {
+        if self.handshake.is_some() {
+            return Ok(());
+        }
+        self.after_handshake(now, msg, out)
     }
 
     /// Inbound or outbound.
@@ -401,13 +549,16 @@ impl PeerProtocol {
         if let Some(h) = self.handshake.as_mut() {
             let actions = h.on_message(&msg, is_own_nonce)?;
             let done = h.state() == HandshakeState::Done;
+            let association = h.association();
             for a in actions {
                 match a {
                     HandshakeAction::Send(m) => out.push(PeerOutput::Send(m)),
                     HandshakeAction::Unexpected(what) => {
                         self.misbehaved(out, BanReason::UnexpectedMessage, what, None)?
                     }
+                    HandshakeAction::CreateStream(c) => out.push(PeerOutput::StreamRequest(c)),
                     HandshakeAction::Done(v) => {
+                        self.association = association;
                         let mut limits = self.decoder.limits();
                         limits.allow_extended = v.version >= EXTMSG_VERSION;
                         self.decoder.set_limits(limits);
@@ -425,6 +576,35 @@ impl PeerProtocol {
             }
             return Ok(());
         }
+        if self.stream.is_some() {
+            return match msg {
+                Message::StreamAck(a) if matches!(self.stream, Some(Some(_))) => {
+                    self.stream = Some(None);
+                    out.push(PeerOutput::StreamAcked(a));
+                    Ok(())
+                }
+                Message::Version(_)
+                | Message::Verack
+                | Message::CreateStream(_)
+                | Message::StreamAck(_) => Err(DisconnectReason::StreamSetup(format!(
+                    "{} on a stream",
+                    msg.command()
+                ))),
+                other => {
+                    out.push(PeerOutput::Deliver(other));
+                    Ok(())
+                }
+            };
+        }
+        self.after_handshake(now, msg, out)
+    }
+
+    fn after_handshake(
+        &mut self,
+        now: Instant,
+        msg: Message,
+        out: &mut Vec<PeerOutput>,
+    ) -> Result<(), DisconnectReason> {
         match msg {
             Message::Ping(n) => out.push(PeerOutput::Send(Message::Pong(n))),
             Message::Pong(n) => {
@@ -446,6 +626,31 @@ impl PeerProtocol {
                     )));
                 }
                 self.their_max_payload = p.max_recv_payload_length as u64;
+                // As the SV node: the side that dialled opens the streams the first policy
+                // both sides have asks for.
+                if self.direction == Direction::Outbound && self.association.is_some() {
+                    let theirs: Vec<&str> = p
+                        .stream_policies
+                        .as_deref()
+                        .unwrap_or("")
+                        .split(',')
+                        .map(str::trim)
+                        .collect();
+                    let agreed = self
+                        .policies
+                        .iter()
+                        .find(|ours| theirs.contains(&ours.as_str()))
+                        .and_then(|n| StreamPolicy::from_name(n));
+                    if let Some(StreamPolicy::BlockPriority) = agreed {
+                        out.push(PeerOutput::OpenStream(StreamPolicy::BlockPriority));
+                    }
+                }
+            }
+            Message::CreateStream(_) | Message::StreamAck(_) => {
+                return Err(DisconnectReason::StreamSetup(format!(
+                    "{} on an established connection",
+                    msg.command()
+                )));
             }
             Message::Version(_) | Message::Verack => {
                 self.misbehaved(
@@ -469,6 +674,12 @@ impl PeerProtocol {
     ) -> Result<(), DisconnectReason> {
         if let Some(h) = &self.handshake {
             return h.tick(now);
+        }
+        if let Some(waiting) = self.stream {
+            if waiting.is_some_and(|t| now >= t) {
+                return Err(DisconnectReason::StreamSetup("no streamack in time".into()));
+            }
+            return Ok(());
         }
         if let Some(n) = self.keepalive.tick(now, nonce)? {
             out.push(PeerOutput::Send(Message::Ping(n)));
@@ -497,6 +708,8 @@ mod tests {
             max_payload_errors: 2,
             protoconf: Some(Protoconf::new(2 * 1024 * 1024, "Default")),
             rates: crate::fsm::ratelimit::RateSettings::default(),
+            multistreams: false,
+            stream_policies: vec!["Default".into()],
         }
     }
 

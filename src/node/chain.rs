@@ -402,22 +402,33 @@ impl NodeCore {
         .flatten()
     }
 
+    /// The headers after a locator that we serve: as the SV node answers from its active chain
+    /// (blocks it holds), a node that stores blocks serves headers only as far as its blocks
+    /// reach, so that nobody asks it for a block it cannot give yet; a header client serves
+    /// every header.
+    fn served_headers(&self, locator: &[Hash256], stop: &Hash256) -> Vec<BlockHeader> {
+        let tree = self.chain.tree();
+        let mut headers = tree.headers_after(locator, stop, MAX_HEADERS as usize);
+        if let Some(ready) = self.blocks.as_ref().map(|d| d.ready_height()) {
+            let held = headers
+                .iter()
+                .take_while(|h| tree.get(&h.hash()).is_some_and(|e| e.height <= ready))
+                .count();
+            headers.truncate(held);
+        }
+        headers
+    }
+
     /// Serves `getheaders`, `getblocks` and block `getdata`; returns any other message.
     pub(super) fn serve_message(&mut self, id: PeerId, msg: Message) -> Option<Message> {
         match msg {
             Message::GetHeaders(l) => {
-                let headers =
-                    self.chain
-                        .tree()
-                        .headers_after(&l.hashes, &l.stop, MAX_HEADERS as usize);
+                let headers = self.served_headers(&l.hashes, &l.stop);
                 self.send(id, Message::Headers(headers));
                 None
             }
             Message::GetHdrsEn(l) => {
-                let headers =
-                    self.chain
-                        .tree()
-                        .headers_after(&l.hashes, &l.stop, MAX_HEADERS as usize);
+                let headers = self.served_headers(&l.hashes, &l.stop);
                 let tip = self.chain.tree().tip().0;
                 let mut out = Vec::new();
                 let mut size = 3;

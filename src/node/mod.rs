@@ -45,7 +45,7 @@ use crate::fsm::{Direction, DisconnectReason, PeerId};
 use crate::store::chain::ChainDb;
 use crate::store::records::{ban_key, load_bans, BanRecord, PeerStatus};
 use crate::store::{Batch, Store, StoreError, Table};
-use crate::wire::{Block, Hash256, Message, VersionMessage};
+use crate::wire::{AssociationId, Block, Hash256, Message, VersionMessage};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -90,6 +90,14 @@ pub(crate) enum PeerInput {
     },
     /// An outbound connection could not even be started.
     DialFailed { addr: SocketAddr, reason: String },
+    /// An inbound connection's first message was `createstrm`: it asks to join the association
+    /// `association` as a stream of type `stream_type` under `policy`.
+    StreamRequest {
+        id: PeerId,
+        association: AssociationId,
+        stream_type: u8,
+        policy: String,
+    },
 }
 
 /// What the core asks its driver to do.
@@ -108,6 +116,26 @@ pub(crate) enum Output {
     Event(Event),
     /// The best header height changed (announced in our `version` messages).
     Height(u32),
+    /// Move connection `from` (its `createstrm` accepted) into `owner`'s association as a
+    /// stream; the core has already let `from` go.
+    JoinStream {
+        from: PeerId,
+        owner: PeerId,
+        stream_type: u8,
+        policy: String,
+    },
+    /// Refuse connection `id`'s `createstrm` (a `reject`, then close).
+    RefuseStream(PeerId, String),
+}
+
+/// A `createstrm` waiting for its association's owner to be ready.
+#[derive(Debug)]
+struct WaitingStream {
+    id: PeerId,
+    association: AssociationId,
+    stream_type: u8,
+    policy: String,
+    until: Instant,
 }
 
 /// A connection in the peer table (from its socket to its end).
@@ -125,6 +153,8 @@ struct Peer {
     start_height: i32,
     /// Sent `sendheaders`: announce blocks to it as headers.
     sendheaders: bool,
+    /// Its BSV association, when both sides agreed on one.
+    association: Option<AssociationId>,
     /// Blocks it is known to have (never announced to it).
     known: KnownBlocks,
     /// The last block of a `getblocks` answer cut at its limit (Bitcoin's `hashContinue`).
@@ -244,6 +274,8 @@ pub(crate) struct NodeCore {
     txs: TxRelay,
     /// `dsdetected` and `revokemid` seen lately.
     notices: bsv::SeenNotices,
+    /// `createstrm` requests whose association is not known yet.
+    waiting_streams: Vec<WaitingStream>,
     /// Blocks the embedder asked for itself: hash → (asked of, when).
     embedder_blocks: HashMap<Hash256, (PeerId, Instant)>,
     embedder_order: VecDeque<(Instant, Hash256)>,
@@ -363,6 +395,7 @@ impl NodeCore {
             buffer: HashMap::new(),
             txs: TxRelay::default(),
             notices: Default::default(),
+            waiting_streams: Vec::new(),
             embedder_blocks: HashMap::new(),
             embedder_order: VecDeque::new(),
             unconfirmed: HashMap::new(),
@@ -485,6 +518,12 @@ impl NodeCore {
                 rtt,
             } => self.disconnected(id, reason, stats, rtt, now),
             PeerInput::DialFailed { addr, reason } => self.dial_failed(addr, reason, now),
+            PeerInput::StreamRequest {
+                id,
+                association,
+                stream_type,
+                policy,
+            } => self.stream_request(id, association, stream_type, policy, now),
         }
     }
 
@@ -504,6 +543,7 @@ impl NodeCore {
                 version: 0,
                 start_height: 0,
                 sendheaders: false,
+                association: None,
                 known: KnownBlocks::default(),
                 continuation: None,
                 getaddr_answered: false,
@@ -626,6 +666,7 @@ impl NodeCore {
             return; // refused; its disconnect is on the way
         }
         p.ready = true;
+        p.association = info.association;
         p.services = v.services;
         p.version = v.version;
         p.start_height = v.start_height;
@@ -648,6 +689,79 @@ impl NodeCore {
             v.start_height
         );
         self.emit(Event::PeerConnected(Box::new(info)));
+        self.match_streams(now);
+    }
+
+    /// A connection asks to join an association: moved into it when a ready peer from the
+    /// same IP has that association; refused (and, from another IP, banned, as the SV node
+    /// bans) otherwise. A request may come before the owner's readiness reaches the core (two
+    /// shards race): it waits for that up to the handshake timeout.
+    fn stream_request(
+        &mut self,
+        id: PeerId,
+        association: AssociationId,
+        stream_type: u8,
+        policy: String,
+        now: Instant,
+    ) {
+        if !self.peers.contains_key(&id) {
+            return;
+        }
+        self.waiting_streams.push(WaitingStream {
+            id,
+            association,
+            stream_type,
+            policy,
+            until: now + self.config.handshake_timeout,
+        });
+        self.match_streams(now);
+    }
+
+    /// Settles the stream requests whose association is known (or whose time is up).
+    fn match_streams(&mut self, now: Instant) {
+        let waiting = std::mem::take(&mut self.waiting_streams);
+        for w in waiting {
+            let Some(from) = self.peers.get(&w.id).map(|p| p.addr) else {
+                continue; // gone meanwhile
+            };
+            let owner = self
+                .ready_peers()
+                .find(|(_, p)| p.association == Some(w.association))
+                .map(|(o, p)| (*o, p.addr));
+            match owner {
+                Some((_, addr)) if addr.ip() != from.ip() => {
+                    let why = format!(
+                        "attempt to move a stream between peers with different IPs: {} != {}",
+                        from.ip(),
+                        addr.ip()
+                    );
+                    let reason = BanReason::StreamFromOtherAddress;
+                    self.misbehaving(from.ip(), Some(w.id), reason, &why, now);
+                    self.out.push_back(Output::RefuseStream(w.id, why));
+                }
+                Some((owner, _)) => {
+                    log::info!(
+                        "peer {owner}: stream {} of association {} joined from {from}",
+                        crate::wire::stream_type::name(w.stream_type),
+                        w.association
+                    );
+                    // the connection is the owner's now: it no longer counts as a peer
+                    self.release(w.id);
+                    self.peers.remove(&w.id);
+                    self.out.push_back(Output::JoinStream {
+                        from: w.id,
+                        owner,
+                        stream_type: w.stream_type,
+                        policy: w.policy,
+                    });
+                }
+                None if now >= w.until => {
+                    let why = format!("no association {}", w.association);
+                    self.out.push_back(Output::RefuseStream(w.id, why));
+                }
+                None => self.waiting_streams.push(w),
+            }
+        }
     }
 
     fn message(&mut self, id: PeerId, msg: Message, now: Instant) {
@@ -1004,6 +1118,9 @@ impl NodeCore {
             self.fill_outbound(now);
             self.sync_tick(now);
             self.expire_embedder_requests(now, false);
+            if !self.waiting_streams.is_empty() {
+                self.match_streams(now);
+            }
             self.next_sync_tick = now + SYNC_TICK.min(self.config.dial_interval);
         }
         if now >= self.next_persist {

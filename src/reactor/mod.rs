@@ -11,12 +11,12 @@
 
 use crate::config::Config;
 use crate::error::SendError;
-use crate::event::PeerInfo;
-use crate::fsm::peer::{PeerOutput, PeerProtocol, PeerSettings};
+use crate::event::{PeerInfo, StreamInfo};
+use crate::fsm::peer::{PeerOutput, PeerProtocol, PeerSettings, StreamPolicy};
 use crate::fsm::{Direction, DisconnectReason, PeerId};
 use crate::node::PeerInput;
 use crate::wire::frame::encode_message;
-use crate::wire::{Message, NetAddr, VersionMessage};
+use crate::wire::{stream_type, AssociationId, CreateStream, Message, NetAddr, VersionMessage};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use mio::net::{TcpListener, TcpStream};
@@ -61,6 +61,26 @@ pub(crate) enum ShardCmd {
     Send(PeerId, Message, Option<Sender<Result<(), SendError>>>),
     /// Report every connection.
     Peers(Sender<Vec<PeerInfo>>),
+    /// Connection `from` joins `owner`'s association as a stream (the core agreed): moved to
+    /// the owner's shard if that is another one.
+    JoinStream {
+        from: PeerId,
+        owner: PeerId,
+        stream_type: u8,
+        policy: String,
+    },
+    /// A socket (and what was read from it) that joins `owner`'s association, from another
+    /// shard.
+    AttachStream {
+        socket: std::net::TcpStream,
+        addr: SocketAddr,
+        buffered: BytesMut,
+        owner: PeerId,
+        stream_type: u8,
+        policy: String,
+    },
+    /// Refuse a connection's `createstrm`.
+    RefuseStream(PeerId, String),
     /// Close everything and end the loop.
     Stop,
 }
@@ -80,9 +100,35 @@ pub(crate) struct ShardContext {
     /// Key that makes our version nonces recognisable (self-connection detection without a
     /// shared set of nonces).
     pub nonce_key: u64,
-    /// Every shard's command channel and waker, when this shard's listener accepts for all.
+    /// Every shard's command channel and waker (accepted sockets and streams are handed over).
     pub siblings: Vec<(Sender<ShardCmd>, Arc<Waker>)>,
+    /// This shard's listener accepts for all shards (no SO_REUSEPORT).
+    pub accept_for_all: bool,
 }
+
+/// What a connection is to its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// A peer's first connection (its GENERAL stream), the one the core knows.
+    Primary {
+        /// Its joined DATA1 stream.
+        data1: Option<usize>,
+        /// A DATA1 stream we opened that is not acknowledged yet.
+        opening: Option<usize>,
+        /// How messages are spread over the streams.
+        policy: StreamPolicy,
+    },
+    /// A further stream of the peer whose first connection is `owner` (same shard).
+    Stream {
+        owner: usize,
+        kind: u8,
+        acked: bool,
+        policy: StreamPolicy,
+    },
+}
+
+/// How long a shard waits to hand a stream to a sibling whose channel is full.
+const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A version nonce that we can recognise later: its low half is a keyed mix of its high half.
 pub(crate) fn make_nonce(key: u64, random: u64) -> u64 {
@@ -125,6 +171,13 @@ struct Conn {
     pending: bool,
     /// Not read while its send queue is over `read_pause_bytes`.
     paused: bool,
+    role: Role,
+    /// Its association, once agreed in the handshake.
+    assoc: Option<AssociationId>,
+    /// Sent `createstrm` as its first message: not read until the core decides.
+    joining: bool,
+    bytes_in: u64,
+    bytes_out: u64,
 }
 
 /// A shard's event loop.
@@ -331,7 +384,37 @@ impl Shard {
                     }
                 }
                 ShardCmd::Peers(reply) => {
-                    let _ = reply.send(self.conns.iter().map(|(_, c)| self.info(c)).collect());
+                    let _ = reply.send(
+                        self.conns
+                            .iter()
+                            .filter(|(_, c)| matches!(c.role, Role::Primary { .. }))
+                            .map(|(_, c)| self.info(c))
+                            .collect(),
+                    );
+                }
+                ShardCmd::JoinStream {
+                    from,
+                    owner,
+                    stream_type,
+                    policy,
+                } => self.join_stream(from, owner, stream_type, policy),
+                ShardCmd::AttachStream {
+                    socket,
+                    addr,
+                    buffered,
+                    owner,
+                    stream_type,
+                    policy,
+                } => {
+                    if socket.set_nonblocking(true).is_ok() {
+                        let s = TcpStream::from_std(socket);
+                        self.attach_stream(s, addr, buffered, owner, stream_type, policy);
+                    }
+                }
+                ShardCmd::RefuseStream(id, why) => {
+                    if let Some(&k) = self.by_id.get(&id) {
+                        self.refuse_stream(k, why);
+                    }
                 }
                 ShardCmd::Stop => self.stopping = true,
             }
@@ -358,7 +441,34 @@ impl Shard {
             // scored by the core (it knows ban scores) before anyone sees these
             score: 0,
             status: crate::store::records::PeerStatus::Unknown,
+            association: c.assoc,
+            stream_policy: match c.role {
+                Role::Primary { policy, .. } | Role::Stream { policy, .. } => policy.name(),
+            },
+            streams: self.streams_of(c),
         }
+    }
+
+    fn streams_of(&self, c: &Conn) -> Vec<StreamInfo> {
+        let mut v = vec![StreamInfo {
+            kind: stream_type::name(stream_type::GENERAL),
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+        }];
+        if let Role::Primary { data1: Some(k), .. } = c.role {
+            if let Some(s) = self.conns.get(k) {
+                let kind = match s.role {
+                    Role::Stream { kind, .. } => kind,
+                    Role::Primary { .. } => stream_type::UNKNOWN,
+                };
+                v.push(StreamInfo {
+                    kind: stream_type::name(kind),
+                    bytes_in: s.bytes_in,
+                    bytes_out: s.bytes_out,
+                });
+            }
+        }
+        v
     }
 
     fn our_version(&self, peer: SocketAddr, nonce: u64) -> VersionMessage {
@@ -391,12 +501,17 @@ impl Shard {
         let id = PeerId((self.next_id << SHARD_BITS) | self.index as u64);
         self.next_id += 1;
         let nonce = make_nonce(self.ctx.nonce_key, crate::util::random_u64());
-        let proto = PeerProtocol::new(
-            direction,
-            &self.ctx.settings,
-            self.our_version(addr, nonce),
-            now,
-        );
+        let mut ours = self.our_version(addr, nonce);
+        if direction == Direction::Outbound && self.ctx.settings.multistreams {
+            // as the SV node: the side that dials names the association
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&crate::util::random_u64().to_le_bytes());
+            id[8..].copy_from_slice(&crate::util::random_u64().to_le_bytes());
+            id[6] = (id[6] & 0x0f) | 0x40; // a version 4 (random) UUID
+            id[8] = (id[8] & 0x3f) | 0x80;
+            ours.set_association_id(Some(AssociationId(id)));
+        }
+        let proto = PeerProtocol::new(direction, &self.ctx.settings, ours, now);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -426,6 +541,15 @@ impl Shard {
             reported: 0,
             pending: false,
             paused: false,
+            role: Role::Primary {
+                data1: None,
+                opening: None,
+                policy: StreamPolicy::Default,
+            },
+            assoc: None,
+            joining: false,
+            bytes_in: 0,
+            bytes_out: 0,
         });
         self.by_id.insert(id, key);
         // The core hears of the connection before anything else about it.
@@ -473,7 +597,7 @@ impl Shard {
                 Ok((s, addr)) => {
                     // The core admits or refuses (bans, limits, eviction) as it hears of it.
                     let n = self.ctx.siblings.len();
-                    let target = if n > 1 {
+                    let target = if self.ctx.accept_for_all && n > 1 {
                         self.accepted += 1;
                         self.accepted % n
                     } else {
@@ -612,6 +736,9 @@ impl Shard {
 
     fn read(&mut self, key: usize) {
         let now = Instant::now();
+        if self.conns.get(key).is_none_or(|c| c.joining) {
+            return; // its createstrm waits for the core's answer
+        }
         if self.blocked() {
             return self.defer_read(key);
         }
@@ -635,6 +762,7 @@ impl Shard {
             match c.stream.read(&mut self.scratch) {
                 Ok(0) => return self.close(key, DisconnectReason::Closed),
                 Ok(n) => {
+                    c.bytes_in += n as u64;
                     c.proto.read_buffer().extend_from_slice(&self.scratch[..n]);
                     if !self.process(key, now) || self.park_if_throttled(key, now) {
                         return;
@@ -691,47 +819,397 @@ impl Shard {
         }
     }
 
-    /// Carries out what the protocol asked for.
+    /// Carries out what the protocol asked for. A peer's messages go out on the stream its
+    /// policy names; what a further stream receives is handled by its peer's first connection.
     fn apply(&mut self, key: usize, out: &mut Vec<PeerOutput>) {
         if out.is_empty() {
             return;
         }
-        let mut buf = BytesMut::new();
-        let mut failed = None;
+        let mut own = BytesMut::new();
+        let mut data1 = BytesMut::new();
+        let mut data1_key = None;
+        let mut to_owner = Vec::new();
+        let mut later = Vec::new();
         for o in out.drain(..) {
             let Some(c) = self.conns.get_mut(key) else {
                 return;
             };
             match o {
                 PeerOutput::Send(m) => {
+                    let route = match c.role {
+                        Role::Primary {
+                            data1: Some(k),
+                            policy,
+                            ..
+                        } if policy.on_data1(m.command()) => Some(k),
+                        _ => None,
+                    };
+                    let buf = if route.is_some() {
+                        data1_key = route;
+                        &mut data1
+                    } else {
+                        &mut own
+                    };
                     let before = buf.len();
-                    encode_message(&mut buf, self.ctx.settings.magic, &m);
+                    encode_message(buf, self.ctx.settings.magic, &m);
                     c.proto.stats.record_out(m.command(), buf.len() - before);
                 }
                 PeerOutput::Connected(version) => {
+                    c.assoc = c.proto.association();
                     let info = Box::new(self.info(&self.conns[key]));
                     self.report(PeerInput::Ready { info, version });
                 }
-                PeerOutput::Deliver(message) => {
-                    let id = c.id;
-                    self.report(PeerInput::Message { id, message })
-                }
+                PeerOutput::Deliver(message) => match c.role {
+                    Role::Stream { .. } => to_owner.push(message),
+                    Role::Primary { .. } => {
+                        let id = c.id;
+                        self.report(PeerInput::Message { id, message })
+                    }
+                },
                 PeerOutput::Rtt(rtt) => log::trace!("peer {} rtt {rtt:?}", c.id),
                 PeerOutput::Misbehaved(reason, detail) => {
                     log::debug!("peer {} ({}): {detail}", c.id, c.addr);
                     let id = c.id;
                     self.report(PeerInput::Misbehaved { id, reason, detail });
                 }
+                other @ (PeerOutput::StreamRequest(_)
+                | PeerOutput::OpenStream(_)
+                | PeerOutput::StreamAcked(_)) => later.push(other),
             }
         }
-        if !buf.is_empty() && self.conns.contains(key) {
-            if let Err(r) = self.enqueue(key, buf.freeze()) {
+        for (k, buf) in [(Some(key), own), (data1_key, data1)] {
+            if let (Some(k), false) = (k, buf.is_empty()) {
+                if self.conns.contains(k) {
+                    if let Err(r) = self.enqueue(k, buf.freeze()) {
+                        self.close(k, r);
+                    }
+                }
+            }
+        }
+        for o in later {
+            if !self.conns.contains(key) {
+                return;
+            }
+            match o {
+                PeerOutput::StreamRequest(c) => self.stream_request(key, c),
+                PeerOutput::OpenStream(policy) => self.open_stream(key, policy),
+                PeerOutput::StreamAcked(a) => self.stream_acked(key, a),
+                _ => {}
+            }
+        }
+        if !to_owner.is_empty() {
+            self.to_owner(key, to_owner);
+        }
+    }
+
+    /// Messages a further stream received, handled by its peer's first connection (whose
+    /// counters take the stream's).
+    fn to_owner(&mut self, key: usize, msgs: Vec<Message>) {
+        let Some(Role::Stream { owner, .. }) = self.conns.get(key).map(|c| c.role) else {
+            return;
+        };
+        let stats = std::mem::take(&mut self.conns[key].proto.stats);
+        let Some(o) = self.conns.get_mut(owner) else {
+            return;
+        };
+        o.proto.stats.absorb(stats);
+        let now = Instant::now();
+        let mut out = Vec::new();
+        let mut failed = None;
+        for m in msgs {
+            if let Err(r) = o.proto.on_stream_message(now, m, &mut out) {
                 failed = Some(r);
+                break;
             }
         }
+        self.apply(owner, &mut out);
         if let Some(r) = failed {
-            self.close(key, r);
+            self.close(owner, r);
         }
+    }
+
+    /// An inbound connection's first message asks to join an association: checked for form
+    /// here, then the core (which knows every peer) decides.
+    fn stream_request(&mut self, key: usize, c: CreateStream) {
+        let assoc = match AssociationId::from_bytes(&c.association_id) {
+            Ok(Some(a)) => a,
+            Ok(None) => return self.refuse_stream(key, "NULL association ID".into()),
+            Err(e) => return self.refuse_stream(key, e.into()),
+        };
+        if !self.ctx.settings.multistreams {
+            return self.refuse_stream(key, "multistreams are off".into());
+        }
+        if c.stream_type != stream_type::DATA1 {
+            let why = format!(
+                "unsupported stream type {}",
+                stream_type::name(c.stream_type)
+            );
+            return self.refuse_stream(key, why);
+        }
+        if !c.policy.is_empty() && StreamPolicy::from_name(&c.policy).is_none() {
+            return self.refuse_stream(key, format!("unknown stream policy name {}", c.policy));
+        }
+        let conn = &mut self.conns[key];
+        conn.joining = true;
+        let id = conn.id;
+        self.report(PeerInput::StreamRequest {
+            id,
+            association: assoc,
+            stream_type: c.stream_type,
+            policy: c.policy,
+        });
+    }
+
+    /// Refuses a `createstrm` as the SV node does: a `reject` (code 0x60), then the connection
+    /// is closed.
+    fn refuse_stream(&mut self, key: usize, why: String) {
+        let Some(c) = self.conns.get(key) else {
+            return;
+        };
+        log::info!("stream from {} refused: {why}", c.addr);
+        let reject = Message::Reject(crate::wire::Reject {
+            message: "createstrm".into(),
+            code: crate::wire::bsv::REJECT_STREAM_SETUP,
+            reason: why.chars().take(111).collect(),
+            data: Bytes::new(),
+        });
+        let mut out = vec![PeerOutput::Send(reject)];
+        self.apply(key, &mut out);
+        self.close(key, DisconnectReason::StreamSetup(why));
+    }
+
+    /// The core agreed: connection `from` becomes a stream of `owner`, here or on its shard.
+    fn join_stream(&mut self, from: PeerId, owner: PeerId, kind: u8, policy: String) {
+        let Some(k) = self.by_id.remove(&from) else {
+            return;
+        };
+        let mut c = self.conns.remove(k);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        let buffered = c.proto.take_buffered();
+        let target = shard_of(owner);
+        if target == self.index {
+            return self.attach_stream(c.stream, c.addr, buffered, owner, kind, policy);
+        }
+        let socket = std::net::TcpStream::from(c.stream);
+        let (tx, waker) = &self.ctx.siblings[target];
+        let cmd = ShardCmd::AttachStream {
+            socket,
+            addr: c.addr,
+            buffered,
+            owner,
+            stream_type: kind,
+            policy,
+        };
+        match tx.send_timeout(cmd, HANDOFF_TIMEOUT) {
+            Ok(()) => {
+                let _ = waker.wake();
+            }
+            Err(_) => log::warn!(
+                "shard {}: shard {target} took no stream for {HANDOFF_TIMEOUT:?}; closed",
+                self.index
+            ),
+        }
+    }
+
+    /// Takes a socket in as `owner`'s DATA1 stream and acknowledges it.
+    fn attach_stream(
+        &mut self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        buffered: BytesMut,
+        owner: PeerId,
+        kind: u8,
+        policy: String,
+    ) {
+        let Some(&owner_key) = self.by_id.get(&owner) else {
+            log::info!("stream from {addr}: its peer {owner} is gone; closed");
+            return;
+        };
+        let (assoc, current) = match self.conns[owner_key].role {
+            Role::Primary {
+                data1: None,
+                opening: None,
+                policy,
+            } => (self.conns[owner_key].assoc, policy),
+            _ => {
+                log::info!("stream from {addr}: peer {owner} has one already; closed");
+                return;
+            }
+        };
+        let Some(assoc) = assoc else {
+            return;
+        };
+        let policy = StreamPolicy::from_name(&policy).unwrap_or(current);
+        let Some(key) =
+            self.register_stream(stream, addr, owner_key, kind, policy, false, &buffered)
+        else {
+            return;
+        };
+        if let Role::Primary {
+            data1, policy: p, ..
+        } = &mut self.conns[owner_key].role
+        {
+            *data1 = Some(key);
+            *p = policy;
+        }
+        log::info!(
+            "peer {owner}: {} stream joined (association {assoc}, policy {})",
+            stream_type::name(kind),
+            policy.name()
+        );
+        let ack = Message::StreamAck(crate::wire::StreamAck {
+            association_id: assoc.to_bytes(),
+            stream_type: kind,
+        });
+        let mut out = vec![PeerOutput::Send(ack)];
+        self.apply(key, &mut out);
+        self.defer_read(key);
+    }
+
+    /// Opens our DATA1 stream to a peer whose protoconf agreed on `policy`.
+    fn open_stream(&mut self, owner_key: usize, policy: StreamPolicy) {
+        let c = &self.conns[owner_key];
+        let Some(assoc) = c.assoc else {
+            return;
+        };
+        if !matches!(
+            c.role,
+            Role::Primary {
+                data1: None,
+                opening: None,
+                ..
+            }
+        ) {
+            return;
+        }
+        let (addr, id) = (c.addr, c.id);
+        let s = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                log::info!("peer {id}: cannot open a stream to {addr}: {e}");
+                return;
+            }
+        };
+        let _ = s.set_nodelay(true);
+        let kind = stream_type::DATA1;
+        let Some(key) = self.register_stream(s, addr, owner_key, kind, policy, true, &[]) else {
+            return;
+        };
+        if let Role::Primary { opening, .. } = &mut self.conns[owner_key].role {
+            *opening = Some(key);
+        }
+        let create = Message::CreateStream(CreateStream {
+            association_id: assoc.to_bytes(),
+            stream_type: kind,
+            policy: policy.name().into(),
+        });
+        let mut out = vec![PeerOutput::Send(create)];
+        self.apply(key, &mut out);
+    }
+
+    /// The stream we opened was accepted: the policy's messages go over it from now on.
+    fn stream_acked(&mut self, key: usize, ack: crate::wire::StreamAck) {
+        let Some(Role::Stream {
+            owner,
+            kind,
+            policy,
+            ..
+        }) = self.conns.get(key).map(|c| c.role)
+        else {
+            return;
+        };
+        let Some(o) = self.conns.get(owner) else {
+            return;
+        };
+        let (assoc, id) = (o.assoc, o.id);
+        if assoc.map(|a| a.to_bytes()) != Some(ack.association_id.clone())
+            || ack.stream_type != kind
+        {
+            let why = "streamack for another stream".to_string();
+            return self.close(key, DisconnectReason::StreamSetup(why));
+        }
+        if let Role::Stream { acked, .. } = &mut self.conns[key].role {
+            *acked = true;
+        }
+        if let Role::Primary {
+            data1,
+            opening,
+            policy: p,
+        } = &mut self.conns[owner].role
+        {
+            *data1 = Some(key);
+            *opening = None;
+            *p = policy;
+        }
+        log::info!(
+            "peer {id}: {} stream open (association {}, policy {})",
+            stream_type::name(kind),
+            assoc.map(|a| a.to_string()).unwrap_or_default(),
+            policy.name()
+        );
+    }
+
+    /// Registers a further stream of `owner_key`'s peer; its key.
+    #[allow(clippy::too_many_arguments)]
+    fn register_stream(
+        &mut self,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        owner_key: usize,
+        kind: u8,
+        policy: StreamPolicy,
+        connecting: bool,
+        buffered: &[u8],
+    ) -> Option<usize> {
+        let now = Instant::now();
+        let owner = &self.conns[owner_key];
+        let id = owner.id;
+        let peer_version = owner.proto.version().map_or(0, |v| v.version);
+        let direction = if connecting {
+            Direction::Outbound
+        } else {
+            Direction::Inbound
+        };
+        let proto =
+            PeerProtocol::new_stream(direction, &self.ctx.settings, peer_version, now, buffered);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::warn!(
+                "shard {}: cannot register a stream from {addr}: {e}",
+                self.index
+            );
+            return None;
+        }
+        entry.insert(Conn {
+            id,
+            addr,
+            stream,
+            proto,
+            connecting: connecting.then_some(now + self.ctx.config.connect_timeout),
+            queue: VecDeque::new(),
+            queued: 0,
+            head_written: 0,
+            since: SystemTime::now(),
+            reported: 0,
+            pending: false,
+            paused: false,
+            role: Role::Stream {
+                owner: owner_key,
+                kind,
+                acked: !connecting,
+                policy,
+            },
+            assoc: None,
+            joining: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        Some(key)
     }
 
     fn enqueue(&mut self, key: usize, frame: Bytes) -> Result<(), DisconnectReason> {
@@ -768,6 +1246,7 @@ impl Shard {
                 Ok(0) => return Err(DisconnectReason::Io("write returned zero".into())),
                 Ok(mut written) => {
                     c.queued -= written;
+                    c.bytes_out += written as u64;
                     while written > 0 {
                         let head = c
                             .queue
@@ -860,7 +1339,6 @@ impl Shard {
             return;
         }
         let mut c = self.conns.remove(key);
-        self.by_id.remove(&c.id);
         let _ = self.poll.registry().deregister(&mut c.stream);
         if matches!(
             reason,
@@ -870,6 +1348,39 @@ impl Shard {
         ) {
             let _ = c.stream.shutdown(std::net::Shutdown::Both);
         }
+        match c.role {
+            Role::Stream { owner, acked, .. } => {
+                // a stream is part of its peer: an open one that fails takes the peer down
+                // (as on the SV node); one that never opened leaves it on one stream
+                let mut mine = false;
+                if let Some(Role::Primary { data1, opening, .. }) =
+                    self.conns.get_mut(owner).map(|o| &mut o.role)
+                {
+                    if *data1 == Some(key) {
+                        *data1 = None;
+                        mine = true;
+                    }
+                    if *opening == Some(key) {
+                        *opening = None;
+                        mine = true;
+                    }
+                }
+                log::debug!("peer {} ({}): stream closed: {reason}", c.id, c.addr);
+                if mine && acked && reason != DisconnectReason::Shutdown {
+                    self.close(owner, reason);
+                }
+                return;
+            }
+            Role::Primary { data1, opening, .. } => {
+                for k in [data1, opening].into_iter().flatten() {
+                    if let Some(mut s) = self.conns.try_remove(k) {
+                        let _ = self.poll.registry().deregister(&mut s.stream);
+                        let _ = s.stream.shutdown(std::net::Shutdown::Both);
+                    }
+                }
+            }
+        }
+        self.by_id.remove(&c.id);
         log::debug!(
             "peer {} ({}, {}) disconnected: {reason}",
             c.id,
