@@ -406,6 +406,14 @@ pub fn summarize_frames(data: &Bytes) -> Result<String, DecodeFileError> {
     Ok(out)
 }
 
+fn assoc_text(b: &[u8]) -> String {
+    match crate::wire::AssociationId::from_bytes(b) {
+        Ok(Some(id)) => id.to_string(),
+        Ok(None) => "Not-Set".into(),
+        Err(e) => e.into(),
+    }
+}
+
 /// A one-line description of a message.
 pub fn describe(m: &Message) -> String {
     match m {
@@ -434,6 +442,20 @@ pub fn describe(m: &Message) -> String {
             p.max_recv_payload_length,
             p.stream_policies.as_deref().unwrap_or("")
         ),
+        Message::CreateStream(c) => format!(
+            "association {} stream {} policy {:?}",
+            assoc_text(&c.association_id),
+            crate::wire::stream_type::name(c.stream_type),
+            c.policy
+        ),
+        Message::StreamAck(a) => format!(
+            "association {} stream {}",
+            assoc_text(&a.association_id),
+            crate::wire::stream_type::name(a.stream_type)
+        ),
+        Message::DsDetected(d) => format!("version {} with {} blocks", d.version, d.blocks.len()),
+        Message::HdrsEn(h) => format!("{} enriched headers", h.len()),
+        Message::DataRefTx(d) => format!("tx {}", d.tx.txid()),
         Message::Unknown { payload, .. } => format!("unknown command, {} bytes", payload.len()),
         _ => String::new(),
     }

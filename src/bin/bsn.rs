@@ -87,6 +87,12 @@ struct NodeArgs {
     /// A checkpoint HEIGHT:HASH the chain must pass through; repeat for more.
     #[arg(long)]
     checkpoint: Vec<String>,
+    /// Turn BSV multistreams off (one connection per peer; the SV node's -multistreams=0).
+    #[arg(long)]
+    no_multistreams: bool,
+    /// Stream policies, most preferred first (the SV node's -multistreampolicies).
+    #[arg(long, default_value = "BlockPriority,Default")]
+    stream_policies: String,
 }
 
 fn node(a: NodeArgs) -> ExitCode {
@@ -119,6 +125,9 @@ fn node(a: NodeArgs) -> ExitCode {
     if let Some(n) = a.max_per_ip {
         b = b.max_per_ip(n);
     }
+    b = b
+        .multistreams(!a.no_multistreams)
+        .stream_policies(&a.stream_policies);
     let config = match b.build().and_then(|mut c| {
         c.seeds = a.seed.clone();
         c.headers_only = a.headers_only;

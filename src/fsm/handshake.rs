@@ -273,6 +273,68 @@ mod tests {
     }
 
     #[test]
+    fn association_ids_are_echoed_and_checked() {
+        use crate::wire::AssociationId;
+        let t0 = Instant::now();
+        let dl = t0 + Duration::from_secs(60);
+        let id = AssociationId([1; 16]);
+        let with = |id: Option<AssociationId>, nonce| {
+            let mut v = version(nonce, 70016);
+            v.set_association_id(id);
+            v
+        };
+        // inbound: the peer's ID comes back in our version
+        let mut inb =
+            Handshake::new(Direction::Inbound, version(2, 70016), 70001, dl).with_multistreams();
+        let a = inb
+            .on_message(&Message::Version(with(Some(id), 1)), |_| false)
+            .unwrap();
+        let HandshakeAction::Send(Message::Version(ours)) = &a[0] else {
+            panic!("{a:?}")
+        };
+        assert_eq!(ours.association_id(), Ok(Some(id)));
+        assert_eq!(inb.association(), Some(id));
+        // outbound: an echo of ours makes the association, none makes one stream, another
+        // ID ends the connection
+        let out = || {
+            Handshake::new(Direction::Outbound, with(Some(id), 2), 70001, dl).with_multistreams()
+        };
+        let mut h = out();
+        h.on_message(&Message::Version(with(Some(id), 1)), |_| false)
+            .unwrap();
+        assert_eq!(h.association(), Some(id));
+        let mut h = out();
+        h.on_message(&Message::Version(version(1, 70016)), |_| false)
+            .unwrap();
+        assert_eq!(h.association(), None);
+        let mut h = out();
+        let other = Some(AssociationId([2; 16]));
+        assert!(matches!(
+            h.on_message(&Message::Version(with(other, 1)), |_| false),
+            Err(DisconnectReason::StreamSetup(_))
+        ));
+        // a first message `createstrm` asks to join an association
+        let mut h =
+            Handshake::new(Direction::Inbound, version(2, 70016), 70001, dl).with_multistreams();
+        let c = crate::wire::CreateStream {
+            association_id: id.to_bytes(),
+            stream_type: 2,
+            policy: "BlockPriority".into(),
+        };
+        assert_eq!(
+            sends(
+                &h.on_message(&Message::CreateStream(c.clone()), |_| false)
+                    .unwrap()
+            ),
+            ["createstrm"]
+        );
+        // ... but not after version
+        let mut h = out();
+        h.start();
+        assert!(h.on_message(&Message::CreateStream(c), |_| false).is_err());
+    }
+
+    #[test]
     fn refusals() {
         let t0 = Instant::now();
         let dl = t0 + Duration::from_secs(5);

@@ -695,7 +695,8 @@ impl NodeCore {
     /// A connection asks to join an association: moved into it when a ready peer from the
     /// same IP has that association; refused (and, from another IP, banned, as the SV node
     /// bans) otherwise. A request may come before the owner's readiness reaches the core (two
-    /// shards race): it waits for that up to the handshake timeout.
+    /// shards race): while a connection from its IP is still on its way to ready, it waits
+    /// (up to the handshake timeout).
     fn stream_request(
         &mut self,
         id: PeerId,
@@ -735,9 +736,10 @@ impl NodeCore {
                         from.ip(),
                         addr.ip()
                     );
+                    // the reject goes out before the ban closes the connection
+                    self.out.push_back(Output::RefuseStream(w.id, why.clone()));
                     let reason = BanReason::StreamFromOtherAddress;
                     self.misbehaving(from.ip(), Some(w.id), reason, &why, now);
-                    self.out.push_back(Output::RefuseStream(w.id, why));
                 }
                 Some((owner, _)) => {
                     log::info!(
@@ -755,7 +757,13 @@ impl NodeCore {
                         policy: w.policy,
                     });
                 }
-                None if now >= w.until => {
+                // only a connection from the same IP still on its way to ready can be the
+                // owner; with none, nothing will come
+                None if now >= w.until
+                    || !self.peers.iter().any(|(i, p)| {
+                        *i != w.id && !p.ready && p.admitted && p.addr.ip() == from.ip()
+                    }) =>
+                {
                     let why = format!("no association {}", w.association);
                     self.out.push_back(Output::RefuseStream(w.id, why));
                 }
