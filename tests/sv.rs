@@ -532,7 +532,7 @@ fn multistream_associations_with_the_sv_node_both_ways_carry_blocks_on_data1() {
     };
     sv1.mine(HEIGHT);
     let engine = Engine::start(config()).unwrap();
-    let ev = engine.events();
+    let _ev = engine.events();
     let ua = engine.config().user_agent.clone();
     // 1. bsn dials: its association (two streams, BlockPriority) as the SV node sees it
     engine.connect(sv1.p2p_addr()).unwrap();

@@ -898,13 +898,13 @@ impl Shard {
             }
         }
         if !to_owner.is_empty() {
-            self.to_owner(key, to_owner);
+            self.hand_to_owner(key, to_owner);
         }
     }
 
     /// Messages a further stream received, handled by its peer's first connection (whose
     /// counters take the stream's).
-    fn to_owner(&mut self, key: usize, msgs: Vec<Message>) {
+    fn hand_to_owner(&mut self, key: usize, msgs: Vec<Message>) {
         let Some(Role::Stream { owner, .. }) = self.conns.get(key).map(|c| c.role) else {
             return;
         };

@@ -626,7 +626,7 @@ impl DsDetected {
         {
             return Err("dsdetected forks from different ancestors");
         }
-        spent.sort_by(|a, b| a.0.cmp(&b.0));
+        spent.sort_by_key(|s| s.0);
         let double = spent
             .windows(2)
             .any(|w| w[0].0 == w[1].0 && w[0].1 != w[1].1);
