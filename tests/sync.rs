@@ -159,7 +159,8 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
         headers.push(h);
         prev = h;
     }
-    // the honest server H gets the chain in its store before it starts
+    // the honest server H (a header client: it serves every header it holds) gets the chain in
+    // its store before it starts
     let dir = TempDir::new("sync-100k");
     {
         let s = LmdbStore::open(&dir.0.join("h"), &LmdbOptions::default()).unwrap();
@@ -170,7 +171,7 @@ fn a_hundred_thousand_headers_sync_and_an_invalid_header_gets_its_sender_scored(
             s.write(&b).unwrap();
         }
     }
-    let (h, _hev) = start(node(&dir, "h", false));
+    let (h, _hev) = start(node(&dir, "h", true));
     assert_eq!(h.best_header().unwrap().1 as usize, N);
     // S is a header client with a short stall timeout
     let mut cs = node(&dir, "s", true);

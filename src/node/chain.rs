@@ -410,9 +410,14 @@ impl NodeCore {
         let tree = self.chain.tree();
         let mut headers = tree.headers_after(locator, stop, MAX_HEADERS as usize);
         if let Some(ready) = self.blocks.as_ref().map(|d| d.ready_height()) {
+            // below the download's ready height every block is held; above it (imported or
+            // submitted blocks not yet counted) the store says
             let held = headers
                 .iter()
-                .take_while(|h| tree.get(&h.hash()).is_some_and(|e| e.height <= ready))
+                .take_while(|h| {
+                    tree.get(&h.hash()).is_some_and(|e| e.height <= ready)
+                        || self.has_block(&h.hash())
+                })
                 .count();
             headers.truncate(held);
         }
