@@ -531,11 +531,20 @@ pub struct DsDetected {
 impl DsDetected {
     pub(crate) fn decode(r: &mut Reader) -> DecodeResult<DsDetected> {
         let version = r.u16_le()?;
-        // a block entry is at least a count, one header and a minimal proof
+        // a block entry is at least a count, one header and a minimal proof (flags, index, a
+        // 32-byte id or an empty transaction's length, a 32-byte target, a node count)
         let n = r.count("dsdetected blocks", u64::MAX, 1 + 80 + 36)?;
         let mut blocks = Vec::with_capacity(n);
         for _ in 0..n {
+            let at = r.offset();
             let h = r.count("dsdetected headers", u64::MAX, 80)?;
+            if h == 0 {
+                // the SV node refuses it while reading
+                return Err(r.err_at(
+                    at,
+                    DecodeErrorKind::Invalid("dsdetected block without headers"),
+                ));
+            }
             let mut headers = Vec::with_capacity(h);
             for _ in 0..h {
                 headers.push(BlockHeader::decode(r)?);
@@ -788,6 +797,13 @@ mod tests {
         let mut bad = ds.clone();
         bad.version = 2;
         assert!(bad.check().is_err());
+        // a block without headers does not even decode (as on the SV node); found by fuzzing:
+        // it let a re-encoding come out shorter than the size bound assumed
+        let mut bad = ds.clone();
+        bad.blocks[0].headers.clear();
+        let mut b = BytesMut::new();
+        bad.encode(&mut b);
+        assert!(DsDetected::decode(&mut Reader::new(b.freeze())).is_err());
         let mut bad = ds.clone();
         bad.blocks.pop();
         assert!(bad.check().is_err());
