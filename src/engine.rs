@@ -888,6 +888,9 @@ impl Driver {
                 Output::RefuseStream(id, why) => {
                     self.command_shard(shard_of(id), ShardCmd::RefuseStream(id, why))
                 }
+                Output::NotifyDrained(id) => {
+                    self.command_shard(shard_of(id), ShardCmd::NotifyDrained(id))
+                }
                 Output::Dial(addr) => {
                     let s = self.next_dial % self.shards.len();
                     self.next_dial += 1;

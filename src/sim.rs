@@ -483,6 +483,8 @@ impl SimNet {
                 Output::RefuseStream(id, why) => {
                     self.close(node, id, DisconnectReason::StreamSetup(why))
                 }
+                // simulated links have no send queue: what was sent is out
+                Output::NotifyDrained(id) => self.report(node, PeerInput::Drained { id }),
             }
         }
     }

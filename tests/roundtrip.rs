@@ -465,7 +465,7 @@ fn message() -> impl Strategy<Value = Message> {
         }),
         (
             any::<u16>(),
-            vec((vec(block_header(), 0..3), whole_tx_proof()), 0..3)
+            vec((vec(block_header(), 1..3), whole_tx_proof()), 0..3)
         )
             .prop_map(
                 |(version, blocks)| Message::DsDetected(bsn::wire::DsDetected {

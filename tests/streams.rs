@@ -163,3 +163,117 @@ fn streams_for_unknown_associations_or_from_other_ips_are_refused() {
     a.stop();
     b.stop();
 }
+
+/// A regtest block on `prev` holding a transaction of about `size` bytes.
+fn big_block(prev: &bsn::wire::BlockHeader, size: usize) -> bsn::wire::Block {
+    let cb = next_block(prev, 9_999).txs[0].clone();
+    let script = vec![0x6a; size]; // OP_RETURN filler
+    let tx = bsn::wire::Transaction::build(
+        1,
+        &[(
+            bsn::wire::OutPoint {
+                txid: cb.txid(),
+                vout: 0,
+            },
+            b"",
+            u32::MAX,
+        )],
+        &[(0, &script)],
+        0,
+    );
+    let mut h = bsn::wire::BlockHeader {
+        version: 4,
+        prev_hash: prev.hash(),
+        merkle_root: bsn::wire::merkle_root(vec![cb.txid(), tx.txid()]),
+        time: prev.time + 1,
+        bits: 0x207fffff,
+        nonce: 0,
+    };
+    while !h.meets_own_target() {
+        h.nonce += 1;
+    }
+    bsn::wire::Block::new(h, vec![cb, tx])
+}
+
+/// Waits until `e`'s only peer shows `f`.
+fn until_peer(e: &Engine, what: &str, f: impl Fn(&PeerInfo) -> bool) {
+    let deadline = Instant::now() + T;
+    loop {
+        let peers = e.peers();
+        if peers.len() == 1 && f(&peers[0]) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {peers:#?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_peer_that_asks_for_more_than_it_reads_is_served_at_its_pace_not_dropped() {
+    // 1,000 requests for a 100 kB block (100 MB of answers, more than loopback socket buffers
+    // hold) in one go, against a 2 MB send queue limit, with the answers on a DATA1 stream the
+    // peer does not read yet: blocks are served as they go out, and every one arrives
+    let mut c = config();
+    c.max_send_queue = 2 << 20;
+    c.read_pause_bytes = 256 << 10;
+    let (e, ev) = start(c);
+    let genesis = e.header(bsn::HeaderRef::Height(0)).unwrap().0;
+    let block = big_block(&genesis, 100_000);
+    let hash = block.hash();
+    e.submit_block(block).unwrap();
+    wait_for(&ev, T, "the block stored", |x| match x {
+        Event::BlockConnected { hash: h, .. } if *h == hash => Some(()),
+        _ => None,
+    });
+    // a scripted peer names an association and opens DATA1 under BlockPriority
+    let id = AssociationId([0x5a; 16]);
+    let addr = e.local_addr().unwrap();
+    let mut general = ScriptPeer::connect(addr, REGTEST);
+    let mut v = version_msg(70016, 31);
+    v.set_association_id(Some(id));
+    general.send(&Message::Version(v));
+    let theirs = match general.expect(T, |m| matches!(m, Message::Version(_))) {
+        Message::Version(v) => v,
+        _ => unreachable!(),
+    };
+    assert_eq!(theirs.association_id(), Ok(Some(id)), "the ID is echoed");
+    general.expect(T, |m| matches!(m, Message::Verack));
+    general.send(&Message::Verack);
+    wait_for(&ev, T, "the peer ready", |x| match x {
+        Event::PeerConnected(_) => Some(()),
+        _ => None,
+    });
+    let mut data1 = ScriptPeer::connect(addr, REGTEST);
+    data1.send(&createstrm(id));
+    match data1.expect(T, |m| matches!(m, Message::StreamAck(_))) {
+        Message::StreamAck(a) => assert_eq!(a.association_id, id.to_bytes()),
+        _ => unreachable!(),
+    }
+    const N: usize = 1_000;
+    let inv: Vec<bsn::wire::Inventory> = (0..N)
+        .map(|_| bsn::wire::Inventory {
+            kind: bsn::wire::InvType::BLOCK,
+            hash,
+        })
+        .collect();
+    general.send(&Message::GetData(inv));
+    // the request was read, and answers filled the socket buffers (more than the send queue
+    // limit out) before the peer reads anything
+    until_peer(&e, "the request read and 3 MB sent", |p| {
+        p.streams.len() == 2 && p.streams[1].bytes_out >= 3 << 20
+    });
+    // DATA1 is read only now: every block comes, on DATA1, and the connection stays
+    let mut got = 0;
+    while got < N {
+        match data1.recv(T) {
+            Some(Message::Block(b)) if b.hash() == hash => got += 1,
+            Some(_) => {}
+            None => panic!("DATA1 closed or silent after {got} of {N} blocks"),
+        }
+    }
+    until_peer(&e, "all sent", |p| {
+        p.streams[1].bytes_out >= (N * 100_000) as u64 && p.queued_bytes < 2 << 20
+    });
+    assert_eq!(e.ban_score("127.0.0.1".parse().unwrap()), 0);
+    e.stop();
+}

@@ -424,6 +424,83 @@ impl NodeCore {
         headers
     }
 
+    /// Serves what `id` asked for with `getdata`, in order, until a window of bytes (the
+    /// read-pause mark, at most half the send queue limit) waits to go out; then the shard is asked to say when they have, and serving goes on from
+    /// there (as the SV node stops serving while a peer's send buffer is full). So a peer that
+    /// asks for many big blocks at once is served at the pace it reads, never dropped for it,
+    /// and its queue holds at most a window and one block.
+    pub(super) fn serve_more(&mut self, id: PeerId) {
+        let mut missing = Vec::new();
+        let window = self
+            .config
+            .read_pause_bytes
+            .min(self.config.max_send_queue / 2);
+        loop {
+            let Some(p) = self.peers.get_mut(&id) else {
+                return;
+            };
+            if p.serve_waiting {
+                break;
+            }
+            if p.served >= window && !p.serve_queue.is_empty() {
+                p.serve_waiting = true;
+                self.out.push_back(super::Output::NotifyDrained(id));
+                break;
+            }
+            let Some(inv) = p.serve_queue.pop_front() else {
+                break;
+            };
+            // BTC peers may ask for the witness form; BSV blocks have none, so the plain
+            // serialization is the answer to both.
+            let is_block = inv.kind == InvType::BLOCK || inv.kind == InvType::WITNESS_BLOCK;
+            let raw = if is_block {
+                self.block_bytes(&inv.hash)
+            } else {
+                None
+            };
+            match raw.map(|r| served_block(r, &inv.hash)) {
+                Some(Ok(payload)) => {
+                    if let Some(p) = self.peers.get_mut(&id) {
+                        p.served += payload.len();
+                    }
+                    self.send(
+                        id,
+                        Message::Unknown {
+                            command: crate::wire::message::commands::BLOCK,
+                            payload,
+                        },
+                    );
+                    // the end of a getblocks batch: our tip makes the peer ask for more
+                    let cont = self
+                        .peers
+                        .get_mut(&id)
+                        .filter(|p| p.continuation == Some(inv.hash))
+                        .map(|p| p.continuation.take())
+                        .is_some();
+                    if cont {
+                        if let Some(tip) = self.served_tip(&inv.hash) {
+                            self.send(
+                                id,
+                                Message::Inv(vec![Inventory {
+                                    kind: InvType::BLOCK,
+                                    hash: tip,
+                                }]),
+                            );
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    log::error!("stored block {}: {e}", inv.hash);
+                    missing.push(inv);
+                }
+                None => missing.push(inv),
+            }
+        }
+        if !missing.is_empty() {
+            self.send(id, Message::NotFound(missing));
+        }
+    }
+
     /// Serves `getheaders`, `getblocks` and block `getdata`; returns any other message.
     pub(super) fn serve_message(&mut self, id: PeerId, msg: Message) -> Option<Message> {
         match msg {
@@ -493,54 +570,19 @@ impl NodeCore {
                 None
             }
             Message::GetData(items) => {
-                let mut missing = Vec::new();
-                for inv in items {
-                    // BTC peers may ask for the witness form; BSV blocks have none, so the
-                    // plain serialization is the answer to both.
-                    let is_block = inv.kind == InvType::BLOCK || inv.kind == InvType::WITNESS_BLOCK;
-                    let raw = if is_block {
-                        self.block_bytes(&inv.hash)
-                    } else {
-                        None
-                    };
-                    match raw.map(|r| served_block(r, &inv.hash)) {
-                        Some(Ok(payload)) => {
-                            self.send(
-                                id,
-                                Message::Unknown {
-                                    command: crate::wire::message::commands::BLOCK,
-                                    payload,
-                                },
-                            );
-                            // the end of a getblocks batch: our tip makes the peer ask for more
-                            let cont = self
-                                .peers
-                                .get_mut(&id)
-                                .filter(|p| p.continuation == Some(inv.hash))
-                                .map(|p| p.continuation.take())
-                                .is_some();
-                            if cont {
-                                if let Some(tip) = self.served_tip(&inv.hash) {
-                                    self.send(
-                                        id,
-                                        Message::Inv(vec![Inventory {
-                                            kind: InvType::BLOCK,
-                                            hash: tip,
-                                        }]),
-                                    );
-                                }
-                            }
-                        }
-                        Some(Err(e)) => {
-                            log::error!("stored block {}: {e}", inv.hash);
-                            missing.push(inv);
-                        }
-                        None => missing.push(inv),
+                if let Some(p) = self.peers.get_mut(&id) {
+                    // bounded by what one getdata can hold: a peer sends the next only after
+                    // reading what it asked for (or its socket is no longer read)
+                    let room = MAX_SERVE_QUEUE.saturating_sub(p.serve_queue.len());
+                    if items.len() > room {
+                        log::info!(
+                            "peer {id}: {} block requests beyond the queue dropped",
+                            items.len() - room
+                        );
                     }
+                    p.serve_queue.extend(items.into_iter().take(room));
                 }
-                if !missing.is_empty() {
-                    self.send(id, Message::NotFound(missing));
-                }
+                self.serve_more(id);
                 None
             }
             other => Some(other),
@@ -697,6 +739,9 @@ impl NodeCore {
         )
     }
 }
+
+/// Block requests of one peer waiting to be served, at most (a full 2 MiB `getdata`).
+const MAX_SERVE_QUEUE: usize = 58_254;
 
 /// A stored block's bytes, to be sent as they are: every stored block was decoded and checked
 /// when it was stored, so it is not parsed again (that cost as much as the rest of serving a

@@ -90,6 +90,8 @@ pub(crate) enum PeerInput {
     },
     /// An outbound connection could not even be started.
     DialFailed { addr: SocketAddr, reason: String },
+    /// What was queued to a peer went out (after an [`Output::NotifyDrained`]): serving goes on.
+    Drained { id: PeerId },
     /// An inbound connection's first message was `createstrm`: it asks to join the association
     /// `association` as a stream of type `stream_type` under `policy`.
     StreamRequest {
@@ -126,6 +128,9 @@ pub(crate) enum Output {
     },
     /// Refuse connection `id`'s `createstrm` (a `reject`, then close).
     RefuseStream(PeerId, String),
+    /// Answer with [`PeerInput::Drained`] once what is queued to the peer has gone out (at
+    /// once if it has).
+    NotifyDrained(PeerId),
 }
 
 /// A `createstrm` waiting for its association's owner to be ready.
@@ -155,6 +160,12 @@ struct Peer {
     sendheaders: bool,
     /// Its BSV association, when both sides agreed on one.
     association: Option<AssociationId>,
+    /// Blocks it asked for that wait for the bytes served before them to go out.
+    serve_queue: VecDeque<crate::wire::Inventory>,
+    /// Bytes served since the shard last said its queue drained.
+    served: usize,
+    /// Waiting for that.
+    serve_waiting: bool,
     /// Blocks it is known to have (never announced to it).
     known: KnownBlocks,
     /// The last block of a `getblocks` answer cut at its limit (Bitcoin's `hashContinue`).
@@ -524,6 +535,13 @@ impl NodeCore {
                 stream_type,
                 policy,
             } => self.stream_request(id, association, stream_type, policy, now),
+            PeerInput::Drained { id } => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.served = 0;
+                    p.serve_waiting = false;
+                }
+                self.serve_more(id);
+            }
         }
     }
 
@@ -544,6 +562,9 @@ impl NodeCore {
                 start_height: 0,
                 sendheaders: false,
                 association: None,
+                serve_queue: VecDeque::new(),
+                served: 0,
+                serve_waiting: false,
                 known: KnownBlocks::default(),
                 continuation: None,
                 getaddr_answered: false,

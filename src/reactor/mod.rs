@@ -81,6 +81,8 @@ pub(crate) enum ShardCmd {
     },
     /// Refuse a connection's `createstrm`.
     RefuseStream(PeerId, String),
+    /// Tell the core when what is queued to a peer has gone out (down to the resume mark).
+    NotifyDrained(PeerId),
     /// Close everything and end the loop.
     Stop,
 }
@@ -176,6 +178,8 @@ struct Conn {
     assoc: Option<AssociationId>,
     /// Sent `createstrm` as its first message: not read until the core decides.
     joining: bool,
+    /// The core waits to hear that what is queued to this peer went out.
+    notify_drained: bool,
     bytes_in: u64,
     bytes_out: u64,
 }
@@ -416,6 +420,12 @@ impl Shard {
                         self.refuse_stream(k, why);
                     }
                 }
+                ShardCmd::NotifyDrained(id) => {
+                    if let Some(&k) = self.by_id.get(&id) {
+                        self.conns[k].notify_drained = true;
+                        self.check_drained(k);
+                    }
+                }
                 ShardCmd::Stop => self.stopping = true,
             }
         }
@@ -548,6 +558,7 @@ impl Shard {
             },
             assoc: None,
             joining: false,
+            notify_drained: false,
             bytes_in: 0,
             bytes_out: 0,
         });
@@ -720,12 +731,34 @@ impl Shard {
         cfg.read_pause_bytes.min(cfg.max_send_queue)
     }
 
-    /// Whether `key`'s send queue is over the pause mark; if so it is not read until `flush`
-    /// has brought it down to half of it.
+    /// The connections of `key`'s peer (its first connection and its streams) and the bytes
+    /// queued to them all.
+    fn peer_conns(&self, key: usize) -> ([Option<usize>; 3], usize) {
+        let owner = match self.conns.get(key).map(|c| c.role) {
+            Some(Role::Stream { owner, .. }) => owner,
+            _ => key,
+        };
+        let keys = match self.conns.get(owner).map(|c| c.role) {
+            Some(Role::Primary { data1, opening, .. }) => [Some(owner), data1, opening],
+            _ => [Some(key), None, None],
+        };
+        let queued = keys
+            .iter()
+            .flatten()
+            .filter_map(|k| self.conns.get(*k))
+            .map(|c| c.queued)
+            .sum();
+        (keys, queued)
+    }
+
+    /// Whether what is queued to `key`'s peer (over all its streams: blocks asked for on one
+    /// go out on another) is over the pause mark; if so it is not read until `flush` has
+    /// brought it down to half of it.
     fn pause_for_send(&mut self, key: usize) -> bool {
         let limit = self.read_pause_bytes();
+        let (_, queued) = self.peer_conns(key);
         match self.conns.get_mut(key) {
-            Some(c) if c.queued > limit => {
+            Some(c) if queued > limit => {
                 c.paused = true;
                 true
             }
@@ -1206,6 +1239,7 @@ impl Shard {
             },
             assoc: None,
             joining: false,
+            notify_drained: false,
             bytes_in: 0,
             bytes_out: 0,
         });
@@ -1272,11 +1306,34 @@ impl Shard {
         if c.queue.is_empty() && c.queue.capacity() > 16 {
             c.queue = VecDeque::new();
         }
-        if c.paused && c.queued <= resume_at {
-            c.paused = false;
-            self.defer_read(key);
+        let (keys, queued) = self.peer_conns(key);
+        if queued <= resume_at {
+            for k in keys.into_iter().flatten() {
+                if let Some(c) = self.conns.get_mut(k).filter(|c| c.paused) {
+                    c.paused = false;
+                    self.defer_read(k);
+                }
+            }
+            if let Some(owner) = keys[0] {
+                self.check_drained(owner);
+            }
         }
         Ok(())
+    }
+
+    /// Tells the core that what was queued to the peer of `key` (its first connection) has
+    /// gone out, down to the resume mark, if it asked.
+    fn check_drained(&mut self, key: usize) {
+        let resume_at = self.read_pause_bytes() / 2;
+        let (_, queued) = self.peer_conns(key);
+        match self.conns.get_mut(key) {
+            Some(c) if c.notify_drained && queued <= resume_at => {
+                c.notify_drained = false;
+                let id = c.id;
+                self.report(PeerInput::Drained { id });
+            }
+            _ => {}
+        }
     }
 
     fn send_checked(&mut self, key: usize, msg: Message) -> Result<(), SendError> {
