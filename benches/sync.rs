@@ -139,6 +139,14 @@ fn config(data_dir: Option<PathBuf>) -> Config {
     c
 }
 
+/// A header server: its store holds headers only, so it runs as a header client (a node that
+/// stores blocks serves headers only as far as its blocks reach).
+fn header_server(data_dir: PathBuf) -> Config {
+    let mut c = config(Some(data_dir));
+    c.headers_only = true;
+    c
+}
+
 /// Raises the per-peer message and `getheaders` rate limits out of the way (for serving a
 /// client that asks faster than the defaults allow).
 fn unlimited(c: &mut Config) {
@@ -746,7 +754,7 @@ fn bench_sync_only(n: usize, reps: usize) {
     let tip = headers[n - 1].hash();
     let dir = TempDir::new("sync-only");
     store_headers(&dir.0.join("a"), &headers);
-    let a = Engine::start(config(Some(dir.0.join("a")))).unwrap();
+    let a = Engine::start(header_server(dir.0.join("a"))).unwrap();
     let a_addr = a.local_addr().unwrap();
     let (mut synced, mut stored) = (Vec::new(), Vec::new());
     let (mut cpu, mut wall) = (CpuShare::new(), 0u64);
@@ -820,8 +828,8 @@ fn bench_header_sync(n: usize, reps: usize, serve_passes: usize) {
         tree_rates.push(nf / t.elapsed().as_secs_f64());
     }
 
-    // A: default config, the chain in its store
-    let a = Engine::start(config(Some(dir.0.join("a")))).unwrap();
+    // A: a header server with the chain in its store
+    let a = Engine::start(header_server(dir.0.join("a"))).unwrap();
     assert_eq!(a.best_header().unwrap(), (tip, n as u32));
     let a_addr = a.local_addr().unwrap();
 
@@ -949,7 +957,7 @@ fn bench_serve_headers(
     );
     let all = repeat(reqs, passes);
     let total = (n * passes) as f64;
-    let mut c = config(Some(store.to_path_buf()));
+    let mut c = header_server(store.to_path_buf());
     unlimited(&mut c);
     let a = Engine::start(c).unwrap();
     let addr = a.local_addr().unwrap();
@@ -1111,39 +1119,58 @@ fn bench_real_blocks(copies: usize, reps: usize) {
     let tip = blocks[n - 1].hash();
     let (mut raw, mut serve, mut sync) = (Vec::new(), Vec::new(), Vec::new());
     let (mut committed, mut late) = (Vec::new(), 0usize);
+    let mut one_stream = Vec::new();
     for rep in 0..reps {
         let o = raw_run(&answers, &reqs, DEPTH);
         raw.push(o.bytes as f64 / 1e6 / o.elapsed.as_secs_f64());
         let o = client_run(r_addr, &reqs, DEPTH);
         serve.push(o.bytes as f64 / 1e6 / o.elapsed.as_secs_f64());
-        // a fresh full engine downloads the chain: headers first, then the blocks
-        let f = Engine::start(config(Some(dir.0.join(format!("f{rep}"))))).unwrap();
-        let ev = f.events();
-        let t0 = Instant::now();
-        f.connect(r_addr).unwrap();
-        let (_, t1) = wait_event(&ev, "last BlockConnected", |e| match e {
-            Event::BlockConnected { height, hash } if *height as usize == n => {
-                assert_eq!(*hash, tip);
-                Some(())
+        // a fresh full engine downloads the chain: headers first, then the blocks; with
+        // multistreams (blocks on DATA1, the default) and with one stream
+        for streams in [true, false] {
+            let name = format!("f{rep}{}", if streams { "m" } else { "s" });
+            let mut c = config(Some(dir.0.join(&name)));
+            c.multistreams = streams;
+            let f = Engine::start(c).unwrap();
+            let ev = f.events();
+            let t0 = Instant::now();
+            f.connect(r_addr).unwrap();
+            let (_, t1) = wait_event(&ev, "last BlockConnected", |e| match e {
+                Event::BlockConnected { height, hash } if *height as usize == n => {
+                    assert_eq!(*hash, tip);
+                    Some(())
+                }
+                _ => None,
+            });
+            let rate = mb / (t1 - t0).as_secs_f64();
+            if !streams {
+                one_stream.push(rate);
+                f.stop();
+                let _ = std::fs::remove_dir_all(dir.0.join(&name));
+                continue;
             }
-            _ => None,
-        });
-        sync.push(mb / (t1 - t0).as_secs_f64());
-        // `BlockConnected` is raised once the block's write is queued to the store thread; the
-        // commit follows
-        let deadline = Instant::now() + T;
-        let stored = loop {
-            if let Some(b) = f.block(bsn::HeaderRef::Height(n as u32)).unwrap() {
-                break b;
-            }
-            late += 1;
-            assert!(Instant::now() < deadline, "tip block never stored");
-            std::thread::sleep(Duration::from_micros(200));
-        };
-        committed.push(mb / t0.elapsed().as_secs_f64());
-        assert_eq!(stored.raw(), blocks[n - 1].raw(), "tip block bit for bit");
-        f.stop();
-        let _ = std::fs::remove_dir_all(dir.0.join(format!("f{rep}")));
+            let streams_used = f.peers().first().map_or(0, |p| p.streams.len());
+            assert_eq!(
+                streams_used, 2,
+                "the fresh engine's association has two streams"
+            );
+            sync.push(rate);
+            // `BlockConnected` is raised once the block's write is queued to the store thread;
+            // the commit follows
+            let deadline = Instant::now() + T;
+            let stored = loop {
+                if let Some(b) = f.block(bsn::HeaderRef::Height(n as u32)).unwrap() {
+                    break b;
+                }
+                late += 1;
+                assert!(Instant::now() < deadline, "tip block never stored");
+                std::thread::sleep(Duration::from_micros(200));
+            };
+            committed.push(mb / t0.elapsed().as_secs_f64());
+            assert_eq!(stored.raw(), blocks[n - 1].raw(), "tip block bit for bit");
+            f.stop();
+            let _ = std::fs::remove_dir_all(dir.0.join(&name));
+        }
     }
     r.stop();
     row_titles(reps, "MB/s");
@@ -1168,6 +1195,12 @@ fn bench_real_blocks(copies: usize, reps: usize) {
     row(
         "BSN ENGINE -> fresh engine, to last block in its LMDB",
         &committed,
+        "MB/s",
+        Some(base),
+    );
+    row(
+        "BSN ENGINE -> fresh engine, one stream (no multistreams)",
+        &one_stream,
         "MB/s",
         Some(base),
     );
