@@ -79,6 +79,106 @@ pub struct NetworkParams {
     pub genesis: BlockHeader,
     /// Highest target (lowest difficulty) a header may claim.
     pub pow_limit: U256,
+    /// The header rules that change with height: difficulty adjustment and version floors.
+    pub consensus: Consensus,
+}
+
+/// The consensus parameters of headers (the SV node's `Consensus::Params` that headers need).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consensus {
+    /// Seconds a block should take (600).
+    pub target_spacing: u32,
+    /// Seconds the original retarget aims a 2,016-block interval at (two weeks).
+    pub target_timespan: u32,
+    /// Testnet's rule: a block more than two spacings after its parent may have the lowest
+    /// difficulty.
+    pub allow_min_difficulty: bool,
+    /// Regtest's rule: the bits never change.
+    pub no_retargeting: bool,
+    /// Whether a header's bits are checked against the difficulty adjustment at all (true on
+    /// every named network; off only for a custom chain whose rules bsn does not know, where
+    /// each header still has to meet its own bits).
+    pub check_difficulty: bool,
+    /// The first height whose parent is at or above it is adjusted by the DAA (cw-144) instead
+    /// of the original retarget and the emergency adjustment (EDA).
+    pub daa_height: u32,
+    /// From this height a header's version must be at least 2 (BIP34).
+    pub bip34_height: u32,
+    /// ... at least 3 (BIP66).
+    pub bip66_height: u32,
+    /// ... at least 4 (BIP65).
+    pub bip65_height: u32,
+}
+
+impl Consensus {
+    /// Blocks between retargets of the original rule (2,016).
+    pub fn interval(&self) -> u32 {
+        self.target_timespan / self.target_spacing
+    }
+
+    /// Rules that never change the bits and set no version floor (regtest's, and the default
+    /// of custom networks).
+    pub fn fixed() -> Consensus {
+        Consensus {
+            target_spacing: 600,
+            target_timespan: 14 * 24 * 3600,
+            allow_min_difficulty: true,
+            no_retargeting: true,
+            check_difficulty: true,
+            daa_height: 0,
+            bip34_height: u32::MAX,
+            bip66_height: u32::MAX,
+            bip65_height: u32::MAX,
+        }
+    }
+
+    /// No difficulty check and no version floor: for a custom chain whose rules bsn does not
+    /// know.
+    pub fn unchecked() -> Consensus {
+        Consensus {
+            check_difficulty: false,
+            ..Consensus::fixed()
+        }
+    }
+
+    /// The SV node's parameters of a named network.
+    pub fn for_network(n: Network) -> Consensus {
+        let base = Consensus {
+            no_retargeting: false,
+            allow_min_difficulty: false,
+            ..Consensus::fixed()
+        };
+        match n {
+            Network::Mainnet => Consensus {
+                daa_height: 504_031,
+                bip34_height: 227_931,
+                bip66_height: 363_725,
+                bip65_height: 388_381,
+                ..base
+            },
+            Network::Testnet => Consensus {
+                allow_min_difficulty: true,
+                daa_height: 1_188_697,
+                bip34_height: 21_111,
+                bip66_height: 330_776,
+                bip65_height: 581_885,
+                ..base
+            },
+            Network::Stn => Consensus {
+                daa_height: 2_200,
+                bip34_height: 100_000_000,
+                bip66_height: 0,
+                bip65_height: 0,
+                ..base
+            },
+            Network::Regtest => Consensus {
+                bip34_height: 100_000_000,
+                bip66_height: 1_251,
+                bip65_height: 1_351,
+                ..Consensus::fixed()
+            },
+        }
+    }
 }
 
 /// Bitcoin's genesis merkle root, shared by all four networks.
@@ -141,10 +241,13 @@ impl NetworkParams {
             default_port: port,
             genesis,
             pow_limit,
+            consensus: Consensus::for_network(n),
         }
     }
 
-    /// Fully custom parameters, e.g. a Bitcoin Core or bcoin regtest node (magic `fabfb5da`).
+    /// Fully custom parameters, e.g. a Bitcoin Core or bcoin regtest node (magic `fabfb5da`),
+    /// with fixed difficulty and no version floors ([`Consensus::fixed`]; see
+    /// [`NetworkParams::with_consensus`]).
     pub fn custom(
         name: &str,
         magic: Magic,
@@ -160,7 +263,14 @@ impl NetworkParams {
             default_port,
             genesis,
             pow_limit,
+            consensus: Consensus::fixed(),
         }
+    }
+
+    /// The same parameters with other consensus rules.
+    pub fn with_consensus(mut self, consensus: Consensus) -> NetworkParams {
+        self.consensus = consensus;
+        self
     }
 
     /// The same parameters with another network magic (for peers on the same chain that use a

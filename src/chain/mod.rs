@@ -7,8 +7,9 @@
 //! hash meets the header's own bits, and the contextual rules of [`HeaderRules`]: the timestamp is
 //! above the parent's median time past and not too far ahead of the clock the caller sets
 //! ([`HeaderTree::set_clock`]), a header at a checkpoint height has the checkpoint's hash, and no
-//! fork starts below a checkpoint the tree holds. Difficulty adjustment is not checked (the
-//! chain's work still has to be done: every header meets its own bits).
+//! fork starts below a checkpoint the tree holds; the bits are the ones the network's difficulty
+//! adjustment requires ([`pow`]: retarget, EDA, DAA, testnet's minimum-difficulty rule,
+//! regtest's fixed bits) and the version meets the BIP34/66/65 floors from their heights.
 //!
 //! ## Persisting the tree
 //!
@@ -34,6 +35,7 @@
 //! the best chain from cumulative work and uses the bit only to break ties between equal-work
 //! tips, so a store that crashed between writing records and updating bits still loads.
 
+pub mod pow;
 mod tree;
 
 pub use tree::{BatchOutcome, ChainPoint, Entry, HeaderRules, HeaderTree, Inserted, Reorg};
@@ -106,6 +108,26 @@ pub enum HeaderError {
         /// The checkpoint's hash at that height.
         expected: Hash256,
     },
+    /// The bits are not the ones the difficulty adjustment requires (the SV node's
+    /// `bad-diffbits`).
+    BadDifficultyBits {
+        /// The refused header's hash.
+        hash: Hash256,
+        /// Its bits.
+        bits: u32,
+        /// The required bits.
+        expected: u32,
+    },
+    /// The version is below the floor of BIP34 (2), BIP66 (3) or BIP65 (4) at its height (the
+    /// SV node's `bad-version`, not scored).
+    ObsoleteVersion {
+        /// The refused header's hash.
+        hash: Hash256,
+        /// Its version.
+        version: i32,
+        /// Its height.
+        height: u32,
+    },
     /// The header forks off the chain below a checkpoint the tree already holds.
     ForkBeforeCheckpoint {
         /// The refused header's hash.
@@ -128,6 +150,8 @@ impl HeaderError {
             | HeaderError::TimeTooOld { hash, .. }
             | HeaderError::TimeTooNew { hash, .. }
             | HeaderError::CheckpointMismatch { hash, .. }
+            | HeaderError::BadDifficultyBits { hash, .. }
+            | HeaderError::ObsoleteVersion { hash, .. }
             | HeaderError::ForkBeforeCheckpoint { hash, .. } => *hash,
         }
     }
@@ -145,6 +169,22 @@ impl fmt::Display for HeaderError {
                     "header {hash} does not meet its own proof-of-work target"
                 )
             }
+            HeaderError::BadDifficultyBits {
+                hash,
+                bits,
+                expected,
+            } => write!(
+                f,
+                "header {hash} has bits {bits:#010x}, the difficulty adjustment requires {expected:#010x}"
+            ),
+            HeaderError::ObsoleteVersion {
+                hash,
+                version,
+                height,
+            } => write!(
+                f,
+                "header {hash} has version {version:#x}, obsolete at height {height}"
+            ),
             HeaderError::BitsAboveLimit { hash, bits } => write!(
                 f,
                 "header {hash} has bits {bits:#010x} above the network's proof-of-work limit"

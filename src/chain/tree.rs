@@ -2,7 +2,7 @@
 //! height-indexed vector.
 
 use super::{HashIdMap, HeaderError, LoadError, RecordError, RECORD_LEN, STATUS_BEST};
-use crate::network::NetworkParams;
+use crate::network::{Consensus, NetworkParams};
 use crate::wire::block::{target_from_compact, work_from_target, BlockHeader, HEADER_LEN};
 use crate::wire::hash::Hash256;
 use crate::wire::u256::U256;
@@ -270,6 +270,7 @@ struct Node {
 pub struct HeaderTree {
     genesis: Hash256,
     pow_limit: U256,
+    consensus: Consensus,
     index: HashIdMap<NodeId>,
     nodes: Vec<Node>,
     /// The best chain: `best[h]` is the hash at height `h`, the last is the tip.
@@ -299,6 +300,7 @@ impl HeaderTree {
         HeaderTree {
             genesis,
             pow_limit: params.pow_limit,
+            consensus: params.consensus.clone(),
             index,
             nodes: vec![Node {
                 entry,
@@ -401,17 +403,14 @@ impl HeaderTree {
     ) -> Result<Added, HeaderError> {
         let hash = header.hash();
         let parent = self.index.get(&header.prev_hash).copied();
-        let slot = match self.index.entry(hash) {
-            MapEntry::Occupied(o) => {
-                return Ok(Added {
-                    hash,
-                    id: *o.get(),
-                    duplicate: true,
-                    new_tip: false,
-                });
-            }
-            MapEntry::Vacant(v) => v,
-        };
+        if let Some(&id) = self.index.get(&hash) {
+            return Ok(Added {
+                hash,
+                id,
+                duplicate: true,
+                new_tip: false,
+            });
+        }
         let Some((target, own_work)) = self.bits.get(header.bits) else {
             return Err(HeaderError::BadProofOfWork { hash });
         };
@@ -456,6 +455,35 @@ impl HeaderTree {
             Some(_) => true,
             None => false,
         };
+        let expected = self.consensus.check_difficulty.then(|| {
+            crate::chain::pow::required_bits(
+                &self.consensus,
+                &self.pow_limit,
+                p.height,
+                header.time,
+                &mut |h| self.ancestor(parent, h),
+            )
+        });
+        if let Some(Some(expected)) = expected {
+            if header.bits != expected {
+                return Err(HeaderError::BadDifficultyBits {
+                    hash,
+                    bits: header.bits,
+                    expected,
+                });
+            }
+        }
+        let c = &self.consensus;
+        if (header.version < 2 && height >= c.bip34_height)
+            || (header.version < 3 && height >= c.bip66_height)
+            || (header.version < 4 && height >= c.bip65_height)
+        {
+            return Err(HeaderError::ObsoleteVersion {
+                hash,
+                version: header.version,
+                height,
+            });
+        }
         if self.rules.median_time_past && !above_median(&self.nodes, parent, header.time) {
             return Err(HeaderError::TimeTooOld {
                 hash,
@@ -479,7 +507,7 @@ impl HeaderTree {
         let id = self.nodes.len() as NodeId;
         let better = work > self.tip_work;
         let extends_tip = self.best.last() == Some(&header.prev_hash);
-        slot.insert(id);
+        self.index.insert(hash, id);
         self.nodes.push(Node {
             entry: Entry {
                 header,
@@ -503,6 +531,37 @@ impl HeaderTree {
             duplicate: false,
             new_tip: better,
         })
+    }
+
+    /// What the difficulty rules need of the ancestor at `height` of node `from` (on its
+    /// branch): a few steps back by parent links, further through the best chain's height index
+    /// once the branch joins it.
+    fn ancestor(&self, from: NodeId, height: u32) -> Option<crate::chain::pow::Ancestor> {
+        let mut id = from;
+        loop {
+            let n = self.nodes.get(id as usize)?;
+            let e = &n.entry;
+            if e.height == height {
+                return Some(crate::chain::pow::Ancestor {
+                    bits: e.header.bits,
+                    time: e.header.time,
+                    work: e.work,
+                });
+            }
+            if e.height < height {
+                return None;
+            }
+            if e.in_best_chain && e.height - height > 8 {
+                let at = *self.index.get(self.best.get(height as usize)?)?;
+                let e = &self.nodes[at as usize].entry;
+                return Some(crate::chain::pow::Ancestor {
+                    bits: e.header.bits,
+                    time: e.header.time,
+                    work: e.work,
+                });
+            }
+            id = n.parent;
+        }
     }
 
     /// Adds a batch (a `headers` message, up to 2,000) in order, each as [`HeaderTree::insert`].
@@ -889,7 +948,7 @@ mod tests {
 
     fn mine(prev: &Entry, salt: u32) -> BlockHeader {
         let mut h = BlockHeader {
-            version: 1,
+            version: 4,
             prev_hash: prev.hash(),
             merkle_root: Hash256::sha256d(&salt.to_le_bytes()),
             time: prev.header.time + 600,

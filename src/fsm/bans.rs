@@ -316,6 +316,8 @@ pub enum BanReason {
     InvalidNotice,
     /// A `createstrm` from another IP than the association's (SV: banned at once).
     StreamFromOtherAddress,
+    /// A header whose version is below the BIP34/66/65 floor at its height (SV: 0).
+    ObsoleteVersion,
 }
 
 impl BanReason {
@@ -341,6 +343,7 @@ impl BanReason {
             BanReason::UnrequestedTransaction => 0,
             BanReason::InvalidNotice => 10,
             BanReason::StreamFromOtherAddress => 100,
+            BanReason::ObsoleteVersion => 0,
         }
     }
 
@@ -366,6 +369,7 @@ impl BanReason {
             BanReason::UnrequestedTransaction => "unrequested transaction",
             BanReason::InvalidNotice => "invalid dsdetected or revokemid",
             BanReason::StreamFromOtherAddress => "stream from another address",
+            BanReason::ObsoleteVersion => "obsolete header version",
         }
     }
 }
@@ -596,6 +600,7 @@ mod tests {
             (BanReason::InvalidBlock, 100),
             (BanReason::InvalidNotice, 10),
             (BanReason::StreamFromOtherAddress, 100),
+            (BanReason::ObsoleteVersion, 0),
         ] {
             assert_eq!(reason.default_points(), sv_points, "{reason}");
         }

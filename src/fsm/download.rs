@@ -682,7 +682,7 @@ mod tests {
 
     fn mine(prev: &Entry, salt: u32) -> BlockHeader {
         let mut h = BlockHeader {
-            version: 1,
+            version: 4,
             prev_hash: prev.hash(),
             merkle_root: Hash256::sha256d(&salt.to_le_bytes()),
             time: prev.header.time + 600,

@@ -420,10 +420,15 @@ impl HeaderSync {
                 // as the SV node: wrong difficulty bits and checkpoint mismatches 100, header
                 // times 0 (the round still ends)
                 HeaderError::BitsAboveLimit { .. }
+                | HeaderError::BadDifficultyBits { .. }
                 | HeaderError::WorkOverflow { .. }
                 | HeaderError::CheckpointMismatch { .. }
                 | HeaderError::ForkBeforeCheckpoint { .. } => (
                     BanReason::InvalidHeader,
+                    format!("header {index} of {}: {error}", headers.len()),
+                ),
+                HeaderError::ObsoleteVersion { .. } => (
+                    BanReason::ObsoleteVersion,
                     format!("header {index} of {}: {error}", headers.len()),
                 ),
                 HeaderError::TimeTooOld { .. } => (
@@ -727,7 +732,7 @@ mod tests {
 
     fn mine(prev: &BlockHeader, salt: u32) -> BlockHeader {
         let mut h = BlockHeader {
-            version: 1,
+            version: 4,
             prev_hash: prev.hash(),
             merkle_root: Hash256::sha256d(&salt.to_le_bytes()),
             time: prev.time + 600,
