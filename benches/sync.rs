@@ -61,7 +61,7 @@ use bsn::wire::{
     OutPoint, Transaction, VersionMessage,
 };
 use bsn::TxPolicy;
-use bsn::{Config, Engine, Event, Network};
+use bsn::{Config, Engine, Event, Network, NetworkParams};
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::Receiver;
 use random::random_u64;
@@ -163,6 +163,85 @@ fn mine(mut h: BlockHeader) -> BlockHeader {
         h.nonce += 1;
     }
     h
+}
+
+/// Section `rules`: the header tree's insert rate with the difficulty rules of a DAA chain
+/// against the same headers with difficulty unchecked (every header still meets its own bits),
+/// over `n` headers of a custom network with an easy limit (2^249), one-second blocks and the
+/// DAA from height 200.
+fn bench_rules(n: usize, reps: usize) {
+    use bsn::chain::pow::{required_bits, Ancestor};
+    use bsn::network::Consensus;
+    println!("\n== header rules: tree inserts with the DAA checked vs unchecked ({n} headers)");
+    let r = Network::Regtest.params();
+    let bits = 0x2001_ffff;
+    let genesis = mine(BlockHeader {
+        version: 4,
+        prev_hash: Hash256::ZERO,
+        merkle_root: Hash256::ZERO,
+        time: 1_700_000_000,
+        bits,
+        nonce: 0,
+    });
+    let limit = bsn::wire::block::target_from_compact(bits).unwrap();
+    let daa = Consensus {
+        target_spacing: 1,
+        target_timespan: 16,
+        no_retargeting: false,
+        allow_min_difficulty: false,
+        daa_height: 200,
+        ..Consensus::fixed()
+    };
+    let p = NetworkParams::custom("easy", r.magic, r.disk_magic, 1, genesis, limit)
+        .with_consensus(daa.clone());
+    let (mut hs, mut work) = (vec![genesis], vec![genesis.work()]);
+    for i in 0..n as u32 {
+        let prev = *hs.last().unwrap();
+        let time = prev.time + 1 + i % 3;
+        let mut anc = |height: u32| {
+            hs.get(height as usize).map(|h: &BlockHeader| Ancestor {
+                bits: h.bits,
+                time: h.time,
+                work: work[height as usize],
+            })
+        };
+        let bits = required_bits(&daa, &limit, hs.len() as u32 - 1, time, &mut anc).unwrap();
+        let h = mine(BlockHeader {
+            version: 4,
+            prev_hash: prev.hash(),
+            merkle_root: Hash256::sha256d(&i.to_le_bytes()),
+            time,
+            bits,
+            nonce: 0,
+        });
+        work.push(work.last().unwrap().saturating_add(&h.work()));
+        hs.push(h);
+    }
+    let unchecked = p.clone().with_consensus(Consensus::unchecked());
+    let (mut checked_rates, mut unchecked_rates) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        for (params, rates) in [(&p, &mut checked_rates), (&unchecked, &mut unchecked_rates)] {
+            let mut t = bsn::chain::HeaderTree::new(params);
+            let t0 = Instant::now();
+            for part in hs[1..].chunks(2_000) {
+                t.insert_many(part).expect("valid");
+            }
+            rates.push(n as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    row_titles(reps, "headers/s");
+    let base = row(
+        "tree inserts, difficulty unchecked",
+        &unchecked_rates,
+        "headers/s",
+        None,
+    );
+    row(
+        "tree inserts, DAA checked",
+        &checked_rates,
+        "headers/s",
+        Some(base),
+    );
 }
 
 /// A regtest header chain on genesis with real proof of work.
@@ -1616,6 +1695,12 @@ fn main() {
         bench_sync_only(
             if quick { 40_000 } else { 200_000 },
             if quick { 2 } else { 8 },
+        );
+    }
+    if run("rules") {
+        bench_rules(
+            if quick { 20_000 } else { 100_000 },
+            if quick { 2 } else { 5 },
         );
     }
     if run("serve") {

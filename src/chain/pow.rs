@@ -108,7 +108,8 @@ fn retarget(c: &Consensus, pow_limit: &U256, bits: u32, last: u32, first: u32) -
     let span = (last as i64 - first as i64)
         .clamp(c.target_timespan as i64 / 4, c.target_timespan as i64 * 4) as u64;
     let t = target_from_compact(bits).unwrap_or(*pow_limit);
-    let t = mul_u64(&t, span)
+    let t = t
+        .wrapping_mul_u64(span)
         .div_rem(&U256::from_u64(c.target_timespan as u64))
         .expect("the timespan is not zero")
         .0;
@@ -134,10 +135,10 @@ fn cash_bits(
     let last = suitable(prev_height, anc)?;
     let first = suitable(prev_height - 144, anc)?;
     let spacing = c.target_spacing as i64;
-    let work = mul_u64(
-        &last.work.wrapping_sub(&first.work),
-        c.target_spacing as u64,
-    );
+    let work = last
+        .work
+        .wrapping_sub(&first.work)
+        .wrapping_mul_u64(c.target_spacing as u64);
     let span = (last.time as i64 - first.time as i64).clamp(72 * spacing, 288 * spacing) as u64;
     let work = work.div_rem(&U256::from_u64(span))?.0;
     // (2^256 - work) / work, which is 2^256 / work - 1 in 256 bits
@@ -175,29 +176,4 @@ fn mtp(h: u32, anc: &mut impl Ancestry) -> Option<u32> {
     let times = &mut times[..n as usize];
     times.sort_unstable();
     Some(times[times.len() / 2])
-}
-
-/// `a * m`, wrapping at 2^256 as the SV node's `arith_uint256` does.
-fn mul_u64(a: &U256, m: u64) -> U256 {
-    let mut out = [0u64; 4];
-    let mut carry = 0u128;
-    for (i, limb) in a.0.iter().enumerate() {
-        let v = *limb as u128 * m as u128 + carry;
-        out[i] = v as u64;
-        carry = v >> 64;
-    }
-    U256(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn multiplication_wraps_like_arith_uint256() {
-        assert_eq!(mul_u64(&U256::from_u64(3), 5), U256::from_u64(15));
-        let big = U256([u64::MAX, 1, 0, 0]);
-        assert_eq!(mul_u64(&big, 2), U256([u64::MAX - 1, 3, 0, 0]));
-        assert_eq!(mul_u64(&U256::MAX, 2), U256::MAX.wrapping_sub(&U256::ONE));
-    }
 }

@@ -153,6 +153,18 @@ impl U256 {
         U256(r)
     }
 
+    /// `self * m`, wrapping at 2^256 (as the reference node's `arith_uint256` does).
+    pub fn wrapping_mul_u64(&self, m: u64) -> U256 {
+        let mut out = [0u64; 4];
+        let mut carry = 0u128;
+        for (i, limb) in self.0.iter().enumerate() {
+            let v = *limb as u128 * m as u128 + carry;
+            out[i] = v as u64;
+            carry = v >> 64;
+        }
+        U256(out)
+    }
+
     /// Quotient and remainder; `None` when dividing by zero.
     ///
     /// Shift-and-subtract over only the quotient's possible bits, so it is cheap when the
@@ -163,6 +175,18 @@ impl U256 {
         }
         if self < d {
             return Some((U256::ZERO, *self));
+        }
+        if d.0[1] == 0 && d.0[2] == 0 && d.0[3] == 0 {
+            // a divisor of one limb: long division limb by limb
+            let dv = d.0[0] as u128;
+            let mut q = U256::ZERO;
+            let mut rem = 0u128;
+            for i in (0..4).rev() {
+                let cur = (rem << 64) | self.0[i] as u128;
+                q.0[i] = (cur / dv) as u64;
+                rem = cur % dv;
+            }
+            return Some((q, U256::from_u64(rem as u64)));
         }
         let shift = self.bits() - d.bits();
         let mut rem = *self;
@@ -233,6 +257,18 @@ mod tests {
             assert_eq!(r.0[0] as u128 | (r.0[1] as u128) << 64, a % b);
         }
         assert!(U256::ONE.div_rem(&U256::ZERO).is_none());
+        // one-limb divisors of full-width numbers (the fast path): q * d + r == a, r < d
+        let a = U256([0x0123_4567_89ab_cdef, u64::MAX, 7, 1 << 63]);
+        for d in [1u64, 2, 3, 600, 86_400, u64::MAX, 0x8000_0000_0000_0001] {
+            let (q, r) = a.div_rem(&U256::from_u64(d)).unwrap();
+            assert!(r < U256::from_u64(d));
+            assert_eq!(q.wrapping_mul_u64(d).checked_add(&r), Some(a), "{d}");
+        }
+        assert_eq!(U256::from_u64(3).wrapping_mul_u64(5), U256::from_u64(15));
+        assert_eq!(
+            U256::MAX.wrapping_mul_u64(2),
+            U256::MAX.wrapping_sub(&U256::ONE)
+        );
     }
 
     #[test]
