@@ -71,6 +71,13 @@ pub struct Config {
     pub relay: bool,
     /// Malformed messages tolerated from a peer before it is dropped.
     pub max_payload_errors: u32,
+    /// Headers one peer may add on branches with less work than our best chain (forks,
+    /// reorg candidates); past that, a batch that does not make a new best chain is refused and
+    /// scored 20, so a peer feeding a cheap fork ends banned while memory stays bounded.
+    pub max_fork_headers_per_peer: usize,
+    /// Headers on branches with less work than the best chain, in all (past that, such batches
+    /// are refused from everyone, unscored).
+    pub max_fork_headers: usize,
     /// Stream policies, comma-separated, most preferred first (the SV node's
     /// `-multistreampolicies`): advertised in protoconf, and the first one the peer also has is
     /// used on associations we open. Known: `BlockPriority` (blocks, headers and ping/pong on
@@ -187,6 +194,8 @@ impl Config {
             user_agent: format!("/bsn:{}/", env!("CARGO_PKG_VERSION")),
             relay: true,
             max_payload_errors: 10,
+            max_fork_headers_per_peer: 10_000,
+            max_fork_headers: 100_000,
             stream_policies: "BlockPriority,Default".into(),
             multistreams: true,
             event_capacity: 65_536,

@@ -128,6 +128,14 @@ pub enum HeaderError {
         /// Its height.
         height: u32,
     },
+    /// A batch on a branch with less work than the best chain, from a peer past its fork budget
+    /// (`Config::max_fork_headers_per_peer`, or the total): not stored.
+    LowWorkFork {
+        /// The batch's first header.
+        hash: Hash256,
+        /// Fork headers the sender added so far.
+        added: usize,
+    },
     /// The header forks off the chain below a checkpoint the tree already holds.
     ForkBeforeCheckpoint {
         /// The refused header's hash.
@@ -152,6 +160,7 @@ impl HeaderError {
             | HeaderError::CheckpointMismatch { hash, .. }
             | HeaderError::BadDifficultyBits { hash, .. }
             | HeaderError::ObsoleteVersion { hash, .. }
+            | HeaderError::LowWorkFork { hash, .. }
             | HeaderError::ForkBeforeCheckpoint { hash, .. } => *hash,
         }
     }
@@ -184,6 +193,10 @@ impl fmt::Display for HeaderError {
             } => write!(
                 f,
                 "header {hash} has version {version:#x}, obsolete at height {height}"
+            ),
+            HeaderError::LowWorkFork { hash, added } => write!(
+                f,
+                "headers from {hash} on a branch with less work than ours, after {added} such headers from the peer"
             ),
             HeaderError::BitsAboveLimit { hash, bits } => write!(
                 f,

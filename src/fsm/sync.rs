@@ -406,6 +406,10 @@ impl HeaderSync {
                 HeaderError::Orphan { .. } if index == 0 => {
                     return self.orphan_received(id, tree, now);
                 }
+                HeaderError::LowWorkFork { .. } => (
+                    BanReason::ProtocolViolation,
+                    format!("{error}"),
+                ),
                 HeaderError::Orphan { .. } => (
                     BanReason::ProtocolViolation,
                     format!(

@@ -351,7 +351,19 @@ impl NodeCore {
 
     /// Validates and stores a batch of headers from `id` and acts on the outcome.
     pub(super) fn validate_headers(&mut self, id: PeerId, headers: Vec<BlockHeader>, now: Instant) {
+        if let Some(refused) = self.over_fork_budget(id, &headers) {
+            let a =
+                self.sync
+                    .headers_received(id, &headers, Err((0, refused)), self.chain.tree(), now);
+            self.sync_actions(a, now);
+            return;
+        }
+        let forks_before = self.fork_headers();
         let u = self.insert_headers(&headers, now);
+        let grown = self.fork_headers().saturating_sub(forks_before);
+        if let Some(p) = self.peers.get_mut(&id) {
+            p.fork_headers += grown;
+        }
         let outcome = match &u.error {
             Some((i, e)) => Err((*i, e.clone())),
             None => Ok(()),
@@ -380,6 +392,47 @@ impl NodeCore {
         }
         self.download_actions(d, now);
         self.sync_actions(a, now);
+    }
+
+    /// Headers in the tree off the best chain (forks).
+    pub(super) fn fork_headers(&self) -> usize {
+        let tree = self.chain.tree();
+        tree.len() - (tree.height() as usize + 1)
+    }
+
+    /// A batch that would not make a new best chain, from a peer past its fork budget (or with
+    /// the total used up), is refused before it is stored: the cost of a cheap fork stays
+    /// bounded whatever its length. A batch that makes a new best chain is always taken.
+    fn over_fork_budget(
+        &self,
+        id: PeerId,
+        headers: &[BlockHeader],
+    ) -> Option<crate::chain::HeaderError> {
+        let first = headers.first()?;
+        let tree = self.chain.tree();
+        let added = self.peers.get(&id).map_or(0, |p| p.fork_headers);
+        let per_peer = added + headers.len() > self.config.max_fork_headers_per_peer;
+        let total = self.fork_headers() + headers.len() > self.config.max_fork_headers;
+        if !per_peer && !total {
+            return None;
+        }
+        let refused = crate::chain::HeaderError::LowWorkFork {
+            hash: first.hash(),
+            added,
+        };
+        let Some(parent) = tree.get(&first.prev_hash) else {
+            // past its budget, a peer that goes on with headers we did not store goes on with
+            // its fork: scored each time (an honest peer's next batch connects)
+            return per_peer.then_some(refused);
+        };
+        let mut work = parent.work;
+        for h in headers {
+            work = work.saturating_add(&h.work());
+        }
+        if work > tree.tip().2 {
+            return None;
+        }
+        Some(refused)
     }
 
     /// Whether we hold a block (committed, or written and waiting for its commit).

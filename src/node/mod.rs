@@ -160,6 +160,8 @@ struct Peer {
     sendheaders: bool,
     /// Its BSV association, when both sides agreed on one.
     association: Option<AssociationId>,
+    /// Headers it added on branches with less work than the best chain.
+    fork_headers: usize,
     /// Blocks it asked for that wait for the bytes served before them to go out.
     serve_queue: VecDeque<crate::wire::Inventory>,
     /// Bytes served since the shard last said its queue drained.
@@ -260,6 +262,10 @@ pub struct CoreCounts {
     pub registry_live: usize,
     /// `dsdetected`/`revokemid` remembered (at most 1,000).
     pub notices: usize,
+    /// Headers in the tree.
+    pub headers: usize,
+    /// Of them, off the best chain.
+    pub fork_headers: usize,
 }
 
 /// The node core. See the module documentation for its calling contract.
@@ -562,6 +568,7 @@ impl NodeCore {
                 start_height: 0,
                 sendheaders: false,
                 association: None,
+                fork_headers: 0,
                 serve_queue: VecDeque::new(),
                 served: 0,
                 serve_waiting: false,
@@ -1213,6 +1220,8 @@ impl NodeCore {
             tx: self.txs.entries(),
             registry_live: self.registry.live_len(),
             notices: self.notices.len(),
+            headers: self.chain.tree().len(),
+            fork_headers: self.fork_headers(),
         }
     }
 
