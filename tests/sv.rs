@@ -607,3 +607,77 @@ fn multistream_associations_with_the_sv_node_both_ways_carry_blocks_on_data1() {
     assert_peace(&sv2, &engine, 1);
     engine.stop();
 }
+
+#[test]
+fn a_200_mb_block_goes_from_bsn_to_the_sv_node_and_from_it_to_bsn() {
+    use bsn::wire::{Block, BlockHeader, Hash256, OutPoint, Transaction};
+    let Some(sv) = SvNode::start(&big_tx_options()) else {
+        return;
+    };
+    let funding = anyone_can_spend_block(1);
+    let coinbase = funding.txs[0].clone();
+    let r = sv.rpc(
+        "submitblock",
+        &format!("[\"{}\"]", hex::encode(funding.raw())),
+    );
+    assert!(r.is_null(), "submitblock: {r}");
+    sv.mine(100);
+    let a = Engine::start(config()).unwrap();
+    let aev = a.events();
+    sync_from(&sv, &a, &aev, 101);
+    // block 102, built by bsn: a coinbase and a 200 MB transaction spending the funding output
+    let tx = big_tx(&coinbase, 0, 200_000_000);
+    let cb = Transaction::build(
+        1,
+        &[(
+            OutPoint {
+                txid: Hash256::ZERO,
+                vout: u32::MAX,
+            },
+            b"\x02\x66\x00big",
+            u32::MAX,
+        )],
+        &[(50_0000_0000, &b"\x51"[..])],
+        0,
+    );
+    let (prev, _) = a.header(HeaderRef::Height(101)).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    let mut h = BlockHeader {
+        version: 4,
+        prev_hash: prev.hash(),
+        merkle_root: bsn::wire::merkle_root(vec![cb.txid(), tx.txid()]),
+        time: now.max(prev.time + 1),
+        bits: 0x207fffff,
+        nonce: 0,
+    };
+    while !h.meets_own_target() {
+        h.nonce += 1;
+    }
+    let block = Block::new(h, vec![cb, tx]);
+    let (hash, size) = (block.hash(), block.raw().len());
+    assert!(size > 200_000_000);
+    a.submit_block(block).unwrap();
+    // the SV node takes it from bsn
+    let want = hash.to_string();
+    sv.until(
+        Duration::from_secs(300),
+        "the SV node accepts the 200 MB block",
+        |n| (n.best_hash() == want).then_some(()),
+    );
+    let info = sv.rpc("getblockheader", &format!("[\"{want}\"]"));
+    assert_eq!(info["height"].as_i64(), Some(102));
+    // and a second engine takes it from the SV node
+    let b = Engine::start(config()).unwrap();
+    let bev = b.events();
+    sync_from(&sv, &b, &bev, 102);
+    let got = b.block(HeaderRef::Height(102)).unwrap().expect("stored");
+    assert_eq!((got.hash(), got.raw().len()), (hash, size));
+    // both engines (one user agent) are on the SV node, unscored
+    assert_peace(&sv, &a, 2);
+    assert_peace(&sv, &b, 2);
+    a.stop();
+    b.stop();
+}
