@@ -662,6 +662,65 @@ impl Engine {
         }
     }
 
+    /// The size in bytes of a stored block, without reading it (`None`: not stored).
+    pub fn block_size(&self, at: HeaderRef) -> Result<Option<u64>, Error> {
+        self.with_stored_block(at, |raw| raw.len() as u64)
+    }
+
+    /// Copies the bytes of a stored block from `offset` into `buf`, as many as fit; the number
+    /// copied (0 past the end), `None` when the block is not stored. A block of any size is
+    /// read this way in pieces, never whole in memory (LMDB hands out its pages in place).
+    pub fn read_block(
+        &self,
+        at: HeaderRef,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, Error> {
+        self.with_stored_block(at, |raw| {
+            let from = usize::try_from(offset).unwrap_or(usize::MAX).min(raw.len());
+            let n = buf.len().min(raw.len() - from);
+            buf[..n].copy_from_slice(&raw[from..from + n]);
+            n
+        })
+    }
+
+    /// The ids of a stored block's transactions, in order, read in place: no transaction (and
+    /// not the block) is copied out, so this costs one pass of hashing whatever the block's size.
+    pub fn block_txids(&self, at: HeaderRef) -> Result<Option<Vec<Hash256>>, Error> {
+        let r = self.with_stored_block(at, |raw| {
+            let body = raw.get(crate::wire::block::HEADER_LEN..)?;
+            let (n, len) = crate::wire::codec::compact_size_at(body)?;
+            let mut at = len;
+            let mut ids = Vec::with_capacity(n.min(1 << 20) as usize);
+            for _ in 0..n {
+                let (l, id) = crate::wire::tx::tx_extent(&body[at..])?;
+                ids.push(id);
+                at += l;
+            }
+            Some(ids)
+        })?;
+        match r {
+            None => Ok(None),
+            Some(Some(ids)) => Ok(Some(ids)),
+            Some(None) => Err(Error::Store(crate::store::StoreError::Corrupt(
+                "a stored block's transactions do not parse".into(),
+            ))),
+        }
+    }
+
+    fn with_stored_block<R>(
+        &self,
+        at: HeaderRef,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, Error> {
+        let Some((h, _)) = self.header(at) else {
+            return Ok(None);
+        };
+        let store = self.writer.store().clone();
+        crate::store::records::with_block(store.as_ref(), &h.hash(), |v| v.map(f))
+            .map_err(Error::Store)
+    }
+
     /// The store, for reads (writes go through the engine).
     pub fn store(&self) -> Arc<dyn Store> {
         self.writer.store().clone()

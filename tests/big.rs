@@ -53,8 +53,10 @@ fn a_100_mb_block_and_a_50_mb_transaction_travel_and_are_served() {
     while !h.meets_own_target() {
         h.nonce += 1;
     }
+    let txids = vec![cb.txid(), tx.txid()];
     let block = bsn::wire::Block::new(h, vec![cb, tx]);
     let (hash, size) = (block.hash(), block.raw().len());
+    let raw = block.raw().clone();
     assert!(size > 100_000_000);
     a.submit_block(block).unwrap();
     wait_for(&bev, T, "b connects the 100 MB block", |e| match e {

@@ -132,8 +132,14 @@ fn check_block(name: &str, raw: &[u8]) -> Block {
             assert_eq!(x.script_sig, y.script_sig.as_bytes());
             assert_eq!(x.sequence, y.sequence.0);
         }
-        // Zero copy: each transaction is the slice of the block where it sits.
+        // Zero copy: each transaction is the slice of the block where it sits; read in place,
+        // its extent and id are the same (what `Engine::block_txids` uses).
         assert_eq!(&raw[offset..offset + a.raw().len()], &a.raw()[..]);
+        assert_eq!(
+            bsn::wire::tx::tx_extent(&raw[offset..]),
+            Some((a.raw().len(), a.txid())),
+            "{name}: tx {i} read in place"
+        );
         assert_eq!(a.raw().len(), serialize(b).len());
         offset += a.raw().len();
     }

@@ -190,6 +190,64 @@ impl Encode for Transaction {
     }
 }
 
+/// The length and id of the transaction at the start of `b`, read in place (for a block in the
+/// store, whose transactions are never copied out); `None` when `b` does not start with a whole
+/// transaction. The same layout rules as [`Transaction`]'s decoding (BIP144 included).
+pub fn tx_extent(b: &[u8]) -> Option<(usize, Hash256)> {
+    fn var(b: &[u8], at: &mut usize) -> Option<u64> {
+        let (n, len) = compact_size_at(b.get(*at..)?)?;
+        *at += len;
+        Some(n)
+    }
+    fn skip(b: &[u8], at: &mut usize, n: u64) -> Option<()> {
+        let end = at.checked_add(usize::try_from(n).ok()?)?;
+        (end <= b.len()).then(|| *at = end)
+    }
+    let mut at = 4;
+    b.get(..4)?;
+    let witness = b.len() >= 6 && b[4] == 0 && b[5] != 0;
+    if witness {
+        if b[5] != 1 {
+            return None;
+        }
+        at += 2;
+    }
+    let inputs_at = at;
+    let n_in = var(b, &mut at)?;
+    for _ in 0..n_in {
+        skip(b, &mut at, 36)?;
+        let n = var(b, &mut at)?;
+        skip(b, &mut at, n + 4)?;
+    }
+    let n_out = var(b, &mut at)?;
+    for _ in 0..n_out {
+        skip(b, &mut at, 8)?;
+        let n = var(b, &mut at)?;
+        skip(b, &mut at, n)?;
+    }
+    let outputs_end = at;
+    if witness {
+        for _ in 0..n_in {
+            let items = var(b, &mut at)?;
+            for _ in 0..items {
+                let n = var(b, &mut at)?;
+                skip(b, &mut at, n)?;
+            }
+        }
+    }
+    skip(b, &mut at, 4)?;
+    let id = if witness {
+        Hash256(sha256d_parts(&[
+            &b[..4],
+            &b[inputs_at..outputs_end],
+            &b[at - 4..at],
+        ]))
+    } else {
+        Hash256(sha256d(&b[..at]))
+    };
+    Some((at, id))
+}
+
 fn skip_var(r: &mut Reader, what: &'static str) -> DecodeResult<()> {
     let n = r.count(what, u64::MAX, 1)?;
     r.skip(n)
