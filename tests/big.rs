@@ -63,10 +63,25 @@ fn a_100_mb_block_and_a_50_mb_transaction_travel_and_are_served() {
         Event::BlockConnected { hash: x, .. } if *x == hash => Some(()),
         _ => None,
     });
-    assert_eq!(
-        b.block(HeaderRef::Height(1)).unwrap().unwrap().raw().len(),
-        size
-    );
+    // read in pieces, never whole: its size, 8 MB at a time, its transaction ids
+    let at = HeaderRef::Hash(hash);
+    assert_eq!(b.block_size(at).unwrap(), Some(size as u64));
+    let mut piece = vec![0u8; 8 << 20];
+    let mut offset = 0;
+    loop {
+        let n = b
+            .read_block(at, offset as u64, &mut piece)
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert_eq!(&piece[..n], &raw[offset..offset + n], "at {offset}");
+        offset += n;
+    }
+    assert_eq!(offset, size);
+    assert_eq!(b.block_txids(at).unwrap(), Some(txids));
+    assert_eq!(b.block_size(HeaderRef::Height(9)).unwrap(), None);
     // b serves it whole to a plain client
     let mut c = ScriptPeer::connect(b.local_addr().unwrap(), REGTEST);
     c.handshake(88);
