@@ -293,6 +293,128 @@ fn block_on(prev: &BlockHeader, txs: Vec<Transaction>) -> Block {
     Block::new(h, txs)
 }
 
+/// Peak resident memory of this process (VmHWM), bytes.
+fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// A block of about `mb` MB on genesis: a coinbase and 100 MB transactions.
+fn big_block(mb: usize) -> Block {
+    let genesis = Network::Regtest.params().genesis;
+    let mut txs = vec![coinbase(9)];
+    for i in 0..mb.div_ceil(100) {
+        let script = vec![0x6a; 100_000_000];
+        txs.push(Transaction::build(
+            1,
+            &[(
+                OutPoint {
+                    txid: Hash256::sha256d(&(i as u64).to_le_bytes()),
+                    vout: 0,
+                },
+                b"",
+                u32::MAX,
+            )],
+            &[(0, &script)],
+            0,
+        ));
+    }
+    block_on(&genesis, txs)
+}
+
+/// The receiving side of `bigblock`, in a child process (so that its peak memory is its own):
+/// an engine that dials `addr`, waits for the block at height 1, and prints its peak RSS.
+fn bigblock_child(addr: &str) {
+    let dir = TempDir::new("bigblock-child");
+    let mut c = config(Some(dir.0.join("b")));
+    c.limits.max_block_payload = 8 << 30;
+    let e = Engine::start(c).unwrap();
+    let ev = e.events();
+    e.connect(addr.parse().unwrap()).unwrap();
+    wait_event(&ev, "BlockConnected", |x| match x {
+        Event::BlockConnected { height: 1, .. } => Some(()),
+        _ => None,
+    });
+    println!("PEAK {}", peak_rss());
+    e.stop();
+    let _ = std::fs::remove_dir_all(&dir.0);
+}
+
+/// Section `bigblock`: a block of `mb` MB from one engine to another (the receiver in a child
+/// process) against raw TCP carrying the same bytes, with each side's peak memory.
+fn bench_big_block(mb: usize) {
+    println!("\n== a {mb} MB block engine to engine over loopback (receiver in a child process)");
+    let block = big_block(mb);
+    let size = block.raw().len();
+    let base_rss = peak_rss();
+    // raw TCP: the same bytes, read into a 64 KB buffer
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let a = l.local_addr().unwrap();
+    let raw = block.raw().clone();
+    let t0 = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut n = 0;
+        while n < size {
+            n += s.read(&mut buf).unwrap();
+        }
+    });
+    TcpStream::connect(a).unwrap().write_all(&raw).unwrap();
+    reader.join().unwrap();
+    let raw_secs = t0.elapsed().as_secs_f64();
+    drop(raw);
+    // the engines
+    let dir = TempDir::new("bigblock");
+    let mut c = config(Some(dir.0.join("a")));
+    c.limits.max_block_payload = 8 << 30;
+    let e = Engine::start(c).unwrap();
+    let ev = e.events();
+    e.submit_block(block).unwrap();
+    wait_event(&ev, "the block stored", |x| match x {
+        Event::BlockConnected { height: 1, .. } => Some(()),
+        _ => None,
+    });
+    let sender_before = peak_rss();
+    let t0 = Instant::now();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--bigblock-child")
+        .arg(e.local_addr().unwrap().to_string())
+        .output()
+        .unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let child = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK ").and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    e.stop();
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let gb = size as f64 / 1e9;
+    println!(
+        "  block {size} bytes; raw TCP {:.2} s ({:.0} MB/s); engine to engine, dial to stored \
+         (including the child's start) {:.2} s ({:.2}x raw)",
+        raw_secs,
+        size as f64 / 1e6 / raw_secs,
+        secs,
+        secs / raw_secs
+    );
+    println!(
+        "  peak RSS: receiver {:.2} GB ({:.2}x the block); sender {:.2} GB before serving (the \
+         bench's own copy of the block included), {:.2} GB at the end; bench before the engines \
+         {:.2} GB",
+        child as f64 / 1e9,
+        child as f64 / 1e9 / gb,
+        sender_before as f64 / 1e9,
+        peak_rss() as f64 / 1e9,
+        base_rss as f64 / 1e9
+    );
+}
+
 /// A regtest chain of `n` coinbase-only blocks on genesis.
 fn small_blocks(n: usize) -> Vec<Block> {
     let mut prev = Network::Regtest.params().genesis;
@@ -1660,6 +1782,9 @@ fn main() {
     if args.iter().any(|a| a == "--list") {
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--bigblock-child") {
+        return bigblock_child(&args[i + 1]);
+    }
     let quick = args.iter().any(|a| a == "--quick" || a == "--test");
     let picked: Vec<&str> = args
         .iter()
@@ -1696,6 +1821,9 @@ fn main() {
             if quick { 40_000 } else { 200_000 },
             if quick { 2 } else { 8 },
         );
+    }
+    if picked.contains(&"bigblock") {
+        bench_big_block(if quick { 300 } else { 1_000 });
     }
     if run("rules") {
         bench_rules(
