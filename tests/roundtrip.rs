@@ -2058,3 +2058,24 @@ fn inventory_is_bounded_by_the_frame_limit_not_by_50000() {
         Err(FrameError::Oversize { command, .. }) if command == commands::INV
     ));
 }
+
+#[test]
+fn big_payloads_go_out_as_their_own_buffer_with_the_same_bytes() {
+    use bsn::wire::frame::{encode_message, frame_parts, ZERO_COPY_MIN};
+    let magic = Magic([1, 2, 3, 4]);
+    let payload = Bytes::from(vec![7u8; ZERO_COPY_MIN + 5]);
+    let m = Message::Unknown {
+        command: bsn::wire::commands::BLOCK,
+        payload: payload.clone(),
+    };
+    let (h, p) = frame_parts(magic, &m).expect("big enough");
+    assert_eq!(p.as_ptr(), payload.as_ptr(), "not copied");
+    let mut whole = bytes::BytesMut::new();
+    encode_message(&mut whole, magic, &m);
+    assert_eq!([&h[..], &p[..]].concat(), &whole[..]);
+    let small = Message::Unknown {
+        command: bsn::wire::commands::BLOCK,
+        payload: Bytes::from_static(b"small"),
+    };
+    assert!(frame_parts(magic, &small).is_none());
+}

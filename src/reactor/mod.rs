@@ -861,6 +861,8 @@ impl Shard {
         let mut own = BytesMut::new();
         let mut data1 = BytesMut::new();
         let mut data1_key = None;
+        // frames in order per connection: small ones copied together, big payloads as they are
+        let mut pieces: Vec<(usize, Bytes)> = Vec::new();
         let mut to_owner = Vec::new();
         let mut later = Vec::new();
         for o in out.drain(..) {
@@ -877,15 +879,28 @@ impl Shard {
                         } if policy.on_data1(m.command()) => Some(k),
                         _ => None,
                     };
-                    let buf = if route.is_some() {
-                        data1_key = route;
-                        &mut data1
-                    } else {
-                        &mut own
+                    let (buf, dest) = match route {
+                        Some(k) => {
+                            data1_key = route;
+                            (&mut data1, k)
+                        }
+                        None => (&mut own, key),
                     };
-                    let before = buf.len();
-                    encode_message(buf, self.ctx.settings.magic, &m);
-                    c.proto.stats.record_out(m.command(), buf.len() - before);
+                    let magic = self.ctx.settings.magic;
+                    if let Some((h, payload)) = crate::wire::frame::frame_parts(magic, &m) {
+                        c.proto
+                            .stats
+                            .record_out(m.command(), h.len() + payload.len());
+                        if !buf.is_empty() {
+                            pieces.push((dest, buf.split().freeze()));
+                        }
+                        pieces.push((dest, h));
+                        pieces.push((dest, payload));
+                    } else {
+                        let before = buf.len();
+                        encode_message(buf, magic, &m);
+                        c.proto.stats.record_out(m.command(), buf.len() - before);
+                    }
                 }
                 PeerOutput::Connected(version) => {
                     c.assoc = c.proto.association();
@@ -912,10 +927,13 @@ impl Shard {
         }
         for (k, buf) in [(Some(key), own), (data1_key, data1)] {
             if let (Some(k), false) = (k, buf.is_empty()) {
-                if self.conns.contains(k) {
-                    if let Err(r) = self.enqueue(k, buf.freeze()) {
-                        self.close(k, r);
-                    }
+                pieces.push((k, buf.freeze()));
+            }
+        }
+        for (k, piece) in pieces {
+            if self.conns.contains(k) {
+                if let Err(r) = self.enqueue(k, piece) {
+                    self.close(k, r);
                 }
             }
         }

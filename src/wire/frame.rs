@@ -246,6 +246,30 @@ pub fn extended_header(magic: Magic, command: Command, len: u64) -> [u8; EXT_HEA
     h
 }
 
+/// Payloads at least this big are sent from their own buffer, not copied into a frame.
+pub const ZERO_COPY_MIN: usize = 64 * 1024;
+
+/// For a message whose payload is already a buffer of its own (a block or transaction as it
+/// came, a stored block) and at least [`ZERO_COPY_MIN`] bytes: its frame header and that
+/// buffer, so the frame goes out without copying the payload.
+pub fn frame_parts(magic: Magic, msg: &Message) -> Option<(Bytes, Bytes)> {
+    let payload = match msg {
+        Message::Unknown { payload, .. } => payload.clone(),
+        Message::Block(b) => b.raw().clone(),
+        Message::Tx(t) => t.raw().clone(),
+        _ => return None,
+    };
+    if payload.len() < ZERO_COPY_MIN {
+        return None;
+    }
+    let h = if payload.len() as u64 >= EXT_LENGTH_MARK as u64 {
+        Bytes::copy_from_slice(&extended_header(magic, msg.command(), payload.len() as u64))
+    } else {
+        Bytes::copy_from_slice(&header(magic, msg.command(), &payload))
+    };
+    Some((h, payload))
+}
+
 /// Appends a whole frame for `msg` to `buf`: header then payload, encoded in place. Payloads of
 /// 4 GiB and more get the extended header.
 pub fn encode_message(buf: &mut BytesMut, magic: Magic, msg: &Message) {
