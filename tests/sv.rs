@@ -101,7 +101,8 @@ fn bsn_and_the_sv_node_handshake_both_ways_and_keep_the_peace() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    for p in engine.peers() {
+    // (a connection on its way to join an association as a stream is listed too, not ready)
+    for p in engine.peers().into_iter().filter(|p| p.ready) {
         assert_eq!(
             p.their_max_payload,
             2 * 1024 * 1024,
@@ -530,7 +531,6 @@ fn multistream_associations_with_the_sv_node_both_ways_carry_blocks_on_data1() {
     let Some(sv1) = SvNode::start(&[]) else {
         return;
     };
-    sv1.mine(HEIGHT);
     let engine = Engine::start(config()).unwrap();
     let _ev = engine.events();
     let ua = engine.config().user_agent.clone();
@@ -547,21 +547,36 @@ fn multistream_associations_with_the_sv_node_both_ways_carry_blocks_on_data1() {
         },
     );
     assert_eq!(assoc.1, ["GENERAL", "DATA1"]);
-    // the blocks come over DATA1: it carried at least their bytes, GENERAL less than them
+    let outbound = || {
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(p) = engine
+                .peers()
+                .into_iter()
+                .find(|p| p.ready && p.direction == Direction::Outbound && p.streams.len() == 2)
+            {
+                return p;
+            }
+            assert!(Instant::now() < deadline, "bsn's side of the association");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (_, [general_before, data1_before]) = streams(&outbound());
+    // blocks mined once the association stands come over DATA1: it carries at least their
+    // bytes, GENERAL less than them
+    sv1.mine(HEIGHT);
     let deadline = Instant::now() + Duration::from_secs(120);
     while engine.sync_progress().unwrap().1 != Some(HEIGHT) {
         assert!(Instant::now() < deadline, "bsn did not sync");
         std::thread::sleep(Duration::from_millis(50));
     }
     let blocks = block_bytes(&engine, HEIGHT);
-    let p = engine.peers().pop().expect("the SV node");
-    let (id, [general, data1]) = streams(&p);
+    let (id, [general, data1]) = streams(&outbound());
     assert_eq!(id, assoc.0, "one association ID on both sides");
+    let (general, data1) = (general.0 - general_before.0, data1.0 - data1_before.0);
     assert!(
-        data1.0 >= blocks && general.0 < blocks,
-        "blocks of {blocks} bytes: GENERAL got {}, DATA1 {}",
-        general.0,
-        data1.0
+        data1 >= blocks && general < blocks,
+        "blocks of {blocks} bytes: GENERAL got {general}, DATA1 {data1}"
     );
     // 2. an SV node dials bsn: bsn takes its association and serves blocks over DATA1 (those
     // asked for before the SV node's DATA1 joined go over GENERAL, as the SV node sends them)
@@ -573,11 +588,21 @@ fn multistream_associations_with_the_sv_node_both_ways_carry_blocks_on_data1() {
         (n.best_hash() == want).then_some(())
     });
     let inbound = || {
-        engine
-            .peers()
-            .into_iter()
-            .find(|p| p.direction == Direction::Inbound)
-            .expect("the second SV node")
+        let deadline = Instant::now() + T;
+        loop {
+            if let Some(p) = engine
+                .peers()
+                .into_iter()
+                .find(|p| p.ready && p.direction == Direction::Inbound && p.streams.len() == 2)
+            {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the second SV node's association"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     };
     let (id2, [general_before, data1_before]) = streams(&inbound());
     let new = sv1.mine(100);
