@@ -112,9 +112,12 @@ fn a_flooder_is_limited_and_banned_while_honest_peers_keep_their_latency() {
     );
     assert!(a.is_banned(flood_src));
     assert!(f.closed_within(T));
+    // Not starved: a shard serving the flood would put the honest round trips at hundreds of
+    // times the idle ones; 10x leaves room for a loaded 2-core machine (the medians measured
+    // on a quiet one are within 2x, printed above).
     for i in 0..2 {
         assert!(
-            flooding[i] <= idle[i] * 2,
+            flooding[i] <= idle[i] * 10,
             "honest peer {i}: idle p50 {:?}, during the flood {:?}",
             idle[i],
             flooding[i]
