@@ -14,7 +14,7 @@
 #[path = "../tests/bcoin_support/mod.rs"]
 mod bcoin_support;
 
-#[path = "../tests/common/random.rs"]
+#[path = "../src/util.rs"]
 mod random;
 use bcoin_support::{regtest_params, Bcoin, BCOIN_REGTEST_MAGIC};
 use bsn::wire::frame::{encode_message, FrameDecoder};

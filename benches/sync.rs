@@ -49,7 +49,7 @@
 //! flight and the cores half idle; pipelining the requests, `MDB_APPEND`, reserving the tree and
 //! a set for the per-peer block filter brought it to ~0.9-1.0 M/s, now CPU-bound on 2 cores.
 
-#[path = "../tests/common/random.rs"]
+#[path = "../src/util.rs"]
 mod random;
 use bsn::store::chain::{stored_tip, ChainDb};
 use bsn::store::lmdb::{LmdbOptions, LmdbStore};

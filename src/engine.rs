@@ -641,25 +641,17 @@ impl Engine {
 
     /// A stored block by height (best chain) or hash.
     pub fn block(&self, at: HeaderRef) -> Result<Option<Block>, Error> {
-        let Some((h, _)) = self.header(at) else {
+        let Some(raw) = self.with_stored_block(at, Bytes::copy_from_slice)? else {
             return Ok(None);
         };
-        let store = self.writer.store().clone();
-        let raw = crate::store::records::with_block(store.as_ref(), &h.hash(), |v| {
-            v.map(Bytes::copy_from_slice)
-        })
-        .map_err(Error::Store)?;
-        match raw {
-            None => Ok(None),
-            Some(r) => <Block as crate::wire::Decode>::decode_all(r)
-                .map(Some)
-                .map_err(|e| {
-                    Error::Store(crate::store::StoreError::Corrupt(format!(
-                        "stored block {}: {e}",
-                        h.hash()
-                    )))
-                }),
-        }
+        <Block as crate::wire::Decode>::decode_all(raw)
+            .map(Some)
+            .map_err(|e| {
+                let hash = self.header(at).map(|(h, _)| h.hash()).unwrap_or_default();
+                Error::Store(crate::store::StoreError::Corrupt(format!(
+                    "stored block {hash}: {e}"
+                )))
+            })
     }
 
     /// The size in bytes of a stored block, without reading it (`None`: not stored).

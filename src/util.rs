@@ -1,4 +1,5 @@
-//! Small helpers with no better home.
+//! Small helpers with no better home (tests and benches include this file by path for
+//! `random_u64`).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};

@@ -83,6 +83,19 @@ fn core_caught_up(p: &mut ScriptPeer) {
     p.expect(T, |m| matches!(m, Message::Headers(_)));
 }
 
+/// The score `ip` has after its next `InvalidNotice`.
+fn notice_score(ev: &crossbeam_channel::Receiver<Event>, ip: IpAddr, what: &str) -> u32 {
+    wait_for(ev, T, what, |e| match e {
+        Event::BanScore {
+            ip: i,
+            reason: bsn::BanReason::InvalidNotice,
+            score,
+            ..
+        } if *i == ip => Some(*score),
+        _ => None,
+    })
+}
+
 fn is_notice(m: &Message) -> bool {
     matches!(m, Message::DsDetected(_) | Message::RevokeMid(_))
 }
@@ -120,30 +133,14 @@ fn notices_are_relayed_once_handed_over_and_invalid_ones_cost_ten() {
     bad.blocks[0].proof.nodes[0] = bsn::wire::ProofNode::Hash(Hash256::ZERO);
     a.send(&Message::DsDetected(bad));
     let ip: IpAddr = "127.0.0.1".parse().unwrap();
-    let score = wait_for(&ev, T, "a scored for the bad notice", |e| match e {
-        Event::BanScore {
-            ip: i,
-            reason: bsn::BanReason::InvalidNotice,
-            score,
-            ..
-        } if *i == ip => Some(*score),
-        _ => None,
-    });
+    let score = notice_score(&ev, ip, "a scored for the bad notice");
     assert_eq!(score, 10);
     // a revokemid that does not decode: 10 more
     a.send(&Message::Unknown {
         command: bsn::wire::commands::REVOKEMID,
         payload: Bytes::from_static(&[0, 0, 0, 0, 2, 2]),
     });
-    let score = wait_for(&ev, T, "a scored for the malformed notice", |e| match e {
-        Event::BanScore {
-            ip: i,
-            reason: bsn::BanReason::InvalidNotice,
-            score,
-            ..
-        } if *i == ip => Some(*score),
-        _ => None,
-    });
+    let score = notice_score(&ev, ip, "a scored for the malformed notice");
     assert_eq!(score, 20);
     // b still gets valid notices, and only those
     a.send(&Message::DsDetected(double_spend(9)));

@@ -403,6 +403,20 @@ fn big_tx(coinbase: &bsn::wire::Transaction, vout: u32, size: usize) -> bsn::wir
     )
 }
 
+/// Gives the SV node block 1 from [`anyone_can_spend_block`] and 100 more on it, so that its
+/// coinbase (returned) can be spent.
+fn funded(sv: &SvNode, outputs: usize) -> bsn::wire::Transaction {
+    let funding = anyone_can_spend_block(outputs);
+    let r = sv.rpc(
+        "submitblock",
+        &format!("[\"{}\"]", hex::encode(funding.raw())),
+    );
+    assert!(r.is_null(), "submitblock: {r}");
+    assert_eq!(sv.best_hash(), funding.hash().to_string());
+    sv.mine(100);
+    funding.txs[0].clone()
+}
+
 fn in_mempool(sv: &SvNode, txid: &str) -> bool {
     sv.rpc("getrawmempool", "[]")
         .as_array()
@@ -414,15 +428,7 @@ fn transactions_of_3_and_20_mb_travel_sv_to_bsn_to_sv_and_bsn_to_sv() {
     let Some(sv1) = SvNode::start(&big_tx_options()) else {
         return;
     };
-    let funding = anyone_can_spend_block(3);
-    let coinbase = funding.txs[0].clone();
-    let r = sv1.rpc(
-        "submitblock",
-        &format!("[\"{}\"]", hex::encode(funding.raw())),
-    );
-    assert!(r.is_null(), "submitblock: {r}");
-    assert_eq!(sv1.best_hash(), funding.hash().to_string());
-    sv1.mine(100);
+    let coinbase = funded(&sv1, 3);
     let mut c = config();
     c.tx_policy = bsn::TxPolicy::AcceptAll;
     let engine = Engine::start(c).unwrap();
@@ -639,14 +645,7 @@ fn a_200_mb_block_goes_from_bsn_to_the_sv_node_and_from_it_to_bsn() {
     let Some(sv) = SvNode::start(&big_tx_options()) else {
         return;
     };
-    let funding = anyone_can_spend_block(1);
-    let coinbase = funding.txs[0].clone();
-    let r = sv.rpc(
-        "submitblock",
-        &format!("[\"{}\"]", hex::encode(funding.raw())),
-    );
-    assert!(r.is_null(), "submitblock: {r}");
-    sv.mine(100);
+    let coinbase = funded(&sv, 1);
     let a = Engine::start(config()).unwrap();
     let aev = a.events();
     sync_from(&sv, &a, &aev, 101);

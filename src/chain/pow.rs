@@ -73,7 +73,7 @@ fn eda_bits(
         return Some(retarget(c, pow_limit, prev.bits, prev.time, first.time));
     }
     if c.allow_min_difficulty {
-        if time as i64 > prev.time as i64 + 2 * c.target_spacing as i64 {
+        if slow_block(c, prev, time) {
             return Some(limit_bits);
         }
         // the last block that was not mined under the minimum-difficulty rule
@@ -95,11 +95,7 @@ fn eda_bits(
     }
     let t = target_from_compact(prev.bits)?;
     let t = t.saturating_add(&t.shr(2));
-    Some(compact_from_target(if t > *pow_limit {
-        pow_limit
-    } else {
-        &t
-    }))
+    Some(capped(&t, pow_limit))
 }
 
 /// The original retarget: the parent's target scaled by the time the interval took (within
@@ -113,7 +109,7 @@ fn retarget(c: &Consensus, pow_limit: &U256, bits: u32, last: u32, first: u32) -
         .div_rem(&U256::from_u64(c.target_timespan as u64))
         .expect("the timespan is not zero")
         .0;
-    compact_from_target(if t > *pow_limit { pow_limit } else { &t })
+    capped(&t, pow_limit)
 }
 
 /// The DAA: the target from the work done between the suitable blocks 144 apart and the time
@@ -126,7 +122,7 @@ fn cash_bits(
     time: u32,
     anc: &mut impl Ancestry,
 ) -> Option<u32> {
-    if c.allow_min_difficulty && time as i64 > prev.time as i64 + 2 * c.target_spacing as i64 {
+    if c.allow_min_difficulty && slow_block(c, prev, time) {
         return Some(compact_from_target(pow_limit));
     }
     if prev_height < 146 {
@@ -143,11 +139,17 @@ fn cash_bits(
     let work = work.div_rem(&U256::from_u64(span))?.0;
     // (2^256 - work) / work, which is 2^256 / work - 1 in 256 bits
     let t = U256::ZERO.wrapping_sub(&work).div_rem(&work)?.0;
-    Some(compact_from_target(if t > *pow_limit {
-        pow_limit
-    } else {
-        &t
-    }))
+    Some(capped(&t, pow_limit))
+}
+
+/// Testnet's rule applies: the block comes more than two spacings after its parent.
+fn slow_block(c: &Consensus, prev: Ancestor, time: u32) -> bool {
+    time as i64 > prev.time as i64 + 2 * c.target_spacing as i64
+}
+
+/// `t` in compact form, no easier than the network's limit.
+fn capped(t: &U256, pow_limit: &U256) -> u32 {
+    compact_from_target(if t > pow_limit { pow_limit } else { t })
 }
 
 /// Of the blocks at `h`, `h - 1` and `h - 2`, the one with the median time (the SV node's

@@ -19,6 +19,15 @@ pub const LEGACY_MAX_PAYLOAD: u64 = 1024 * 1024;
 /// First protocol version that understands `extmsg`.
 pub const EXTMSG_VERSION: i32 = 70016;
 
+/// Where a further stream of an association is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum StreamState {
+    /// We opened it: its `streamack` must come by then.
+    AwaitAck(Instant),
+    /// In use.
+    Open,
+}
+
 /// Stream policies bsn knows (the SV node's two).
 pub const KNOWN_STREAM_POLICIES: [&str; 2] = ["Default", "BlockPriority"];
 
@@ -205,10 +214,9 @@ pub struct PeerProtocol {
     last_violation: Option<Instant>,
     /// Start of the current bad-checksum window and the bad checksums in it.
     checksum_window: Option<(Instant, u32)>,
-    /// A further stream of an association (no handshake, no keepalive of its own: what it
-    /// receives goes to the association's first connection); until when its `streamack` may
-    /// take, for one we opened.
-    stream: Option<Option<Instant>>,
+    /// Set for a further stream of an association (no handshake, no keepalive of its own: what
+    /// it receives goes to the association's first connection).
+    stream: Option<StreamState>,
     /// The association agreed in the handshake.
     association: Option<AssociationId>,
     /// Our stream policies, most preferred first.
@@ -289,8 +297,10 @@ impl PeerProtocol {
         let mut limits = p.decoder.limits();
         limits.allow_extended = peer_version >= EXTMSG_VERSION;
         p.decoder.set_limits(limits);
-        p.stream =
-            Some((direction == Direction::Outbound).then_some(now + settings.handshake_timeout));
+        p.stream = Some(match direction {
+            Direction::Outbound => StreamState::AwaitAck(now + settings.handshake_timeout),
+            Direction::Inbound => StreamState::Open,
+        });
         p.decoder.buffer_mut().extend_from_slice(buffered);
         p
     }
@@ -578,8 +588,8 @@ impl PeerProtocol {
         }
         if self.stream.is_some() {
             return match msg {
-                Message::StreamAck(a) if matches!(self.stream, Some(Some(_))) => {
-                    self.stream = Some(None);
+                Message::StreamAck(a) if matches!(self.stream, Some(StreamState::AwaitAck(_))) => {
+                    self.stream = Some(StreamState::Open);
                     out.push(PeerOutput::StreamAcked(a));
                     Ok(())
                 }
@@ -675,11 +685,12 @@ impl PeerProtocol {
         if let Some(h) = &self.handshake {
             return h.tick(now);
         }
-        if let Some(waiting) = self.stream {
-            if waiting.is_some_and(|t| now >= t) {
+        match self.stream {
+            Some(StreamState::AwaitAck(t)) if now >= t => {
                 return Err(DisconnectReason::StreamSetup("no streamack in time".into()));
             }
-            return Ok(());
+            Some(_) => return Ok(()),
+            None => {}
         }
         if let Some(n) = self.keepalive.tick(now, nonce)? {
             out.push(PeerOutput::Send(Message::Ping(n)));

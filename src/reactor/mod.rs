@@ -500,9 +500,49 @@ impl Shard {
         }
     }
 
-    fn register(
+    /// Registers a socket with the poller and puts its connection in the slab; its key.
+    fn insert_conn(
         &mut self,
         mut stream: TcpStream,
+        id: PeerId,
+        addr: SocketAddr,
+        proto: PeerProtocol,
+        connecting: bool,
+        role: Role,
+    ) -> io::Result<usize> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Conn {
+            id,
+            addr,
+            stream,
+            proto,
+            connecting: connecting.then(|| Instant::now() + self.ctx.config.connect_timeout),
+            queue: VecDeque::new(),
+            queued: 0,
+            head_written: 0,
+            since: SystemTime::now(),
+            reported: 0,
+            pending: false,
+            paused: false,
+            role,
+            assoc: None,
+            joining: false,
+            notify_drained: false,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+        Ok(key)
+    }
+
+    fn register(
+        &mut self,
+        stream: TcpStream,
         addr: SocketAddr,
         direction: Direction,
         connecting: bool,
@@ -522,46 +562,24 @@ impl Shard {
             ours.set_association_id(Some(AssociationId(id)));
         }
         let proto = PeerProtocol::new(direction, &self.ctx.settings, ours, now);
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::warn!("shard {}: cannot register {addr}: {e}", self.index);
-            if direction == Direction::Outbound {
-                self.report(PeerInput::DialFailed {
-                    addr,
-                    reason: e.to_string(),
-                });
+        let role = Role::Primary {
+            data1: None,
+            opening: None,
+            policy: StreamPolicy::Default,
+        };
+        let key = match self.insert_conn(stream, id, addr, proto, connecting, role) {
+            Ok(k) => k,
+            Err(e) => {
+                log::warn!("shard {}: cannot register {addr}: {e}", self.index);
+                if direction == Direction::Outbound {
+                    self.report(PeerInput::DialFailed {
+                        addr,
+                        reason: e.to_string(),
+                    });
+                }
+                return;
             }
-            return;
-        }
-        entry.insert(Conn {
-            id,
-            addr,
-            stream,
-            proto,
-            connecting: connecting.then_some(now + self.ctx.config.connect_timeout),
-            queue: VecDeque::new(),
-            queued: 0,
-            head_written: 0,
-            since: SystemTime::now(),
-            reported: 0,
-            pending: false,
-            paused: false,
-            role: Role::Primary {
-                data1: None,
-                opening: None,
-                policy: StreamPolicy::Default,
-            },
-            assoc: None,
-            joining: false,
-            notify_drained: false,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+        };
         self.by_id.insert(id, key);
         // The core hears of the connection before anything else about it.
         self.report(PeerInput::Connection {
@@ -925,12 +943,12 @@ impl Shard {
                 | PeerOutput::StreamAcked(_)) => later.push(other),
             }
         }
-        for (k, buf) in [(Some(key), own), (data1_key, data1)] {
-            if let (Some(k), false) = (k, buf.is_empty()) {
-                pieces.push((k, buf.freeze()));
-            }
-        }
-        for (k, piece) in pieces {
+        // (big payloads are rare: the usual small frames go out without the vector)
+        let rest = [(Some(key), own), (data1_key, data1)]
+            .into_iter()
+            .filter_map(|(k, buf)| Some((k?, buf)).filter(|(_, b)| !b.is_empty()))
+            .map(|(k, buf)| (k, buf.freeze()));
+        for (k, piece) in pieces.into_iter().chain(rest) {
             if self.conns.contains(k) {
                 if let Err(r) = self.enqueue(k, piece) {
                     self.close(k, r);
@@ -1204,7 +1222,7 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     fn register_stream(
         &mut self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         addr: SocketAddr,
         owner_key: usize,
         kind: u8,
@@ -1223,44 +1241,20 @@ impl Shard {
         };
         let proto =
             PeerProtocol::new_stream(direction, &self.ctx.settings, peer_version, now, buffered);
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::warn!(
-                "shard {}: cannot register a stream from {addr}: {e}",
-                self.index
-            );
-            return None;
-        }
-        entry.insert(Conn {
-            id,
-            addr,
-            stream,
-            proto,
-            connecting: connecting.then_some(now + self.ctx.config.connect_timeout),
-            queue: VecDeque::new(),
-            queued: 0,
-            head_written: 0,
-            since: SystemTime::now(),
-            reported: 0,
-            pending: false,
-            paused: false,
-            role: Role::Stream {
-                owner: owner_key,
-                kind,
-                acked: !connecting,
-                policy,
-            },
-            assoc: None,
-            joining: false,
-            notify_drained: false,
-            bytes_in: 0,
-            bytes_out: 0,
-        });
+        let role = Role::Stream {
+            owner: owner_key,
+            kind,
+            acked: !connecting,
+            policy,
+        };
+        let key = match self.insert_conn(stream, id, addr, proto, connecting, role) {
+            Ok(k) => k,
+            Err(e) => {
+                let i = self.index;
+                log::warn!("shard {i}: cannot register a stream from {addr}: {e}");
+                return None;
+            }
+        };
         Some(key)
     }
 
@@ -1346,15 +1340,16 @@ impl Shard {
     /// Tells the core that what was queued to the peer of `key` (its first connection) has
     /// gone out, down to the resume mark, if it asked.
     fn check_drained(&mut self, key: usize) {
-        let resume_at = self.read_pause_bytes() / 2;
+        // (the flag first: this runs after every flush)
+        if !self.conns.get(key).is_some_and(|c| c.notify_drained) {
+            return;
+        }
         let (_, queued) = self.peer_conns(key);
-        match self.conns.get_mut(key) {
-            Some(c) if c.notify_drained && queued <= resume_at => {
-                c.notify_drained = false;
-                let id = c.id;
-                self.report(PeerInput::Drained { id });
-            }
-            _ => {}
+        if queued <= self.read_pause_bytes() / 2 {
+            let c = &mut self.conns[key];
+            c.notify_drained = false;
+            let id = c.id;
+            self.report(PeerInput::Drained { id });
         }
     }
 

@@ -6,7 +6,6 @@ use super::{Batch, Store, StoreError, StoreResult};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Most bytes merged into one transaction.
@@ -30,7 +29,8 @@ pub struct StoreWriter {
     next_seq: AtomicU64,
     committed: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
-    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// Closes (its sender is dropped) when the writer thread has done its last work.
+    done: Receiver<()>,
     store: Arc<dyn Store>,
 }
 
@@ -41,15 +41,19 @@ impl StoreWriter {
         let committed = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let (c, f, s) = (committed.clone(), failed.clone(), store.clone());
-        let thread = std::thread::Builder::new()
+        let (done_tx, done) = bounded::<()>(0);
+        std::thread::Builder::new()
             .name("bsn-store".into())
-            .spawn(move || run(s, rx, c, f, sync_every))?;
+            .spawn(move || {
+                let _done = done_tx; // dropped as the thread ends, panics included
+                run(s, rx, c, f, sync_every)
+            })?;
         Ok(StoreWriter {
             tx,
             next_seq: AtomicU64::new(1),
             committed,
             failed,
-            thread: std::sync::Mutex::new(Some(thread)),
+            done,
             store,
         })
     }
@@ -110,9 +114,8 @@ impl StoreWriter {
     /// Commits what is queued, syncs, and ends the thread.
     pub fn stop(&self) {
         let _ = self.tx.send(Req::Stop);
-        if let Some(h) = self.thread.lock().expect("writer handle lock").take() {
-            let _ = h.join();
-        }
+        // nothing is ever sent: this returns when the thread has ended (at once after that)
+        let _ = self.done.recv();
     }
 }
 

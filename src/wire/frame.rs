@@ -254,14 +254,15 @@ pub const ZERO_COPY_MIN: usize = 64 * 1024;
 /// buffer, so the frame goes out without copying the payload.
 pub fn frame_parts(magic: Magic, msg: &Message) -> Option<(Bytes, Bytes)> {
     let payload = match msg {
-        Message::Unknown { payload, .. } => payload.clone(),
-        Message::Block(b) => b.raw().clone(),
-        Message::Tx(t) => t.raw().clone(),
+        Message::Unknown { payload, .. } => payload,
+        Message::Block(b) => b.raw(),
+        Message::Tx(t) => t.raw(),
         _ => return None,
     };
     if payload.len() < ZERO_COPY_MIN {
         return None;
     }
+    let payload = payload.clone();
     let h = if payload.len() as u64 >= EXT_LENGTH_MARK as u64 {
         Bytes::copy_from_slice(&extended_header(magic, msg.command(), payload.len() as u64))
     } else {

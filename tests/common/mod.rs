@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-#[path = "random.rs"]
+#[path = "../../src/util.rs"]
 mod random;
 pub use random::random_u64;
 
