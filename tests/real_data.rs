@@ -162,6 +162,25 @@ fn check_block(name: &str, raw: &[u8]) -> Block {
         );
         assert!(theirs.check_witness_commitment(), "{name}: commitment");
     }
+    // Streamed in pieces (how a block bigger than the file threshold is checked on its way to
+    // disk): the same ids, root, size and checksum.
+    for piece in [1usize, 1000, 65536] {
+        let mut s = bsn::wire::stream::BlockStream::new(true);
+        let mut ids = Vec::new();
+        for c in raw.chunks(piece) {
+            s.feed(c, &mut |id| ids.push(id))
+                .unwrap_or_else(|e| panic!("{name}: streamed in {piece}: {e}"));
+        }
+        let sum = s
+            .finish()
+            .unwrap_or_else(|e| panic!("{name}: streamed: {e}"));
+        assert_eq!(
+            ids,
+            ours.txs.iter().map(Transaction::txid).collect::<Vec<_>>()
+        );
+        assert_eq!((sum.hash, sum.size), (ours.hash(), raw.len() as u64));
+        assert_eq!(sum.checksum, Some(bsn::wire::hash::checksum(raw)));
+    }
     through_frames(name, &Message::Block(ours.clone()));
     ours
 }

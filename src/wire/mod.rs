@@ -8,6 +8,7 @@ pub mod codec;
 pub mod frame;
 pub mod hash;
 pub mod message;
+pub mod stream;
 pub mod tx;
 pub mod types;
 pub mod u256;
