@@ -16,6 +16,9 @@ pub const PROTOCOL_VERSION: i32 = 70016;
 /// Default lowest protocol version accepted from peers.
 pub const DEFAULT_MIN_VERSION: i32 = 70001;
 
+/// Default [`Config::block_file_threshold`]: 32 MiB.
+pub const DEFAULT_BLOCK_FILE_THRESHOLD: u64 = 32 * 1024 * 1024;
+
 /// Everything the engine needs to start. Build with [`Config::builder`] or start from
 /// [`Config::new`] and set fields; [`Config::validate`] runs at start either way.
 #[derive(Clone, Debug)]
@@ -125,6 +128,11 @@ pub struct Config {
     pub allow_local_addrs: bool,
     /// Header client mode: sync and serve headers, store no blocks (advertise no NODE_NETWORK).
     pub headers_only: bool,
+    /// Blocks of this many bytes or more are written to a file of their own as they arrive
+    /// (checked on the way), stored as a reference to it and served from it in pieces: never
+    /// whole in memory. The files are in `blocks/` of the data dir (a temporary directory
+    /// without one). Default 32 MiB; `u64::MAX` keeps every block in memory and in the store.
+    pub block_file_threshold: u64,
     /// Time the sync peer has to answer `getheaders` before another peer is asked.
     pub sync_stall_timeout: Duration,
     /// Time a peer has to deliver a requested block before it is asked of another.
@@ -214,6 +222,7 @@ impl Config {
             getaddr_on_connect: true,
             allow_local_addrs: is_regtest,
             headers_only: false,
+            block_file_threshold: DEFAULT_BLOCK_FILE_THRESHOLD,
             sync_stall_timeout: Duration::from_secs(30),
             block_timeout: Duration::from_secs(60),
             tx_policy: crate::fsm::txrelay::TxPolicy::Embedder,
@@ -335,6 +344,8 @@ impl Config {
             )),
             multistreams: self.multistreams,
             stream_policies: self.stream_policy_list(),
+            block_files: None,
+            block_file_threshold: self.block_file_threshold,
         }
     }
 }

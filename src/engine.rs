@@ -20,13 +20,15 @@ use crate::error::{Error, SendError};
 use crate::event::{Event, PeerInfo};
 use crate::fsm::addrbook::AddrInfo;
 use crate::fsm::bans::{Ban, Subnet};
+use crate::fsm::peer::PeerSettings;
 use crate::fsm::sync::SyncProgress;
 use crate::fsm::PeerId;
 use crate::node::{CoreCounts, HeaderRef, NodeCore, Output, PeerInput};
 use crate::reactor::{listeners, shard_of, Shard, ShardCmd, ShardContext};
+use crate::store::files::BlockFiles;
 use crate::store::lmdb::{LmdbOptions, LmdbStore};
 use crate::store::memory::MemoryStore;
-use crate::store::records::{PeerRecord, StoredStats};
+use crate::store::records::{PeerRecord, StoredBlock, StoredStats};
 use crate::store::writer::StoreWriter;
 use crate::store::{Store, StoreResult};
 use crate::wire::{Block, BlockHeader, Hash256, Message, Transaction};
@@ -87,6 +89,15 @@ pub struct Engine {
     stopping: Arc<AtomicBool>,
     shard_threads: Vec<JoinHandle<()>>,
     core_thread: Option<JoinHandle<()>>,
+    /// Big blocks' files, for reads.
+    files: Option<BlockFiles>,
+}
+
+fn too_big(size: u64) -> Error {
+    Error::Io(std::io::Error::new(
+        std::io::ErrorKind::OutOfMemory,
+        format!("a block of {size} bytes does not fit in memory here"),
+    ))
 }
 
 fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
@@ -146,6 +157,20 @@ impl Engine {
             crate::util::random_u64(),
         )?;
         let (tip, height) = core.best_header();
+        let files = if config.block_file_threshold < u64::MAX && !config.headers_only {
+            let files = match &config.data_dir {
+                Some(d) => BlockFiles::open(d.join("blocks")),
+                None => BlockFiles::temporary(),
+            }
+            .map_err(Error::Io)?;
+            let removed = files.remove_orphans(store.as_ref()).map_err(Error::Io)?;
+            if removed > 0 {
+                log::info!("removed {removed} block files no stored block names");
+            }
+            Some(files)
+        } else {
+            None
+        };
         let config = Arc::new(config);
 
         let mut polls = Vec::new();
@@ -183,6 +208,7 @@ impl Engine {
             stopping: stopping.clone(),
             shard_threads: Vec::new(),
             core_thread: None,
+            files: files.clone(),
         };
         let driver = Driver {
             core,
@@ -200,6 +226,8 @@ impl Engine {
             stopping: stopping.clone(),
             high_water: config.event_high_water,
             fatal: None,
+            files: files.clone(),
+            handed: 0,
         };
         let exit = exit_tx.clone();
         engine.core_thread = Some(
@@ -224,7 +252,10 @@ impl Engine {
             let ctx = ShardContext {
                 index: i,
                 config: config.clone(),
-                settings: config.peer_settings(),
+                settings: PeerSettings {
+                    block_files: files.clone(),
+                    ..config.peer_settings()
+                },
                 core: peer_tx.clone(),
                 start_height: start_height.clone(),
                 nonce_key,
@@ -641,7 +672,16 @@ impl Engine {
 
     /// A stored block by height (best chain) or hash.
     pub fn block(&self, at: HeaderRef) -> Result<Option<Block>, Error> {
-        let Some(raw) = self.with_stored_block(at, Bytes::copy_from_slice)? else {
+        let raw = self.with_stored_block(at, |hash, b| match b {
+            StoredBlock::Inline(raw) => Ok::<_, Error>(Bytes::copy_from_slice(raw)),
+            StoredBlock::File(r) => {
+                let f = self.block_file(&hash, &r)?;
+                let mut v = vec![0u8; usize::try_from(r.size).map_err(|_| too_big(r.size))?];
+                crate::store::files::read_at(&f, 0, &mut v).map_err(Error::Io)?;
+                Ok(Bytes::from(v))
+            }
+        })?;
+        let Some(raw) = raw.transpose()? else {
             return Ok(None);
         };
         <Block as crate::wire::Decode>::decode_all(raw)
@@ -656,61 +696,128 @@ impl Engine {
 
     /// The size in bytes of a stored block, without reading it (`None`: not stored).
     pub fn block_size(&self, at: HeaderRef) -> Result<Option<u64>, Error> {
-        self.with_stored_block(at, |raw| raw.len() as u64)
+        self.with_stored_block(at, |_, b| match b {
+            StoredBlock::Inline(raw) => raw.len() as u64,
+            StoredBlock::File(r) => r.size,
+        })
+    }
+
+    /// How many transactions a stored block holds, without reading them (`None`: not stored).
+    pub fn block_tx_count(&self, at: HeaderRef) -> Result<Option<u64>, Error> {
+        self.with_stored_block(at, |_, b| match b {
+            StoredBlock::Inline(raw) => raw
+                .get(crate::wire::block::HEADER_LEN..)
+                .and_then(crate::wire::codec::compact_size_at)
+                .map_or(0, |(n, _)| n),
+            StoredBlock::File(r) => r.tx_count,
+        })
     }
 
     /// Copies the bytes of a stored block from `offset` into `buf`, as many as fit; the number
     /// copied (0 past the end), `None` when the block is not stored. A block of any size is
-    /// read this way in pieces, never whole in memory (LMDB hands out its pages in place).
+    /// read this way in pieces, never whole in memory (LMDB hands out its pages in place; a
+    /// block over the file threshold is read from its file).
     pub fn read_block(
         &self,
         at: HeaderRef,
         offset: u64,
         buf: &mut [u8],
     ) -> Result<Option<usize>, Error> {
-        self.with_stored_block(at, |raw| {
-            let from = usize::try_from(offset).unwrap_or(usize::MAX).min(raw.len());
-            let n = buf.len().min(raw.len() - from);
-            buf[..n].copy_from_slice(&raw[from..from + n]);
-            n
-        })
+        self.with_stored_block(at, |hash, b| match b {
+            StoredBlock::Inline(raw) => {
+                let from = usize::try_from(offset).unwrap_or(usize::MAX).min(raw.len());
+                let n = buf.len().min(raw.len() - from);
+                buf[..n].copy_from_slice(&raw[from..from + n]);
+                Ok(n)
+            }
+            StoredBlock::File(r) => {
+                let f = self.block_file(&hash, &r)?;
+                let n = usize::try_from(r.size.saturating_sub(offset))
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                crate::store::files::read_at(&f, offset, &mut buf[..n]).map_err(Error::Io)
+            }
+        })?
+        .transpose()
     }
 
     /// The ids of a stored block's transactions, in order, read in place: no transaction (and
-    /// not the block) is copied out, so this costs one pass of hashing whatever the block's size.
+    /// not the block) is copied out, so this costs one pass of hashing whatever the block's size
+    /// (a block in a file is read a piece at a time).
     pub fn block_txids(&self, at: HeaderRef) -> Result<Option<Vec<Hash256>>, Error> {
-        let r = self.with_stored_block(at, |raw| {
-            let body = raw.get(crate::wire::block::HEADER_LEN..)?;
-            let (n, len) = crate::wire::codec::compact_size_at(body)?;
-            let mut at = len;
-            let mut ids = Vec::with_capacity(n.min(1 << 20) as usize);
-            for _ in 0..n {
-                let (l, id) = crate::wire::tx::tx_extent(&body[at..])?;
-                ids.push(id);
-                at += l;
+        let corrupt = |what: String| {
+            Error::Store(crate::store::StoreError::Corrupt(format!(
+                "a stored block's transactions do not parse: {what}"
+            )))
+        };
+        self.with_stored_block(at, |hash, b| match b {
+            StoredBlock::Inline(raw) => {
+                let body = raw
+                    .get(crate::wire::block::HEADER_LEN..)
+                    .ok_or_else(|| corrupt("no header".into()))?;
+                let (n, len) = crate::wire::codec::compact_size_at(body)
+                    .ok_or_else(|| corrupt("no count".into()))?;
+                let mut at = len;
+                let mut ids = Vec::with_capacity(n.min(1 << 20) as usize);
+                for _ in 0..n {
+                    let (l, id) = crate::wire::tx::tx_extent(&body[at..])
+                        .ok_or_else(|| corrupt(format!("transaction {}", ids.len())))?;
+                    ids.push(id);
+                    at += l;
+                }
+                Ok(ids)
             }
-            Some(ids)
+            StoredBlock::File(r) => {
+                let f = self.block_file(&hash, &r)?;
+                let mut ids = Vec::with_capacity(r.tx_count.min(1 << 20) as usize);
+                let mut s = crate::wire::stream::BlockStream::new(false);
+                let mut buf = vec![0u8; 1 << 20];
+                let mut offset = 0;
+                while offset < r.size {
+                    let n =
+                        crate::store::files::read_at(&f, offset, &mut buf).map_err(Error::Io)?;
+                    if n == 0 {
+                        return Err(corrupt("the file ended early".into()));
+                    }
+                    s.feed(&buf[..n], &mut |id| ids.push(id))
+                        .map_err(|e| corrupt(e.to_string()))?;
+                    offset += n as u64;
+                }
+                s.finish().map_err(|e| corrupt(e.to_string()))?;
+                Ok(ids)
+            }
+        })?
+        .transpose()
+    }
+
+    /// A stored block's file, opened.
+    fn block_file(
+        &self,
+        hash: &Hash256,
+        r: &crate::store::files::BlockFileRef,
+    ) -> Result<std::fs::File, Error> {
+        let files = self.files.as_ref().ok_or_else(|| {
+            Error::Store(crate::store::StoreError::Corrupt(format!(
+                "block {hash} is in a file, and this engine keeps no block files"
+            )))
         })?;
-        match r {
-            None => Ok(None),
-            Some(Some(ids)) => Ok(Some(ids)),
-            Some(None) => Err(Error::Store(crate::store::StoreError::Corrupt(
-                "a stored block's transactions do not parse".into(),
-            ))),
-        }
+        files.open_block(hash, r).map_err(Error::Io)
     }
 
     fn with_stored_block<R>(
         &self,
         at: HeaderRef,
-        f: impl FnOnce(&[u8]) -> R,
+        f: impl FnOnce(Hash256, StoredBlock<'_>) -> R,
     ) -> Result<Option<R>, Error> {
         let Some((h, _)) = self.header(at) else {
             return Ok(None);
         };
+        let hash = h.hash();
         let store = self.writer.store().clone();
-        crate::store::records::with_block(store.as_ref(), &h.hash(), |v| v.map(f))
-            .map_err(Error::Store)
+        crate::store::records::with_block(store.as_ref(), &hash, |v| {
+            v.map(|v| f(hash, StoredBlock::parse(v)))
+        })
+        .map_err(Error::Store)
     }
 
     /// The store, for reads (writes go through the engine).
@@ -776,6 +883,10 @@ struct Driver {
     stopping: Arc<AtomicBool>,
     high_water: usize,
     fatal: Option<String>,
+    /// Big blocks' files (`None`: every block in memory).
+    files: Option<BlockFiles>,
+    /// Names given to the embedder's block files so far.
+    handed: u64,
 }
 
 /// A commit acknowledgement: the core's ack number and the writer's outcome.
@@ -972,6 +1083,19 @@ impl Driver {
                         self.fatal = Some("the store writer is gone".into());
                     }
                 }
+                Output::SendBlockFile(id, hash, r) => {
+                    self.command_shard(shard_of(id), ShardCmd::SendBlockFile(id, hash, r))
+                }
+                Output::RemoveBlockFile(hash, id) => {
+                    if let Some(f) = &self.files {
+                        f.remove(&hash, id);
+                    }
+                }
+                Output::EmbedderBlockFile {
+                    peer,
+                    summary,
+                    file,
+                } => self.hand_block_file(peer, summary, file),
                 Output::Event(e) => self.pending.push_back(e),
                 Output::Height(h) => self
                     .start_height
@@ -982,6 +1106,37 @@ impl Driver {
             if std::mem::take(w) {
                 let _ = self.shards[i].1.wake();
             }
+        }
+    }
+
+    /// Gives the embedder a name of its own for a block file it asked for.
+    fn hand_block_file(
+        &mut self,
+        peer: crate::fsm::PeerId,
+        summary: crate::wire::stream::BlockSummary,
+        file: crate::store::files::BlockFileRef,
+    ) {
+        let Some(files) = &self.files else {
+            return;
+        };
+        self.handed += 1;
+        let path = files.dir().join(format!(
+            "{}-{:016x}.{}.embedder",
+            summary.hash, file.id, self.handed
+        ));
+        match std::fs::hard_link(files.path(&summary.hash, file.id), &path) {
+            Ok(()) => self.pending.push_back(Event::BlockFile {
+                peer,
+                header: summary.header,
+                hash: summary.hash,
+                tx_count: summary.tx_count,
+                size: summary.size,
+                path,
+            }),
+            Err(e) => log::error!(
+                "block {}: cannot link its file for the embedder: {e}",
+                summary.hash
+            ),
         }
     }
 

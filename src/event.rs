@@ -98,6 +98,25 @@ pub enum Event {
         /// What.
         message: Message,
     },
+    /// A block the embedder asked for (with its own `getdata`) that is bigger than
+    /// [`crate::Config::block_file_threshold`]: it was checked (merkle root, checksum) on its
+    /// way into a file, and `path` is a name for that file that is the embedder's to read and
+    /// remove (a hard link: what the engine does with its own copy does not touch it; without
+    /// a data dir it is in a temporary directory removed when the engine stops).
+    BlockFile {
+        /// From whom.
+        peer: PeerId,
+        /// Its header.
+        header: crate::wire::BlockHeader,
+        /// Its hash.
+        hash: crate::wire::Hash256,
+        /// How many transactions it holds.
+        tx_count: u64,
+        /// Its size in bytes.
+        size: u64,
+        /// The file.
+        path: std::path::PathBuf,
+    },
     /// An IP or subnet was banned (by ban score or by a call); its connections are dropped.
     Banned {
         /// What is banned.

@@ -370,6 +370,7 @@ impl SimNet {
                 }
                 // the simulator runs one stream per peer (its links are not sockets)
                 PeerOutput::StreamRequest(_)
+                | PeerOutput::BlockFile(..)
                 | PeerOutput::OpenStream(_)
                 | PeerOutput::StreamAcked(_) => {}
             }
@@ -485,6 +486,12 @@ impl SimNet {
                 }
                 // simulated links have no send queue: what was sent is out
                 Output::NotifyDrained(id) => self.report(node, PeerInput::Drained { id }),
+                // simulated nodes keep every block in memory: no block files
+                Output::SendBlockFile(..)
+                | Output::RemoveBlockFile(..)
+                | Output::EmbedderBlockFile { .. } => {
+                    unreachable!("no block files in a simulation")
+                }
             }
         }
     }

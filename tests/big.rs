@@ -1,7 +1,8 @@
 //! A 100 MB block and a 50 MB transaction between engines over loopback, in the normal suite:
-//! the block is downloaded, stored and served whole to a plain client (it is bigger than the
-//! 64 MB send queue limit, which bounds what piles up, not one message), the transaction is
-//! relayed.
+//! the block is downloaded into a block file (it is over the 32 MiB file threshold), stored as a
+//! reference to it, served from it to a plain client and to the embedder, read back after a
+//! restart; the transaction is relayed. A big block that breaks its merkle root is refused on its
+//! way in and leaves no file.
 
 mod common;
 use bsn::wire::{BlockHeader, Hash256, InvType, Inventory, Message, OutPoint, Transaction};
@@ -31,8 +32,11 @@ fn big_tx(spends: Hash256, size: usize) -> Transaction {
 
 #[test]
 fn a_100_mb_block_and_a_50_mb_transaction_travel_and_are_served() {
+    let dir = TempDir::new("big");
     let (a, _aev) = start(config());
-    let (b, bev) = start(config());
+    let mut bc = config();
+    bc.data_dir = Some(dir.0.clone());
+    let (b, bev) = start(bc.clone());
     b.connect(a.local_addr().unwrap()).unwrap();
     wait_for(&bev, T, "b connected", |e| match e {
         Event::PeerConnected(_) => Some(()),
@@ -80,8 +84,13 @@ fn a_100_mb_block_and_a_50_mb_transaction_travel_and_are_served() {
         offset += n;
     }
     assert_eq!(offset, size);
-    assert_eq!(b.block_txids(at).unwrap(), Some(txids));
+    assert_eq!(b.block_txids(at).unwrap(), Some(txids.clone()));
+    assert_eq!(b.block_tx_count(at).unwrap(), Some(2));
     assert_eq!(b.block_size(HeaderRef::Height(9)).unwrap(), None);
+    // it is in a file of its own in the data dir, never whole in b's memory
+    let files = block_files(&dir.0, &hash);
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().len(), size as u64);
     // b serves it whole to a plain client
     let mut c = ScriptPeer::connect(b.local_addr().unwrap(), REGTEST);
     c.handshake(88);
@@ -104,9 +113,99 @@ fn a_100_mb_block_and_a_50_mb_transaction_travel_and_are_served() {
         _ => None,
     });
     assert!(got > 50_000_000);
+    // the embedder asks for it itself: it gets a file of its own
+    let pa = b.peers()[0].id;
+    b.send(
+        pa,
+        Message::GetData(vec![Inventory {
+            kind: InvType::BLOCK,
+            hash,
+        }]),
+    )
+    .unwrap();
+    let path = wait_for(&bev, T, "the embedder's block file", |e| match e {
+        Event::BlockFile {
+            hash: x,
+            path,
+            size: s,
+            tx_count: 2,
+            ..
+        } if *x == hash && *s == size as u64 => Some(path.clone()),
+        _ => None,
+    });
+    let mine = std::fs::read(&path).unwrap();
+    assert!(mine == raw[..], "the embedder's file holds the block");
+    std::fs::remove_file(&path).unwrap();
     for e in [&a, &b] {
         assert_eq!(e.ban_score("127.0.0.1".parse().unwrap()), 0);
     }
     a.stop();
     b.stop();
+    // after a restart the block is read from its file as before; a file no stored block
+    // names (a crash before a commit) is removed
+    let stray = dir
+        .0
+        .join("blocks")
+        .join(format!("{hash}-00000000000000aa.blk"));
+    std::fs::write(&stray, b"left by a crash").unwrap();
+    let (b, _bev) = start(bc);
+    assert!(!stray.exists());
+    assert_eq!(b.block_size(at).unwrap(), Some(size as u64));
+    assert_eq!(b.block_txids(at).unwrap(), Some(txids));
+    let got = b.block(at).unwrap().unwrap();
+    assert_eq!(got.raw()[..], raw[..]);
+    assert_eq!(block_files(&dir.0, &hash).len(), 1);
+    b.stop();
+}
+
+/// The block files of `hash` in a data dir.
+fn block_files(dir: &std::path::Path, hash: &Hash256) -> Vec<std::path::PathBuf> {
+    let prefix = format!("{hash}-");
+    std::fs::read_dir(dir.join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && n.ends_with(".blk")
+        })
+        .collect()
+}
+
+#[test]
+fn a_big_block_with_a_wrong_merkle_root_is_refused_on_its_way_in() {
+    let dir = TempDir::new("bigbad");
+    let mut c = config();
+    c.data_dir = Some(dir.0.clone());
+    let (e, ev) = start(c);
+    let genesis = e.header(HeaderRef::Height(0)).unwrap().0;
+    let cb = next_block(&genesis, 5).txs[0].clone();
+    let tx = big_tx(cb.txid(), 40_000_000);
+    let mut h = BlockHeader {
+        version: 4,
+        prev_hash: genesis.hash(),
+        merkle_root: Hash256::sha256d(b"not the root"),
+        time: genesis.time + 1,
+        bits: 0x207fffff,
+        nonce: 0,
+    };
+    while !h.meets_own_target() {
+        h.nonce += 1;
+    }
+    let block = bsn::wire::Block::new(h, vec![cb, tx]);
+    let mut p = ScriptPeer::connect(e.local_addr().unwrap(), REGTEST);
+    p.handshake(90);
+    p.send(&Message::Block(block));
+    let reason = wait_for(&ev, T, "the sender scored", |e| match e {
+        Event::BanScore { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(reason, bsn::BanReason::InvalidBlock);
+    assert!(p.closed_within(T), "banned, so dropped");
+    // the file it was written to is gone (removed before the score was given)
+    let left: Vec<_> = std::fs::read_dir(dir.0.join("blocks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    e.stop();
 }

@@ -7,7 +7,9 @@ use super::handshake::{Handshake, HandshakeAction, HandshakeState};
 use super::ping::Keepalive;
 use super::ratelimit::{RateLimiter, RateSettings};
 use super::{Direction, DisconnectReason};
-use crate::wire::frame::{FrameDecoder, FrameError, Limits, WireError};
+use crate::store::files::{BlockFileRef, BlockFiles};
+use crate::wire::frame::{BodyStart, FrameDecoder, FrameError, Item, Limits, WireError};
+use crate::wire::stream::{BlockStream, BlockSummary, StreamError};
 use crate::wire::{
     AssociationId, Command, CreateStream, Magic, Message, Protoconf, StreamAck, VersionMessage,
 };
@@ -104,6 +106,11 @@ pub struct PeerSettings {
     pub multistreams: bool,
     /// Stream policies, most preferred first.
     pub stream_policies: Vec<String>,
+    /// Where blocks of at least `block_file_threshold` bytes are written as they arrive
+    /// (`None`: every block is received whole in memory).
+    pub block_files: Option<BlockFiles>,
+    /// Blocks this big or bigger go to `block_files`.
+    pub block_file_threshold: u64,
 }
 
 /// What the connection wants done.
@@ -125,6 +132,20 @@ pub enum PeerOutput {
     OpenStream(StreamPolicy),
     /// The stream we opened was accepted.
     StreamAcked(StreamAck),
+    /// A block bigger than the file threshold arrived, checked, into a block file.
+    BlockFile(BlockSummary, BlockFileRef),
+}
+
+/// A block arriving into a block file.
+#[derive(Debug)]
+struct Spool {
+    start: BodyStart,
+    /// `None` once writing failed or the block broke a rule (the rest is read and dropped).
+    file: Option<std::fs::File>,
+    id: u64,
+    stream: BlockStream,
+    error: Option<StreamError>,
+    io_error: Option<String>,
 }
 
 pub use crate::store::records::CommandStats;
@@ -221,6 +242,9 @@ pub struct PeerProtocol {
     association: Option<AssociationId>,
     /// Our stream policies, most preferred first.
     policies: Vec<String>,
+    /// Where big blocks go, and the block arriving there now.
+    block_files: Option<BlockFiles>,
+    spool: Option<Spool>,
     /// Counters.
     pub stats: PeerStats,
 }
@@ -247,9 +271,13 @@ impl PeerProtocol {
         if settings.multistreams {
             handshake = handshake.with_multistreams();
         }
+        let mut decoder = FrameDecoder::with_limits(settings.magic, limits);
+        if settings.block_files.is_some() {
+            decoder.set_body_threshold(settings.block_file_threshold);
+        }
         PeerProtocol {
             direction,
-            decoder: FrameDecoder::with_limits(settings.magic, limits),
+            decoder,
             handshake: Some(handshake),
             keepalive: Keepalive::new(now, settings.ping_interval, settings.ping_timeout),
             version: None,
@@ -265,6 +293,8 @@ impl PeerProtocol {
             stream: None,
             association: None,
             policies: settings.stream_policies.clone(),
+            block_files: settings.block_files.clone(),
+            spool: None,
             stats: PeerStats::default(),
         }
     }
@@ -439,27 +469,24 @@ impl PeerProtocol {
             self.throttled_until = None;
         }
         loop {
-            let frame = match self.decoder.next_frame() {
-                Ok(Some(f)) => f,
+            if self.spool.is_some() {
+                if !self.feed_spool(now, out)? {
+                    return Ok(());
+                }
+                continue;
+            }
+            let frame = match self.decoder.next() {
+                Ok(Some(Item::Frame(f))) => f,
+                Ok(Some(Item::Body(start))) => {
+                    self.start_spool(start)?;
+                    continue;
+                }
                 Ok(None) => return Ok(()),
                 Err(FrameError::WrongMagic { expected, got, .. }) => {
                     return Err(DisconnectReason::WrongNetwork { expected, got })
                 }
                 Err(e @ FrameError::BadChecksum { .. }) => {
-                    // Dropped; as the SV node: nothing until more than 100 within 500 ms, then
-                    // 1 point each. Not counted towards `max_payload_errors`.
-                    self.stats.errors += 1;
-                    let window = self
-                        .checksum_window
-                        .filter(|(t, _)| now.saturating_duration_since(*t) < CHECKSUM_WINDOW);
-                    let (start, n) = window.unwrap_or((now, 0));
-                    self.checksum_window = Some((start, n + 1));
-                    if n + 1 > CHECKSUM_FLOOD {
-                        out.push(PeerOutput::Misbehaved(
-                            BanReason::BadChecksum,
-                            e.to_string(),
-                        ));
-                    }
+                    self.bad_checksum(now, e, out);
                     continue;
                 }
                 Err(e) => return Err(DisconnectReason::BadFrame(e)),
@@ -524,8 +551,158 @@ impl PeerProtocol {
                 }
                 Err(WireError::Frame(e)) => return Err(DisconnectReason::BadFrame(e)),
             };
+            if let Message::Block(b) = &msg {
+                // checked here, with the other per-message hashing, before anything keeps it
+                let mut m = crate::wire::stream::MerkleStream::new();
+                for t in &b.txs {
+                    m.push(t.txid());
+                }
+                let (root, mutated) = m.finish();
+                let refused = if root != b.header.merkle_root {
+                    Some(StreamError::BadMerkleRoot {
+                        header: b.header.merkle_root,
+                        computed: root,
+                    })
+                } else {
+                    mutated.then_some(StreamError::Mutated)
+                };
+                if let Some(e) = refused {
+                    self.misbehaved(
+                        out,
+                        BanReason::InvalidBlock,
+                        format!("block {}: {e}", b.hash()),
+                        None,
+                    )?;
+                    continue;
+                }
+            }
             self.on_message(now, msg, is_own_nonce, out)?;
         }
+    }
+
+    /// A frame with a bad checksum is dropped; as the SV node: nothing until more than 100
+    /// within 500 ms, then 1 point each. Not counted towards `max_payload_errors`.
+    fn bad_checksum(&mut self, now: Instant, e: FrameError, out: &mut Vec<PeerOutput>) {
+        self.stats.errors += 1;
+        let window = self
+            .checksum_window
+            .filter(|(t, _)| now.saturating_duration_since(*t) < CHECKSUM_WINDOW);
+        let (start, n) = window.unwrap_or((now, 0));
+        self.checksum_window = Some((start, n + 1));
+        if n + 1 > CHECKSUM_FLOOD {
+            out.push(PeerOutput::Misbehaved(
+                BanReason::BadChecksum,
+                e.to_string(),
+            ));
+        }
+    }
+
+    /// A block payload over the file threshold starts: it goes to a new block file as it
+    /// arrives, checked on the way.
+    fn start_spool(&mut self, start: BodyStart) -> Result<(), DisconnectReason> {
+        let header = if start.checksum.is_some() {
+            crate::wire::frame::HEADER_LEN
+        } else {
+            crate::wire::frame::EXT_HEADER_LEN
+        };
+        let total = header.saturating_add(usize::try_from(start.length).unwrap_or(usize::MAX));
+        self.stats.record_in(start.command, total);
+        let files = self
+            .block_files
+            .as_ref()
+            .expect("bodies are handed out only with block files");
+        let (file, id) = files
+            .create()
+            .map_err(|e| DisconnectReason::Io(format!("cannot create a block file: {e}")))?;
+        // The checksum is kept for serving in a standard frame (a block under 4 GiB).
+        let checksum = start.length < crate::wire::frame::EXT_LENGTH_MARK as u64;
+        self.spool = Some(Spool {
+            start,
+            file: Some(file),
+            id,
+            stream: BlockStream::new(checksum),
+            error: None,
+            io_error: None,
+        });
+        Ok(())
+    }
+
+    /// Moves what arrived of a spooled block to its file; `false` when more must be read.
+    fn feed_spool(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<PeerOutput>,
+    ) -> Result<bool, DisconnectReason> {
+        use std::io::Write;
+        let sp = self.spool.as_mut().expect("a spool");
+        while let Some(piece) = self.decoder.take_body() {
+            if sp.error.is_none() && sp.io_error.is_none() {
+                if let Err(e) = sp.stream.feed(&piece, &mut |_| {}) {
+                    sp.error = Some(e);
+                } else if let Some(f) = sp.file.as_mut() {
+                    if let Err(e) = f.write_all(&piece) {
+                        sp.io_error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        if self.decoder.body_left() > 0 {
+            return Ok(false);
+        }
+        let sp = self.spool.take().expect("a spool");
+        let files = self.block_files.clone().expect("block files");
+        drop(sp.file);
+        if let Some(e) = sp.io_error {
+            files.abandon(sp.id);
+            return Err(DisconnectReason::Io(format!(
+                "cannot write a block file: {e}"
+            )));
+        }
+        let result = match sp.error {
+            Some(e) => Err(e),
+            None => sp.stream.finish(),
+        };
+        let summary = match result {
+            Ok(s) => s,
+            Err(e) => {
+                files.abandon(sp.id);
+                let reason = match e {
+                    StreamError::BadMerkleRoot { .. } | StreamError::Mutated => {
+                        BanReason::InvalidBlock
+                    }
+                    _ => BanReason::MalformedPayload,
+                };
+                self.misbehaved(out, reason, format!("block: {e}"), None)?;
+                return Ok(true);
+            }
+        };
+        if let (Some(expected), Some(got)) = (sp.start.checksum, summary.checksum) {
+            if expected != got {
+                files.abandon(sp.id);
+                let e = FrameError::BadChecksum {
+                    offset: sp.start.offset,
+                    command: sp.start.command,
+                    expected,
+                    got,
+                };
+                self.bad_checksum(now, e, out);
+                return Ok(true);
+            }
+        }
+        if let Err(e) = files.complete(sp.id, &summary.hash) {
+            files.abandon(sp.id);
+            return Err(DisconnectReason::Io(format!(
+                "cannot name a block file: {e}"
+            )));
+        }
+        let r = BlockFileRef {
+            id: sp.id,
+            size: summary.size,
+            tx_count: summary.tx_count,
+            checksum: summary.checksum.unwrap_or([0; 4]),
+        };
+        out.push(PeerOutput::BlockFile(summary, r));
+        Ok(true)
     }
 
     fn misbehaved(

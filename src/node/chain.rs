@@ -16,7 +16,7 @@ use crate::fsm::bans::BanReason;
 use crate::fsm::download::{block_inventory, DownloadAction};
 use crate::fsm::sync::{SyncAction, SyncProgress};
 use crate::fsm::PeerId;
-use crate::store::records::{has_block, put_block, with_block};
+use crate::store::records::{has_block, put_block, put_block_file, with_block, StoredBlock};
 use crate::store::Batch;
 use crate::wire::message::MAX_HEADERS;
 use crate::wire::{Block, BlockHeader, Hash256, InvType, Inventory, Message};
@@ -36,6 +36,15 @@ const MAX_HDRSEN_BYTES: usize = 1 << 20;
 /// Most headers room is made for ahead of a sync (~1M headers: ~170 MB of tree, untouched until
 /// used), whatever height peers claim.
 const MAX_RESERVE: usize = 1 << 20;
+
+/// A block the core holds on its way to the store: its bytes, or its block file.
+#[derive(Clone, Debug)]
+pub(crate) enum Held {
+    /// In memory.
+    Bytes(Bytes),
+    /// In a block file (see [`crate::store::files`]).
+    File(crate::store::files::BlockFileRef),
+}
 
 /// Which header: by best-chain height or by hash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,8 +104,11 @@ impl NodeCore {
                 }
                 DownloadAction::Ready { height, hash } => {
                     if let Some(b) = self.buffer.remove(&hash) {
-                        put_block(&mut batch, &hash, b.raw().clone());
-                        self.unconfirmed.insert(hash, b.raw().clone());
+                        match &b {
+                            Held::Bytes(raw) => put_block(&mut batch, &hash, raw.clone()),
+                            Held::File(r) => put_block_file(&mut batch, &hash, r),
+                        }
+                        self.unconfirmed.insert(hash, b);
                         pending.held.push(hash);
                     }
                     pending.connected.push((height, hash));
@@ -109,14 +121,14 @@ impl NodeCore {
                     ));
                 }
                 DownloadAction::Unrequested { peer, hash } => {
-                    self.buffer.remove(&hash);
+                    self.drop_held(&hash);
                     if let Some(ip) = self.ip_of(peer) {
                         let detail = format!("block {hash}");
                         self.misbehaving(ip, Some(peer), BanReason::UnrequestedData, &detail, now);
                     }
                 }
                 DownloadAction::Unneeded { hash, .. } | DownloadAction::Discard { hash, .. } => {
-                    self.buffer.remove(&hash);
+                    self.drop_held(&hash);
                 }
             }
         }
@@ -124,6 +136,66 @@ impl NodeCore {
             // The commit comes before the event and the announcement: the embedder reading the
             // block and a peer asking for it right after must find it in the store.
             self.write_acked(batch, pending);
+        }
+    }
+
+    /// A block from a peer, in memory or in a block file: kept for the store when the download
+    /// asked for it, else dropped (and its sender scored when nobody asked for it).
+    fn block_arrived(&mut self, id: PeerId, hash: Hash256, held: Held, now: Instant) {
+        self.learn(id, hash);
+        let for_embedder = self.embedder_blocks.remove(&hash).is_some();
+        let Some(dl) = self.blocks.as_mut() else {
+            return self.discard_held(hash, held);
+        };
+        let mut d = dl.block_received(id, hash, now);
+        // Not kept when the scheduler did not ask for it (or has it already).
+        let rejected = d.iter().any(|a| {
+            matches!(a, DownloadAction::Unrequested { hash: h, .. } | DownloadAction::Unneeded { hash: h, .. } if *h == hash)
+        });
+        if for_embedder {
+            d.retain(|a| !matches!(a, DownloadAction::Unrequested { .. }));
+        }
+        if rejected {
+            self.discard_held(hash, held);
+        } else if let Some(old) = self.buffer.insert(hash, held) {
+            self.discard_held(hash, old);
+        }
+        if let Some(dl) = self.blocks.as_mut() {
+            d.extend(dl.tick(now, self.chain.tree()));
+        }
+        self.download_actions(d, now);
+    }
+
+    /// A block over the file threshold arrived in a block file.
+    pub(super) fn block_file_arrived(
+        &mut self,
+        id: PeerId,
+        summary: crate::wire::stream::BlockSummary,
+        file: crate::store::files::BlockFileRef,
+        now: Instant,
+    ) {
+        let hash = summary.hash;
+        if self.embedder_blocks.contains_key(&hash) {
+            // the embedder gets a name of its own for the file (whatever becomes of ours)
+            self.out.push_back(Output::EmbedderBlockFile {
+                peer: id,
+                summary,
+                file,
+            });
+        }
+        self.block_arrived(id, hash, Held::File(file), now);
+    }
+
+    /// A held block is dropped: its file too.
+    fn drop_held(&mut self, hash: &Hash256) {
+        if let Some(h) = self.buffer.remove(hash) {
+            self.discard_held(*hash, h);
+        }
+    }
+
+    fn discard_held(&mut self, hash: Hash256, held: Held) {
+        if let Held::File(r) = held {
+            self.out.push_back(Output::RemoveBlockFile(hash, r.id));
         }
     }
 
@@ -292,30 +364,13 @@ impl NodeCore {
             }
             Message::Block(b) => {
                 let hash = b.hash();
-                self.learn(id, hash);
-                let for_embedder = self.embedder_blocks.remove(&hash).is_some();
-                if for_embedder {
+                if self.embedder_blocks.contains_key(&hash) {
                     self.emit(Event::Message {
                         peer: id,
                         message: Message::Block(b.clone()),
                     });
                 }
-                let dl = self.blocks.as_mut()?;
-                let mut d = dl.block_received(id, hash, now);
-                // Not kept when the scheduler did not ask for it (or has it already).
-                let rejected = d.iter().any(|a| {
-                    matches!(a, DownloadAction::Unrequested { hash: h, .. } | DownloadAction::Unneeded { hash: h, .. } if *h == hash)
-                });
-                if for_embedder {
-                    d.retain(|a| !matches!(a, DownloadAction::Unrequested { .. }));
-                }
-                if !rejected {
-                    self.buffer.insert(hash, b);
-                }
-                if let Some(dl) = self.blocks.as_mut() {
-                    d.extend(dl.tick(now, self.chain.tree()));
-                }
-                self.download_actions(d, now);
+                self.block_arrived(id, hash, Held::Bytes(b.raw().clone()), now);
                 None
             }
             Message::Reject(ref r) if r.code == REJECT_TOOBUSY => {
@@ -443,13 +498,19 @@ impl NodeCore {
                 .unwrap_or(false)
     }
 
-    /// A block's bytes, from memory while its commit is pending, else from the store.
-    fn block_bytes(&self, h: &Hash256) -> Option<Bytes> {
+    /// A block's bytes (or its file), from memory while its commit is pending, else from the
+    /// store.
+    fn block_bytes(&self, h: &Hash256) -> Option<Held> {
         if let Some(b) = self.unconfirmed.get(h) {
             return Some(b.clone());
         }
         self.read_ok(
-            with_block(self.store.as_ref(), h, |v| v.map(Bytes::copy_from_slice)),
+            with_block(self.store.as_ref(), h, |v| {
+                v.map(|v| match StoredBlock::parse(v) {
+                    StoredBlock::Inline(raw) => Held::Bytes(Bytes::copy_from_slice(raw)),
+                    StoredBlock::File(r) => Held::File(r),
+                })
+            }),
             "block",
         )
         .flatten()
@@ -511,18 +572,33 @@ impl NodeCore {
             } else {
                 None
             };
-            match raw.map(|r| served_block(r, &inv.hash)) {
-                Some(Ok(payload)) => {
+            let served = match raw {
+                Some(Held::Bytes(r)) => Some(served_block(r, &inv.hash).map(Some)),
+                Some(Held::File(r)) => {
+                    // sent from its file by the shard, a piece at a time
                     if let Some(p) = self.peers.get_mut(&id) {
-                        p.served += payload.len();
+                        p.served += r.size as usize;
                     }
-                    self.send(
-                        id,
-                        Message::Unknown {
-                            command: crate::wire::message::commands::BLOCK,
-                            payload,
-                        },
-                    );
+                    self.out
+                        .push_back(super::Output::SendBlockFile(id, inv.hash, r));
+                    Some(Ok(None))
+                }
+                None => None,
+            };
+            match served {
+                Some(Ok(payload)) => {
+                    if let Some(payload) = payload {
+                        if let Some(p) = self.peers.get_mut(&id) {
+                            p.served += payload.len();
+                        }
+                        self.send(
+                            id,
+                            Message::Unknown {
+                                command: crate::wire::message::commands::BLOCK,
+                                payload,
+                            },
+                        );
+                    }
                     // the end of a getblocks batch: our tip makes the peer ask for more
                     let cont = self
                         .peers
@@ -646,9 +722,21 @@ impl NodeCore {
     /// hold the block (else the header alone, as the SV node answers for blocks it lacks).
     fn enriched(&self, header: BlockHeader, no_more: bool) -> crate::wire::EnrichedHeader {
         let hash = header.hash();
-        let block = self
-            .block_bytes(&hash)
-            .and_then(|raw| <Block as crate::wire::Decode>::decode_all(raw).ok());
+        let held = self.block_bytes(&hash);
+        if let Some(Held::File(r)) = held {
+            // a block in a file is not read by the core: its count without the coinbase
+            return crate::wire::EnrichedHeader {
+                header,
+                tx_count: r.tx_count,
+                no_more,
+                coinbase: None,
+                miner_info: None,
+            };
+        }
+        let block = match held {
+            Some(Held::Bytes(raw)) => <Block as crate::wire::Decode>::decode_all(raw).ok(),
+            _ => None,
+        };
         let (tx_count, coinbase) = match block {
             Some(b) if !b.txs.is_empty() => {
                 let txids: Vec<Hash256> = b.txs.iter().map(|t| t.txid()).collect();
@@ -722,7 +810,8 @@ impl NodeCore {
         }
         self.download_actions(d, now);
         put_block(&mut batch, &hash, block.raw().clone());
-        self.unconfirmed.insert(hash, block.raw().clone());
+        self.unconfirmed
+            .insert(hash, Held::Bytes(block.raw().clone()));
         self.write_acked(
             batch,
             PendingCommit {
@@ -768,7 +857,7 @@ impl NodeCore {
         for b in &blocks[..stored] {
             let h = b.hash();
             put_block(&mut batch, &h, b.raw().clone());
-            self.unconfirmed.insert(h, b.raw().clone());
+            self.unconfirmed.insert(h, Held::Bytes(b.raw().clone()));
             held.push(h);
         }
         self.write_acked(

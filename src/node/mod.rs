@@ -45,8 +45,7 @@ use crate::fsm::{Direction, DisconnectReason, PeerId};
 use crate::store::chain::ChainDb;
 use crate::store::records::{ban_key, load_bans, BanRecord, PeerStatus};
 use crate::store::{Batch, Store, StoreError, Table};
-use crate::wire::{AssociationId, Block, Hash256, Message, VersionMessage};
-use bytes::Bytes;
+use crate::wire::{AssociationId, Hash256, Message, VersionMessage};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -69,6 +68,12 @@ pub(crate) enum PeerInput {
     },
     /// A message the connection layer does not consume itself.
     Message { id: PeerId, message: Message },
+    /// A block over the file threshold arrived, checked, into a block file.
+    BlockFile {
+        id: PeerId,
+        summary: crate::wire::stream::BlockSummary,
+        file: crate::store::files::BlockFileRef,
+    },
     /// The connection layer saw misbehaviour (bad checksum, rate limit...).
     Misbehaved {
         id: PeerId,
@@ -131,6 +136,17 @@ pub(crate) enum Output {
     /// Answer with [`PeerInput::Drained`] once what is queued to the peer has gone out (at
     /// once if it has).
     NotifyDrained(PeerId),
+    /// Send a stored block from its block file (read in pieces as the socket takes them).
+    SendBlockFile(PeerId, Hash256, crate::store::files::BlockFileRef),
+    /// Remove a block file nobody keeps (hash, file id).
+    RemoveBlockFile(Hash256, u64),
+    /// A block the embedder asked for arrived into a block file: give the embedder a name of
+    /// its own for the file ([`Event::BlockFile`]).
+    EmbedderBlockFile {
+        peer: PeerId,
+        summary: crate::wire::stream::BlockSummary,
+        file: crate::store::files::BlockFileRef,
+    },
 }
 
 /// A `createstrm` waiting for its association's owner to be ready.
@@ -287,7 +303,7 @@ pub(crate) struct NodeCore {
     sync: HeaderSync,
     blocks: Option<BlockDownload>,
     /// Downloaded blocks waiting for their turn in chain order.
-    buffer: HashMap<Hash256, Block>,
+    buffer: HashMap<Hash256, chain::Held>,
     txs: TxRelay,
     /// `dsdetected` and `revokemid` seen lately.
     notices: bsv::SeenNotices,
@@ -297,7 +313,7 @@ pub(crate) struct NodeCore {
     embedder_blocks: HashMap<Hash256, (PeerId, Instant)>,
     embedder_order: VecDeque<(Instant, Hash256)>,
     /// Blocks written and not yet committed, by hash (served from here meanwhile).
-    unconfirmed: HashMap<Hash256, Bytes>,
+    unconfirmed: HashMap<Hash256, chain::Held>,
     commits: VecDeque<PendingCommit>,
     next_ack: u64,
     rng: XorShift64,
@@ -520,6 +536,14 @@ impl NodeCore {
             PeerInput::Message { id, message } => {
                 if self.peers.get(&id).is_some_and(|p| p.ready) {
                     self.message(id, message, now);
+                }
+            }
+            PeerInput::BlockFile { id, summary, file } => {
+                if self.peers.get(&id).is_some_and(|p| p.ready) {
+                    self.block_file_arrived(id, summary, file, now);
+                } else {
+                    self.out
+                        .push_back(Output::RemoveBlockFile(summary.hash, file.id));
                 }
             }
             PeerInput::Misbehaved { id, reason, detail } => {

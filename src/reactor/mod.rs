@@ -83,6 +83,12 @@ pub(crate) enum ShardCmd {
     RefuseStream(PeerId, String),
     /// Tell the core when what is queued to a peer has gone out (down to the resume mark).
     NotifyDrained(PeerId),
+    /// Send a stored block from its file.
+    SendBlockFile(
+        PeerId,
+        crate::wire::Hash256,
+        crate::store::files::BlockFileRef,
+    ),
     /// Close everything and end the loop.
     Stop,
 }
@@ -129,6 +135,32 @@ enum Role {
     },
 }
 
+/// What waits to go out on a connection.
+#[derive(Debug)]
+enum Outgoing {
+    /// Bytes.
+    Mem(Bytes),
+    /// `left` bytes of a block file from `offset`, read a piece at a time as the socket
+    /// takes them.
+    File {
+        file: std::fs::File,
+        offset: u64,
+        left: u64,
+    },
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Mem(b) => b.len(),
+            Outgoing::File { left, .. } => usize::try_from(*left).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Bytes of a block file read for one write.
+const FILE_PIECE: usize = 1 << 20;
+
 /// How long a shard waits to hand a stream to a sibling whose channel is full.
 const HANDOFF_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -162,8 +194,12 @@ struct Conn {
     stream: TcpStream,
     proto: PeerProtocol,
     connecting: Option<Instant>,
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Outgoing>,
     queued: usize,
+    /// Reused for the pieces of block files being sent.
+    file_buf: BytesMut,
+    /// Bytes of `queued` still in block files (not in memory).
+    in_files: usize,
     /// Bytes of `queue[0]` already written.
     head_written: usize,
     since: SystemTime,
@@ -420,6 +456,11 @@ impl Shard {
                         self.refuse_stream(k, why);
                     }
                 }
+                ShardCmd::SendBlockFile(id, hash, r) => {
+                    if let Some(&k) = self.by_id.get(&id) {
+                        self.send_block_file(k, hash, r);
+                    }
+                }
                 ShardCmd::NotifyDrained(id) => {
                     if let Some(&k) = self.by_id.get(&id) {
                         self.conns[k].notify_drained = true;
@@ -525,6 +566,8 @@ impl Shard {
             connecting: connecting.then(|| Instant::now() + self.ctx.config.connect_timeout),
             queue: VecDeque::new(),
             queued: 0,
+            file_buf: BytesMut::new(),
+            in_files: 0,
             head_written: 0,
             since: SystemTime::now(),
             reported: 0,
@@ -932,6 +975,21 @@ impl Shard {
                         self.report(PeerInput::Message { id, message })
                     }
                 },
+                PeerOutput::BlockFile(summary, file) => {
+                    // (a block that came on a further stream is its peer's)
+                    let owner = match c.role {
+                        Role::Stream { owner, .. } => self.conns.get(owner).map(|o| o.id),
+                        Role::Primary { .. } => Some(c.id),
+                    };
+                    match owner {
+                        Some(id) => self.report(PeerInput::BlockFile { id, summary, file }),
+                        None => {
+                            if let Some(f) = &self.ctx.settings.block_files {
+                                f.remove(&summary.hash, file.id);
+                            }
+                        }
+                    }
+                }
                 PeerOutput::Rtt(rtt) => log::trace!("peer {} rtt {rtt:?}", c.id),
                 PeerOutput::Misbehaved(reason, detail) => {
                     log::debug!("peer {} ({}): {detail}", c.id, c.addr);
@@ -1258,19 +1316,94 @@ impl Shard {
         Some(key)
     }
 
+    /// Sends a block from its file: the frame header, then the file a piece at a time (on the
+    /// stream the peer's policy puts blocks on).
+    fn send_block_file(
+        &mut self,
+        key: usize,
+        hash: crate::wire::Hash256,
+        r: crate::store::files::BlockFileRef,
+    ) {
+        use crate::wire::frame::{extended_header, header_with_checksum, EXT_LENGTH_MARK};
+        use crate::wire::message::commands::BLOCK;
+        let Some(files) = self.ctx.settings.block_files.clone() else {
+            return;
+        };
+        let c = &mut self.conns[key];
+        if !c.proto.is_ready() {
+            return;
+        }
+        let file = match files.open_block(&hash, &r) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("block {hash}: cannot open its file: {e}");
+                return;
+            }
+        };
+        let magic = self.ctx.settings.magic;
+        let header = match u32::try_from(r.size) {
+            Ok(len) if len < EXT_LENGTH_MARK => {
+                Bytes::copy_from_slice(&header_with_checksum(magic, BLOCK, len, r.checksum))
+            }
+            _ if c.proto.accepts_extended() => {
+                Bytes::copy_from_slice(&extended_header(magic, BLOCK, r.size))
+            }
+            _ => {
+                log::info!(
+                    "peer {}: block {hash} needs extmsg, which it does not speak",
+                    c.id
+                );
+                return;
+            }
+        };
+        c.proto.stats.record_out(
+            BLOCK,
+            header.len() + usize::try_from(r.size).unwrap_or(usize::MAX),
+        );
+        let dest = match c.role {
+            Role::Primary {
+                data1: Some(k),
+                policy,
+                ..
+            } if policy.on_data1(BLOCK) => k,
+            _ => key,
+        };
+        let sent = self.enqueue(dest, header).and_then(|()| {
+            self.enqueue_out(
+                dest,
+                Outgoing::File {
+                    file,
+                    offset: 0,
+                    left: r.size,
+                },
+            )
+        });
+        if let Err(reason) = sent {
+            self.close(dest, reason);
+        }
+    }
+
     fn enqueue(&mut self, key: usize, frame: Bytes) -> Result<(), DisconnectReason> {
+        self.enqueue_out(key, Outgoing::Mem(frame))
+    }
+
+    fn enqueue_out(&mut self, key: usize, frame: Outgoing) -> Result<(), DisconnectReason> {
         let limit = self.ctx.config.max_send_queue;
         let pause = self.read_pause_bytes();
         let c = self
             .conns
             .get_mut(key)
             .expect("enqueue on a live connection");
-        let before = c.queued;
+        // The limit bounds the memory that piles up, not one message: a block bigger than the
+        // limit goes out when little waits before it (the core serves blocks one window at a
+        // time), and what waits in a block file is not in memory.
+        let before = c.queued - c.in_files;
         c.queued += frame.len();
+        if let Outgoing::File { left, .. } = &frame {
+            c.in_files += usize::try_from(*left).unwrap_or(usize::MAX);
+        }
         c.queue.push_back(frame);
-        // The limit bounds what piles up, not one message: a block bigger than the limit goes
-        // out when little waits before it (the core serves blocks one window at a time).
-        if c.queued > limit && before > pause {
+        if c.queued - c.in_files > limit && before > pause {
             return Err(DisconnectReason::SendQueueFull {
                 queued: c.queued,
                 limit,
@@ -1286,9 +1419,32 @@ impl Shard {
         let resume_at = self.read_pause_bytes() / 2;
         let c = self.conns.get_mut(key).expect("flush on a live connection");
         while !c.queue.is_empty() {
+            if let Some(Outgoing::File { file, offset, left }) = c.queue.front_mut() {
+                // the next piece of a block file, read into the connection's reused buffer
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(FILE_PIECE);
+                c.file_buf.reserve(n);
+                c.file_buf.resize(n, 0);
+                let got = crate::store::files::read_at(file, *offset, &mut c.file_buf)
+                    .map_err(|e| DisconnectReason::Io(format!("reading a block file: {e}")))?;
+                if got < n {
+                    return Err(DisconnectReason::Io("a block file ended early".into()));
+                }
+                *offset += n as u64;
+                *left -= n as u64;
+                c.in_files -= n;
+                let piece = Outgoing::Mem(c.file_buf.split().freeze());
+                if *left == 0 {
+                    c.queue[0] = piece;
+                } else {
+                    c.queue.push_front(piece);
+                }
+            }
             let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
             let mut n = 0;
             for (i, b) in c.queue.iter().take(MAX_IOVECS).enumerate() {
+                let Outgoing::Mem(b) = b else {
+                    break; // a file's next piece is read when it comes first
+                };
                 slices[i] = IoSlice::new(if i == 0 { &b[c.head_written..] } else { &b[..] });
                 n += 1;
             }

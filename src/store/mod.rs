@@ -4,6 +4,7 @@
 //! thread that writes, fed by a channel, so no shard event loop ever waits on the disk.
 
 pub mod chain;
+pub mod files;
 pub mod lmdb;
 pub mod memory;
 pub mod records;

@@ -376,6 +376,30 @@ pub fn put_block(b: &mut Batch, hash: &Hash256, raw: Bytes) {
     b.put(Table::Blocks, hash.0.to_vec(), raw);
 }
 
+/// Adds a block kept in a file of its own (see [`super::files`]): the table holds where.
+pub fn put_block_file(b: &mut Batch, hash: &Hash256, r: &super::files::BlockFileRef) {
+    b.put(Table::Blocks, hash.0.to_vec(), r.encode());
+}
+
+/// A stored block: its bytes in the table, or the file that holds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredBlock<'a> {
+    /// The raw block.
+    Inline(&'a [u8]),
+    /// In a block file.
+    File(super::files::BlockFileRef),
+}
+
+impl<'a> StoredBlock<'a> {
+    /// What a `blocks` table value holds.
+    pub fn parse(v: &'a [u8]) -> StoredBlock<'a> {
+        match super::files::BlockFileRef::decode(v) {
+            Some(r) => StoredBlock::File(r),
+            None => StoredBlock::Inline(v),
+        }
+    }
+}
+
 /// Reads a block in place (zero-copy in LMDB): `f` sees the raw bytes while the read lasts.
 pub fn with_block<R>(
     s: &dyn Store,

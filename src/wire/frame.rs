@@ -222,15 +222,27 @@ impl Frame {
 
 /// Writes a standard 24-byte header for `payload`.
 pub fn header(magic: Magic, command: Command, payload: &[u8]) -> [u8; HEADER_LEN] {
+    let len = u32::try_from(payload.len()).unwrap_or(EXT_LENGTH_MARK);
+    header_with_checksum(magic, command, len, checksum(payload))
+}
+
+/// A standard header for a payload of `len` bytes whose checksum is known (a block served from
+/// its file, checksummed when it arrived).
+pub fn header_with_checksum(
+    magic: Magic,
+    command: Command,
+    len: u32,
+    checksum: [u8; 4],
+) -> [u8; HEADER_LEN] {
     assert!(
-        payload.len() < EXT_LENGTH_MARK as usize,
+        len < EXT_LENGTH_MARK,
         "payloads of 4 GiB and more go in extended frames"
     );
     let mut h = [0u8; HEADER_LEN];
     h[..4].copy_from_slice(&magic.0);
     h[4..16].copy_from_slice(command.as_wire());
-    h[16..20].copy_from_slice(&(payload.len() as u32).to_le_bytes());
-    h[20..24].copy_from_slice(&checksum(payload));
+    h[16..20].copy_from_slice(&len.to_le_bytes());
+    h[20..24].copy_from_slice(&checksum);
     h
 }
 
@@ -331,6 +343,33 @@ pub struct FrameDecoder {
     /// Stream offset of `buf[0]`.
     offset: u64,
     poisoned: bool,
+    /// Block payloads at least this big are handed out in pieces ([`FrameDecoder::next`]).
+    body_threshold: u64,
+    /// Bytes of such a payload still to hand out.
+    body_left: u64,
+}
+
+/// The start of a payload handed out in pieces: take them with [`FrameDecoder::take_body`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyStart {
+    /// The command.
+    pub command: Command,
+    /// The payload's length.
+    pub length: u64,
+    /// The checksum to check it against (none for an `extmsg`).
+    pub checksum: Option<[u8; 4]>,
+    /// Offset of the frame's first byte in the stream.
+    pub offset: u64,
+}
+
+/// What [`FrameDecoder::next`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A whole frame.
+    Frame(Frame),
+    /// A block payload over the body threshold starts: its bytes come from
+    /// [`FrameDecoder::take_body`].
+    Body(BodyStart),
 }
 
 impl FrameDecoder {
@@ -348,7 +387,62 @@ impl FrameDecoder {
             pending: None,
             offset: 0,
             poisoned: false,
+            body_threshold: u64::MAX,
+            body_left: 0,
         }
+    }
+
+    /// Hands out `block` payloads of at least `threshold` bytes in pieces instead of whole
+    /// (`u64::MAX`: never).
+    pub fn set_body_threshold(&mut self, threshold: u64) {
+        self.body_threshold = threshold;
+    }
+
+    /// Bytes of a payload in pieces still to come.
+    pub fn body_left(&self) -> u64 {
+        self.body_left
+    }
+
+    /// The next piece of a payload in pieces (what is buffered of it), `None` when nothing is.
+    pub fn take_body(&mut self) -> Option<Bytes> {
+        let n = usize::try_from(self.body_left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        if n == 0 {
+            return None;
+        }
+        self.body_left -= n as u64;
+        self.offset += n as u64;
+        Some(self.buf.split_to(n).freeze())
+    }
+
+    /// The next whole frame or payload start, `Ok(None)` when more bytes are needed (or a
+    /// payload in pieces is still being taken).
+    pub fn next(&mut self) -> Result<Option<Item>, FrameError> {
+        if self.poisoned {
+            return Err(FrameError::Poisoned);
+        }
+        if self.body_left > 0 {
+            return Ok(None);
+        }
+        if self.pending.is_none() {
+            match self.read_header()? {
+                Some(p)
+                    if p.command == commands::BLOCK && p.length as u64 >= self.body_threshold =>
+                {
+                    self.body_left = p.length as u64;
+                    return Ok(Some(Item::Body(BodyStart {
+                        command: p.command,
+                        length: p.length as u64,
+                        checksum: p.checksum,
+                        offset: p.offset,
+                    })));
+                }
+                Some(p) => self.pending = Some(p),
+                None => return Ok(None),
+            }
+        }
+        self.next_frame().map(|f| f.map(Item::Frame))
     }
 
     /// The limits in force.
@@ -408,6 +502,9 @@ impl FrameDecoder {
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.poisoned {
             return Err(FrameError::Poisoned);
+        }
+        if self.body_left > 0 {
+            return Ok(None);
         }
         let p = match self.pending {
             Some(p) => p,
