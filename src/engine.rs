@@ -620,6 +620,46 @@ impl Engine {
             .map_err(Error::InvalidInput)
     }
 
+    /// [`Engine::submit_block`] for a block in a file (a block of gigabytes is never whole in
+    /// memory): the file is checked a piece at a time in the calling thread (merkle root,
+    /// structure), then linked (or, across file systems, copied) into the engine's block files;
+    /// the caller's file is left as it was. Returns the block's height.
+    pub fn submit_block_file(&self, path: &std::path::Path) -> Result<u32, Error> {
+        let files = self.files.clone().ok_or_else(|| {
+            Error::InvalidInput(
+                "this engine keeps no block files (headers only, or the file threshold is off)"
+                    .into(),
+            )
+        })?;
+        let src = std::fs::File::open(path).map_err(Error::Io)?;
+        let mut s = crate::wire::stream::BlockStream::new(true);
+        let mut buf = vec![0u8; 4 << 20];
+        let mut offset = 0u64;
+        loop {
+            let n = crate::store::files::read_at(&src, offset, &mut buf).map_err(Error::Io)?;
+            if n == 0 {
+                break;
+            }
+            s.feed(&buf[..n], &mut |_| {})
+                .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+            offset += n as u64;
+        }
+        let sum = s
+            .finish()
+            .map_err(|e| Error::InvalidInput(format!("{}: {e}", path.display())))?;
+        let id = files.adopt(path).map_err(Error::Io)?;
+        files.complete(id, &sum.hash).map_err(Error::Io)?;
+        let r = crate::store::files::BlockFileRef {
+            id,
+            size: sum.size,
+            tx_count: sum.tx_count,
+            checksum: sum.checksum.unwrap_or([0; 4]),
+        };
+        let header = sum.header;
+        self.call(move |core, now| core.submit_block_file(header, r, now))?
+            .map_err(Error::InvalidInput)
+    }
+
     /// Relays a transaction from the embedder to every peer (announced at the next announce
     /// interval). Every peer whose [`Event::PeerConnected`] came before this call gets it.
     pub fn submit_tx(&self, tx: Transaction) -> Result<(), Error> {

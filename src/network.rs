@@ -108,6 +108,13 @@ pub struct Consensus {
     pub bip66_height: u32,
     /// ... at least 4 (BIP65).
     pub bip65_height: u32,
+    /// The work an honest best chain has at least (the SV node's `nMinimumChainWork`). Until
+    /// a peer's headers are shown to reach it (or the anchor), none of them is stored: see
+    /// [`crate::fsm::presync`]. Zero: every header is stored as it validates.
+    pub minimum_chain_work: U256,
+    /// A block known to be on the honest chain (the SV node's `defaultAssumeValid`): a
+    /// peer's headers that reach it are shown honest as if they reached the minimum work.
+    pub anchor: Option<Hash256>,
 }
 
 impl Consensus {
@@ -129,6 +136,8 @@ impl Consensus {
             bip34_height: u32::MAX,
             bip66_height: u32::MAX,
             bip65_height: u32::MAX,
+            minimum_chain_work: U256::ZERO,
+            anchor: None,
         }
     }
 
@@ -150,6 +159,14 @@ impl Consensus {
         };
         match n {
             Network::Mainnet => Consensus {
+                minimum_chain_work: limit(
+                    "000000000000000000000000000000000000000000a0f3064330647e2f6c4828",
+                ),
+                anchor: Some(
+                    "000000000000000000e45ad2fbcc5ff3e85f0868dd8f00ad4e92dffabe28f8d2"
+                        .parse()
+                        .expect("constant hash parses"),
+                ),
                 daa_height: 504_031,
                 bip34_height: 227_931,
                 bip66_height: 363_725,
@@ -157,6 +174,14 @@ impl Consensus {
                 ..base
             },
             Network::Testnet => Consensus {
+                minimum_chain_work: limit(
+                    "00000000000000000000000000000000000000000000002a650f6ff7649485da",
+                ),
+                anchor: Some(
+                    "0000000000327972b8470c11755adf8f4319796bafae01f5a6650490b98a17db"
+                        .parse()
+                        .expect("constant hash parses"),
+                ),
                 allow_min_difficulty: true,
                 daa_height: 1_188_697,
                 bip34_height: 21_111,

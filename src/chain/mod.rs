@@ -136,6 +136,14 @@ pub enum HeaderError {
         /// Fork headers the sender added so far.
         added: usize,
     },
+    /// A header pre-sync failed (see [`crate::fsm::presync`]): the chain downloaded again is not
+    /// the one counted, or a chain goes on too long without the minimum chain work.
+    NotShown {
+        /// The batch's header at fault.
+        hash: Hash256,
+        /// What failed.
+        why: String,
+    },
     /// The header forks off the chain below a checkpoint the tree already holds.
     ForkBeforeCheckpoint {
         /// The refused header's hash.
@@ -161,6 +169,7 @@ impl HeaderError {
             | HeaderError::BadDifficultyBits { hash, .. }
             | HeaderError::ObsoleteVersion { hash, .. }
             | HeaderError::LowWorkFork { hash, .. }
+            | HeaderError::NotShown { hash, .. }
             | HeaderError::ForkBeforeCheckpoint { hash, .. } => *hash,
         }
     }
@@ -194,6 +203,9 @@ impl fmt::Display for HeaderError {
                 f,
                 "header {hash} has version {version:#x}, obsolete at height {height}"
             ),
+            HeaderError::NotShown { hash, why } => {
+                write!(f, "header pre-sync at {hash}: {why}")
+            }
             HeaderError::LowWorkFork { hash, added } => write!(
                 f,
                 "headers from {hash} on a branch with less work than ours, after {added} such headers from the peer"

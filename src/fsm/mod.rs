@@ -8,6 +8,7 @@ pub mod download;
 pub mod handshake;
 pub mod peer;
 pub mod ping;
+pub mod presync;
 pub mod ratelimit;
 pub mod registry;
 pub mod scoring;

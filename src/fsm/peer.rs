@@ -898,6 +898,8 @@ mod tests {
             rates: crate::fsm::ratelimit::RateSettings::default(),
             multistreams: false,
             stream_policies: vec!["Default".into()],
+            block_files: None,
+            block_file_threshold: u64::MAX,
         }
     }
 
@@ -930,7 +932,10 @@ mod tests {
     }
 
     fn pair(now: Instant) -> (PeerProtocol, PeerProtocol) {
-        let s = settings();
+        pair_with(now, settings())
+    }
+
+    fn pair_with(now: Instant, s: PeerSettings) -> (PeerProtocol, PeerProtocol) {
         let mut a = PeerProtocol::new(Direction::Outbound, &s, version(1), now);
         let mut b = PeerProtocol::new(Direction::Inbound, &s, version(2), now);
         let own = |n: u64| n == 1 || n == 2;
@@ -975,6 +980,108 @@ mod tests {
         b.on_data(later, &|_| false, &mut out).unwrap();
         assert_eq!(out, vec![PeerOutput::Deliver(Message::GetAddr)]);
         assert_eq!(b.stats.totals().msgs_in, 5); // version, verack, protoconf, ping, getaddr
+    }
+
+    /// A block of `n` coinbase-like transactions, its merkle root right or not.
+    fn block(n: u32, right_root: bool) -> crate::wire::Block {
+        let txs: Vec<_> = (0..n)
+            .map(|i| {
+                crate::wire::Transaction::build(
+                    1,
+                    &[(
+                        crate::wire::OutPoint {
+                            txid: crate::wire::Hash256::ZERO,
+                            vout: i,
+                        },
+                        &[7u8; 40],
+                        u32::MAX,
+                    )],
+                    &[(50, b"\x51")],
+                    0,
+                )
+            })
+            .collect();
+        let root = crate::wire::merkle_root(txs.iter().map(|t| t.txid()).collect());
+        let header = crate::wire::BlockHeader {
+            version: 4,
+            prev_hash: crate::wire::Hash256::ZERO,
+            merkle_root: if right_root {
+                root
+            } else {
+                crate::wire::Hash256::ZERO
+            },
+            time: 1,
+            bits: 0x207fffff,
+            nonce: 0,
+        };
+        crate::wire::Block::new(header, txs)
+    }
+
+    #[test]
+    fn big_blocks_go_to_files_checked_on_the_way() {
+        let t0 = Instant::now();
+        let files = BlockFiles::temporary().unwrap();
+        let mut s = settings();
+        s.block_files = Some(files.clone());
+        s.block_file_threshold = 500;
+        let (_a, mut b) = pair_with(t0, s);
+        let listing = || std::fs::read_dir(files.dir()).unwrap().count();
+        let mut out = Vec::new();
+        // over the threshold, fed in 7-byte pieces: a file, and its summary
+        let good = block(10, true);
+        let mut wire = BytesMut::new();
+        encode_message(&mut wire, MAGIC, &Message::Block(good.clone()));
+        for piece in wire.chunks(7) {
+            b.read_buffer().extend_from_slice(piece);
+            b.on_data(t0, &|_| false, &mut out).unwrap();
+        }
+        let [PeerOutput::BlockFile(sum, r)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((sum.hash, sum.tx_count), (good.hash(), 10));
+        assert_eq!(r.size, good.raw().len() as u64);
+        assert_eq!(r.checksum, crate::wire::hash::checksum(good.raw()));
+        let f = files.open_block(&good.hash(), r).unwrap();
+        let mut back = vec![0u8; r.size as usize];
+        crate::store::files::read_at(&f, 0, &mut back).unwrap();
+        assert_eq!(&back[..], &good.raw()[..]);
+        assert_eq!(listing(), 1);
+        // a wrong merkle root: scored as an invalid block, no file left
+        out.clear();
+        encode_message(b.read_buffer(), MAGIC, &Message::Block(block(10, false)));
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert!(
+            matches!(
+                &out[..],
+                [PeerOutput::Misbehaved(BanReason::InvalidBlock, _)]
+            ),
+            "{out:?}"
+        );
+        assert_eq!(listing(), 1);
+        // a bad checksum: dropped, no file left
+        out.clear();
+        let mut wire = BytesMut::new();
+        encode_message(&mut wire, MAGIC, &Message::Block(block(11, true)));
+        wire[20] ^= 1;
+        b.read_buffer().extend_from_slice(&wire);
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(listing(), 1);
+        // under the threshold a block is decoded in memory, and its root is checked too
+        encode_message(b.read_buffer(), MAGIC, &Message::Block(block(1, false)));
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert!(
+            matches!(
+                &out[..],
+                [PeerOutput::Misbehaved(BanReason::InvalidBlock, _)]
+            ),
+            "{out:?}"
+        );
+        out.clear();
+        let small = block(1, true);
+        encode_message(b.read_buffer(), MAGIC, &Message::Block(small.clone()));
+        b.on_data(t0, &|_| false, &mut out).unwrap();
+        assert_eq!(out, vec![PeerOutput::Deliver(Message::Block(small))]);
     }
 
     #[test]

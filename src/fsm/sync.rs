@@ -406,7 +406,7 @@ impl HeaderSync {
                 HeaderError::Orphan { .. } if index == 0 => {
                     return self.orphan_received(id, tree, now);
                 }
-                HeaderError::LowWorkFork { .. } => (
+                HeaderError::LowWorkFork { .. } | HeaderError::NotShown { .. } => (
                     BanReason::ProtocolViolation,
                     format!("{error}"),
                 ),
@@ -495,6 +495,44 @@ impl HeaderSync {
                 }
             }
             self.maybe_start(tree, now, &mut out);
+        }
+        out
+    }
+
+    /// A batch from `id` that went to its header pre-sync ([`crate::fsm::presync`]) instead of
+    /// the tree. `next`: `Some(Some(h))` asks the peer for the headers after `h` (still
+    /// counting), `Some(None)` asks it again from the tree's tip (its chain is shown: download
+    /// it again), `None` ends its round (it had no more).
+    pub fn presync_batch(
+        &mut self,
+        id: PeerId,
+        next: Option<Option<Hash256>>,
+        tree: &HeaderTree,
+        now: Instant,
+    ) -> Vec<SyncAction> {
+        let mut out = Vec::new();
+        let from_sync_peer = self.sync_peer() == Some(id);
+        let Some(p) = self.peers.get_mut(&id) else {
+            return out;
+        };
+        p.unconnecting = 0;
+        p.continue_from = None;
+        p.last_full_end = None;
+        if !from_sync_peer && self.in_flight.is_some() {
+            // another peer syncs: this one's turn comes after it (its count is kept)
+            p.pending = true;
+            return out;
+        }
+        self.in_flight = None;
+        match next {
+            Some(after) => {
+                let mut a = self.request(id, tree, now);
+                if let (Some(h), SyncAction::SendGetHeaders { locator, .. }) = (after, &mut a) {
+                    locator.insert(0, h);
+                }
+                out.push(a);
+            }
+            None => self.round_over(id, from_sync_peer, tree, now, &mut out),
         }
         out
     }

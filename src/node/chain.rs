@@ -33,6 +33,8 @@ const TOOBUSY_RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(
 /// Most bytes of an `hdrsen` answer (the smallest `protoconf` limit a peer may have), unless
 /// its one header needs more.
 const MAX_HDRSEN_BYTES: usize = 1 << 20;
+/// Most peers whose headers are pre-synced at once (each holds a bit per header).
+const MAX_PRESYNC_PEERS: usize = 16;
 /// Most headers room is made for ahead of a sync (~1M headers: ~170 MB of tree, untouched until
 /// used), whatever height peers claim.
 const MAX_RESERVE: usize = 1 << 20;
@@ -326,9 +328,13 @@ impl NodeCore {
                 // A full batch from the sync peer: the next one is asked for before this one is
                 // validated, so the peer serves while we work; and the tree makes room for what
                 // the peers claim is left, within reason.
-                let ahead = self
-                    .sync
-                    .headers_arriving(id, &headers, self.chain.tree(), now);
+                // (not while headers are pre-synced: a batch may not be stored)
+                let ahead = if self.below_minimum_work() {
+                    None
+                } else {
+                    self.sync
+                        .headers_arriving(id, &headers, self.chain.tree(), now)
+                };
                 if let Some(a) = ahead {
                     let known = self.sync.progress(self.chain.tree()).best_known_height;
                     let left = known.saturating_sub(self.chain.tree().height()) as usize;
@@ -406,6 +412,9 @@ impl NodeCore {
 
     /// Validates and stores a batch of headers from `id` and acts on the outcome.
     pub(super) fn validate_headers(&mut self, id: PeerId, headers: Vec<BlockHeader>, now: Instant) {
+        if self.below_minimum_work() && !self.presync_headers(id, &headers, now) {
+            return;
+        }
         if let Some(refused) = self.over_fork_budget(id, &headers) {
             let a =
                 self.sync
@@ -447,6 +456,140 @@ impl NodeCore {
         }
         self.download_actions(d, now);
         self.sync_actions(a, now);
+    }
+
+    /// Whether our best chain has less than the network's minimum chain work (headers are then
+    /// pre-synced before they are stored).
+    pub(super) fn below_minimum_work(&self) -> bool {
+        self.chain.tree().tip().2 < self.config.network.consensus.minimum_chain_work
+    }
+
+    /// A batch while we are below the minimum chain work: counted in the sender's pre-sync
+    /// (see [`crate::fsm::presync`]) unless it shows enough work itself or is a download again
+    /// of a shown chain. Returns whether the batch goes on to the tree.
+    fn presync_headers(&mut self, id: PeerId, headers: &[BlockHeader], now: Instant) -> bool {
+        use crate::fsm::presync::{Presync, PresyncRules, Step};
+        let Some(first) = headers.first() else {
+            return true;
+        };
+        let consensus = &self.config.network.consensus;
+        let rules = PresyncRules {
+            minimum_work: consensus.minimum_chain_work,
+            anchor: consensus.anchor,
+            pow_limit: self.config.network.pow_limit,
+        };
+        let tree = self.chain.tree();
+        let full = headers.len() >= crate::fsm::sync::HEADERS_BATCH;
+        let counting = self
+            .presync
+            .get(&id)
+            .is_some_and(|p| p.is_counting() && p.last() == first.prev_hash);
+        let result = if counting {
+            let p = self.presync.get_mut(&id).expect("checked");
+            p.count_batch(headers, full, &rules)
+        } else if let Some(parent) = tree.get(&first.prev_hash) {
+            if let Some(p) = self
+                .presync
+                .get_mut(&id)
+                .filter(|p| p.continues(&first.prev_hash))
+            {
+                // a shown chain downloaded again: stored only if it is the one counted
+                if let Err(e) = p.recheck(headers) {
+                    self.presync.remove(&id);
+                    return self.presync_failed(id, headers, e, now);
+                }
+                return true;
+            }
+            let mut work = parent.work;
+            for h in headers {
+                work = work.saturating_add(&h.work());
+            }
+            let anchored = rules.anchor.is_some_and(|a| headers.iter().any(|h| h.hash() == a));
+            if work >= rules.minimum_work || anchored {
+                return true; // shows enough by itself
+            }
+            if !self.presync.contains_key(&id) && self.presync.len() >= MAX_PRESYNC_PEERS {
+                log::debug!("peer {id}: headers not counted, {MAX_PRESYNC_PEERS} peers pre-sync");
+                let a = self.sync.presync_batch(id, None, self.chain.tree(), now);
+                self.sync_actions(a, now);
+                return false;
+            }
+            let salt = self.rng.next_u64();
+            let mut p = Presync::new(first.prev_hash, parent.work, salt);
+            let r = p.count_batch(headers, full, &rules);
+            self.presync.insert(id, p);
+            r
+        } else {
+            return true; // an orphan: the tree says so, and the sync asks for what is missing
+        };
+        match result {
+            Err(e) => {
+                self.presync.remove(&id);
+                self.presync_failed(id, headers, e, now)
+            }
+            Ok(step) => {
+                let next = match step {
+                    Step::More(h) => Some(Some(h)),
+                    Step::Shown => {
+                        let count = self.presync.get(&id).map_or(0, |p| p.count());
+                        log::info!(
+                            "peer {id}: its headers show the minimum chain work after {count} \
+                             headers; downloading them again to store them"
+                        );
+                        Some(None)
+                    }
+                    Step::Short => {
+                        let count = self.presync.remove(&id).map_or(0, |p| p.count());
+                        log::info!(
+                            "peer {id}: its {count} headers end below the minimum chain work; \
+                             none stored"
+                        );
+                        None
+                    }
+                };
+                let a = self.sync.presync_batch(id, next, self.chain.tree(), now);
+                self.sync_actions(a, now);
+                false
+            }
+        }
+    }
+
+    /// A pre-sync that failed: the sender is scored as for the header at fault (or for a
+    /// protocol violation: a chain that is not the one it showed, or no end to a cheap one).
+    fn presync_failed(
+        &mut self,
+        id: PeerId,
+        headers: &[BlockHeader],
+        e: crate::fsm::presync::PresyncError,
+        now: Instant,
+    ) -> bool {
+        use crate::fsm::presync::PresyncError;
+        let (index, error) = match e {
+            PresyncError::Header(i, e) => (i, e),
+            PresyncError::TooLong | PresyncError::Mismatch(_) => {
+                let i = match e {
+                    PresyncError::Mismatch(i) => i,
+                    _ => 0,
+                };
+                log::info!("peer {id}: {e}");
+                (
+                    i,
+                    crate::chain::HeaderError::NotShown {
+                        hash: headers[i.min(headers.len() - 1)].hash(),
+                        why: e.to_string(),
+                    },
+                )
+            }
+        };
+        let a = self.sync.headers_received(
+            id,
+            headers,
+            Err((index, error)),
+            self.chain.tree(),
+            now,
+        );
+        self.sync_actions(a, now);
+        false
     }
 
     /// Headers in the tree off the best chain (forks).
@@ -789,9 +932,34 @@ impl NodeCore {
                 "block {hash}: merkle root does not match its transactions"
             ));
         }
+        self.submit_held(block.header, Held::Bytes(block.raw().clone()), now)
+    }
+
+    /// A block the embedder handed in as a file, checked and moved into the block files.
+    pub(crate) fn submit_block_file(
+        &mut self,
+        header: BlockHeader,
+        file: crate::store::files::BlockFileRef,
+        now: Instant,
+    ) -> Result<u32, String> {
+        let r = self.submit_held(header, Held::File(file), now);
+        if r.is_err() {
+            self.out
+                .push_back(super::Output::RemoveBlockFile(header.hash(), file.id));
+        }
+        r
+    }
+
+    fn submit_held(
+        &mut self,
+        header: BlockHeader,
+        held: Held,
+        now: Instant,
+    ) -> Result<u32, String> {
+        let hash = header.hash();
         let mut batch = Batch::new();
         let t = self.now_u32(now);
-        let u = self.chain.insert_headers_at(&[block.header], &mut batch, t);
+        let u = self.chain.insert_headers_at(&[header], &mut batch, t);
         if let Some((_, e)) = u.error {
             return Err(format!("block {hash}: {e}"));
         }
@@ -809,9 +977,11 @@ impl NodeCore {
             d.extend(dl.reorg(r.fork_point.height));
         }
         self.download_actions(d, now);
-        put_block(&mut batch, &hash, block.raw().clone());
-        self.unconfirmed
-            .insert(hash, Held::Bytes(block.raw().clone()));
+        match &held {
+            Held::Bytes(raw) => put_block(&mut batch, &hash, raw.clone()),
+            Held::File(r) => put_block_file(&mut batch, &hash, r),
+        }
+        self.unconfirmed.insert(hash, held);
         self.write_acked(
             batch,
             PendingCommit {

@@ -282,6 +282,10 @@ pub struct CoreCounts {
     pub headers: usize,
     /// Of them, off the best chain.
     pub fork_headers: usize,
+    /// Peers whose headers are pre-synced (counted, not stored: below the minimum chain work).
+    pub presync_peers: usize,
+    /// Bytes their counts hold.
+    pub presync_bytes: usize,
 }
 
 /// The node core. See the module documentation for its calling contract.
@@ -317,6 +321,8 @@ pub(crate) struct NodeCore {
     commits: VecDeque<PendingCommit>,
     next_ack: u64,
     rng: XorShift64,
+    /// Peers whose headers are in pre-sync (our chain is below the minimum chain work).
+    presync: HashMap<PeerId, crate::fsm::presync::Presync>,
     out: VecDeque<Output>,
     local_addr: Option<SocketAddr>,
     /// `Instant` and unix seconds at creation: unix time is derived from the `Instant`s passed
@@ -435,6 +441,7 @@ impl NodeCore {
             commits: VecDeque::new(),
             next_ack: 1,
             rng: XorShift64::new(seed),
+            presync: HashMap::new(),
             out: VecDeque::new(),
             local_addr,
             base: (now, unix_now),
@@ -865,6 +872,7 @@ impl NodeCore {
         }
         self.release(id);
         self.peers.remove(&id);
+        self.presync.remove(&id);
         let unix = self.unix(now);
         self.registry
             .disconnected(id, addr, direction, ready, &stats, rtt, unix);
@@ -1246,6 +1254,8 @@ impl NodeCore {
             notices: self.notices.len(),
             headers: self.chain.tree().len(),
             fork_headers: self.fork_headers(),
+            presync_peers: self.presync.len(),
+            presync_bytes: self.presync.values().map(|p| p.memory()).sum(),
         }
     }
 

@@ -133,6 +133,22 @@ impl BlockFiles {
         }
     }
 
+    /// A block in a file elsewhere becomes one on its way in (linked, or copied across file
+    /// systems); its id.
+    pub fn adopt(&self, from: &Path) -> io::Result<u64> {
+        let (f, id) = self.create()?;
+        drop(f);
+        let to = self.part_path(id);
+        std::fs::remove_file(&to)?;
+        if std::fs::hard_link(from, &to).is_err() {
+            if let Err(e) = std::fs::copy(from, &to) {
+                self.abandon(id);
+                return Err(e);
+            }
+        }
+        Ok(id)
+    }
+
     fn part_path(&self, id: u64) -> PathBuf {
         self.dir.path.join(format!("{id:016x}.part"))
     }
