@@ -182,7 +182,12 @@ impl Presync {
                     ))
                 }
                 Some(_) if h.meets_own_target() => {}
-                _ => return Err(PresyncError::Header(i, HeaderError::BadProofOfWork { hash })),
+                _ => {
+                    return Err(PresyncError::Header(
+                        i,
+                        HeaderError::BadProofOfWork { hash },
+                    ))
+                }
             }
             if self.count >= MAX_PRESYNC_HEADERS {
                 return Err(PresyncError::TooLong);
@@ -248,7 +253,9 @@ mod tests {
             let mut h = BlockHeader {
                 version: 4,
                 prev_hash: p.hash(),
-                merkle_root: Hash256::sha256d(&[salt.to_le_bytes(), (i as u32).to_le_bytes()].concat()),
+                merkle_root: Hash256::sha256d(
+                    &[salt.to_le_bytes(), (i as u32).to_le_bytes()].concat(),
+                ),
                 time: p.time + 1,
                 bits: 0x207fffff,
                 nonce: 0,
@@ -277,7 +284,10 @@ mod tests {
         let hs = chain(&g, 250, 1);
         let r = rules(200);
         let mut p = Presync::new(g.hash(), U256::ZERO, 77);
-        assert_eq!(p.count_batch(&hs[..100], true, &r), Ok(Step::More(hs[99].hash())));
+        assert_eq!(
+            p.count_batch(&hs[..100], true, &r),
+            Ok(Step::More(hs[99].hash()))
+        );
         assert_eq!(p.count_batch(&hs[100..], true, &r), Ok(Step::Shown));
         assert_eq!(p.count(), 200);
         assert!(p.memory() < 200);

@@ -424,6 +424,10 @@ impl NodeCore {
         }
         let forks_before = self.fork_headers();
         let u = self.insert_headers(&headers, now);
+        if !self.presync.is_empty() && !self.below_minimum_work() {
+            log::info!("the header chain reached the minimum chain work: pre-sync over");
+            self.presync.clear();
+        }
         let grown = self.fork_headers().saturating_sub(forks_before);
         if let Some(p) = self.peers.get_mut(&id) {
             p.fork_headers += grown;
@@ -504,7 +508,9 @@ impl NodeCore {
             for h in headers {
                 work = work.saturating_add(&h.work());
             }
-            let anchored = rules.anchor.is_some_and(|a| headers.iter().any(|h| h.hash() == a));
+            let anchored = rules
+                .anchor
+                .is_some_and(|a| headers.iter().any(|h| h.hash() == a));
             if work >= rules.minimum_work || anchored {
                 return true; // shows enough by itself
             }
@@ -581,13 +587,9 @@ impl NodeCore {
                 )
             }
         };
-        let a = self.sync.headers_received(
-            id,
-            headers,
-            Err((index, error)),
-            self.chain.tree(),
-            now,
-        );
+        let a =
+            self.sync
+                .headers_received(id, headers, Err((index, error)), self.chain.tree(), now);
         self.sync_actions(a, now);
         false
     }
