@@ -616,6 +616,37 @@ impl Engine {
     /// block is stored, and if it is the new tip it is announced to every peer (headers to those
     /// that sent `sendheaders`, inv to the others). Returns its height.
     pub fn submit_block(&self, block: Block) -> Result<u32, Error> {
+        let big = block.raw().len() as u64 >= self.config.block_file_threshold;
+        if let (true, Some(files)) = (big, self.files.clone()) {
+            // over the file threshold: written to a block file here, in the caller's thread,
+            // and stored as such (served from it in pieces, as blocks that arrive)
+            let hash = block.hash();
+            if block.compute_merkle_root() != block.header.merkle_root {
+                return Err(Error::InvalidInput(format!(
+                    "block {hash}: merkle root does not match its transactions"
+                )));
+            }
+            let (mut f, id) = files.create().map_err(Error::Io)?;
+            let written = std::io::Write::write_all(&mut f, block.raw()).and_then(|()| {
+                drop(f);
+                files.complete(id, &hash)
+            });
+            if let Err(e) = written {
+                files.abandon(id);
+                return Err(Error::Io(e));
+            }
+            let r = crate::store::files::BlockFileRef {
+                id,
+                size: block.raw().len() as u64,
+                tx_count: block.txs.len() as u64,
+                checksum: None,
+            };
+            let header = block.header;
+            drop(block);
+            return self
+                .call(move |core, now| core.submit_block_file(header, r, now))?
+                .map_err(Error::InvalidInput);
+        }
         self.call(move |core, now| core.submit_block(block, now))?
             .map_err(Error::InvalidInput)
     }
@@ -632,7 +663,7 @@ impl Engine {
             )
         })?;
         let src = std::fs::File::open(path).map_err(Error::Io)?;
-        let mut s = crate::wire::stream::BlockStream::new(true);
+        let mut s = crate::wire::stream::BlockStream::new(false);
         let mut buf = vec![0u8; 4 << 20];
         let mut offset = 0u64;
         loop {
@@ -653,7 +684,7 @@ impl Engine {
             id,
             size: sum.size,
             tx_count: sum.tx_count,
-            checksum: sum.checksum.unwrap_or([0; 4]),
+            checksum: None,
         };
         let header = sum.header;
         self.call(move |core, now| core.submit_block_file(header, r, now))?

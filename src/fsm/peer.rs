@@ -139,7 +139,6 @@ pub enum PeerOutput {
 /// A block arriving into a block file.
 #[derive(Debug)]
 struct Spool {
-    start: BodyStart,
     /// `None` once writing failed or the block broke a rule (the rest is read and dropped).
     file: Option<std::fs::File>,
     id: u64,
@@ -470,7 +469,7 @@ impl PeerProtocol {
         }
         loop {
             if self.spool.is_some() {
-                if !self.feed_spool(now, out)? {
+                if !self.feed_spool(out)? {
                     return Ok(());
                 }
                 continue;
@@ -614,13 +613,13 @@ impl PeerProtocol {
         let (file, id) = files
             .create()
             .map_err(|e| DisconnectReason::Io(format!("cannot create a block file: {e}")))?;
-        // The checksum is kept for serving in a standard frame (a block under 4 GiB).
-        let checksum = start.length < crate::wire::frame::EXT_LENGTH_MARK as u64;
         self.spool = Some(Spool {
-            start,
             file: Some(file),
             id,
-            stream: BlockStream::new(checksum),
+            // Not hashed for the frame checksum: the header's hash and the merkle root cover
+            // every byte (the transaction count must be canonical), as the SV node relies on
+            // for `extmsg`; one pass of hashing instead of two.
+            stream: BlockStream::new(false),
             error: None,
             io_error: None,
         });
@@ -628,11 +627,7 @@ impl PeerProtocol {
     }
 
     /// Moves what arrived of a spooled block to its file; `false` when more must be read.
-    fn feed_spool(
-        &mut self,
-        now: Instant,
-        out: &mut Vec<PeerOutput>,
-    ) -> Result<bool, DisconnectReason> {
+    fn feed_spool(&mut self, out: &mut Vec<PeerOutput>) -> Result<bool, DisconnectReason> {
         use std::io::Write;
         let sp = self.spool.as_mut().expect("a spool");
         while let Some(piece) = self.decoder.take_body() {
@@ -676,19 +671,6 @@ impl PeerProtocol {
                 return Ok(true);
             }
         };
-        if let (Some(expected), Some(got)) = (sp.start.checksum, summary.checksum) {
-            if expected != got {
-                files.abandon(sp.id);
-                let e = FrameError::BadChecksum {
-                    offset: sp.start.offset,
-                    command: sp.start.command,
-                    expected,
-                    got,
-                };
-                self.bad_checksum(now, e, out);
-                return Ok(true);
-            }
-        }
         if let Err(e) = files.complete(sp.id, &summary.hash) {
             files.abandon(sp.id);
             return Err(DisconnectReason::Io(format!(
@@ -699,7 +681,7 @@ impl PeerProtocol {
             id: sp.id,
             size: summary.size,
             tx_count: summary.tx_count,
-            checksum: summary.checksum.unwrap_or([0; 4]),
+            checksum: None,
         };
         out.push(PeerOutput::BlockFile(summary, r));
         Ok(true)
@@ -1024,6 +1006,7 @@ mod tests {
         let mut s = settings();
         s.block_files = Some(files.clone());
         s.block_file_threshold = 500;
+        s.max_payload_errors = 10;
         let (_a, mut b) = pair_with(t0, s);
         let listing = || std::fs::read_dir(files.dir()).unwrap().count();
         let mut out = Vec::new();
@@ -1040,7 +1023,7 @@ mod tests {
         };
         assert_eq!((sum.hash, sum.tx_count), (good.hash(), 10));
         assert_eq!(r.size, good.raw().len() as u64);
-        assert_eq!(r.checksum, crate::wire::hash::checksum(good.raw()));
+        assert_eq!(r.checksum, None);
         let f = files.open_block(&good.hash(), r).unwrap();
         let mut back = vec![0u8; r.size as usize];
         crate::store::files::read_at(&f, 0, &mut back).unwrap();
@@ -1058,16 +1041,33 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(listing(), 1);
-        // a bad checksum: dropped, no file left
+        // a non-canonical transaction count (the one byte the hashes do not cover): refused
         out.clear();
+        let b11 = block(11, true);
+        let mut payload = b11.raw()[..80].to_vec();
+        payload.extend_from_slice(&[0xfd, 11, 0]);
+        payload.extend_from_slice(&b11.raw()[81..]);
         let mut wire = BytesMut::new();
-        encode_message(&mut wire, MAGIC, &Message::Block(block(11, true)));
-        wire[20] ^= 1;
+        encode_message(
+            &mut wire,
+            MAGIC,
+            &Message::Unknown {
+                command: crate::wire::message::commands::BLOCK,
+                payload: bytes::Bytes::from(payload),
+            },
+        );
         b.read_buffer().extend_from_slice(&wire);
         b.on_data(t0, &|_| false, &mut out).unwrap();
-        assert!(out.is_empty(), "{out:?}");
+        assert!(
+            matches!(
+                &out[..],
+                [PeerOutput::Misbehaved(BanReason::MalformedPayload, _)]
+            ),
+            "{out:?}"
+        );
         assert_eq!(listing(), 1);
         // under the threshold a block is decoded in memory, and its root is checked too
+        out.clear();
         encode_message(b.read_buffer(), MAGIC, &Message::Block(block(1, false)));
         b.on_data(t0, &|_| false, &mut out).unwrap();
         assert!(

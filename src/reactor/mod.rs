@@ -158,6 +158,27 @@ impl Outgoing {
     }
 }
 
+/// The message checksum of a block file's bytes (one pass over it).
+fn file_checksum(f: &std::fs::File, size: u64) -> io::Result<[u8; 4]> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; FILE_PIECE];
+    let mut offset = 0;
+    while offset < size {
+        let n = crate::store::files::read_at(f, offset, &mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "block file ended early",
+            ));
+        }
+        h.update(&buf[..n]);
+        offset += n as u64;
+    }
+    let d = Sha256::digest(h.finalize());
+    Ok([d[0], d[1], d[2], d[3]])
+}
+
 /// Bytes of a block file read for one write.
 const FILE_PIECE: usize = 1 << 20;
 
@@ -1341,20 +1362,32 @@ impl Shard {
             }
         };
         let magic = self.ctx.settings.magic;
-        let header = match u32::try_from(r.size) {
-            Ok(len) if len < EXT_LENGTH_MARK => {
-                Bytes::copy_from_slice(&header_with_checksum(magic, BLOCK, len, r.checksum))
-            }
-            _ if c.proto.accepts_extended() => {
-                Bytes::copy_from_slice(&extended_header(magic, BLOCK, r.size))
-            }
-            _ => {
-                log::info!(
-                    "peer {}: block {hash} needs extmsg, which it does not speak",
-                    c.id
-                );
-                return;
-            }
+        // `extmsg` to every peer that speaks it (no checksum to compute); a standard frame
+        // with the stored checksum, or one computed from the file, to the others
+        let header = if c.proto.accepts_extended() {
+            Bytes::copy_from_slice(&extended_header(magic, BLOCK, r.size))
+        } else {
+            let len = match u32::try_from(r.size) {
+                Ok(l) if l < EXT_LENGTH_MARK => l,
+                _ => {
+                    log::info!(
+                        "peer {}: block {hash} needs extmsg, which it does not speak",
+                        c.id
+                    );
+                    return;
+                }
+            };
+            let sum = match r.checksum {
+                Some(s) => s,
+                None => match file_checksum(&file, r.size) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::error!("block {hash}: cannot read its file: {e}");
+                        return;
+                    }
+                },
+            };
+            Bytes::copy_from_slice(&header_with_checksum(magic, BLOCK, len, sum))
         };
         c.proto.stats.record_out(
             BLOCK,

@@ -24,14 +24,15 @@ pub struct BlockFileRef {
     pub size: u64,
     /// How many transactions it holds.
     pub tx_count: u64,
-    /// The message checksum of its bytes (so serving it does not hash it again).
-    pub checksum: [u8; 4],
+    /// The message checksum of its bytes when known (a block that arrived in a file is not
+    /// hashed for it: it goes out as `extmsg`, which has none, to every peer that speaks it).
+    pub checksum: Option<[u8; 4]>,
 }
 
 /// Marks a stored value as a [`BlockFileRef`] (a raw block is never this short).
 const MARK: &[u8; 8] = b"BSNFILE1";
 /// Length of an encoded [`BlockFileRef`].
-pub const REF_LEN: usize = 36;
+pub const REF_LEN: usize = 37;
 
 impl BlockFileRef {
     /// The stored form.
@@ -41,7 +42,8 @@ impl BlockFileRef {
         v.extend_from_slice(&self.id.to_le_bytes());
         v.extend_from_slice(&self.size.to_le_bytes());
         v.extend_from_slice(&self.tx_count.to_le_bytes());
-        v.extend_from_slice(&self.checksum);
+        v.push(self.checksum.is_some() as u8);
+        v.extend_from_slice(&self.checksum.unwrap_or_default());
         v
     }
 
@@ -55,7 +57,7 @@ impl BlockFileRef {
             id: u(8),
             size: u(16),
             tx_count: u(24),
-            checksum: v[32..36].try_into().expect("4 bytes"),
+            checksum: (v[32] == 1).then(|| v[33..37].try_into().expect("4 bytes")),
         })
     }
 }
@@ -248,7 +250,12 @@ mod tests {
             id: 7,
             size: 5_000_000_000,
             tx_count: 3,
-            checksum: [1, 2, 3, 4],
+            checksum: Some([1, 2, 3, 4]),
+        };
+        assert_eq!(BlockFileRef::decode(&r.encode()), Some(r));
+        let r = BlockFileRef {
+            checksum: None,
+            ..r
         };
         assert_eq!(BlockFileRef::decode(&r.encode()), Some(r));
         assert_eq!(BlockFileRef::decode(&[0u8; 200]), None);
@@ -276,7 +283,7 @@ mod tests {
             id,
             size: 0,
             tx_count: 1,
-            checksum: [0; 4],
+            checksum: None,
         };
         put_block_file(&mut batch, &a, &r(ids[0]));
         put_block_file(&mut batch, &b, &r(ids[1] ^ 1)); // another copy is the stored one

@@ -581,6 +581,14 @@ impl BlockStream {
                         if n == 0 {
                             return Err(StreamError::NoTransactions);
                         }
+                        if super::codec::compact_size_len(n) != need {
+                            // the hashes cover every other byte; this one must be canonical
+                            // for the bytes to be the block's only serialization
+                            return Err(StreamError::Malformed {
+                                offset: base,
+                                what: "non-canonical transaction count",
+                            });
+                        }
                         self.tx_count = n;
                         self.st = BlockSt::Txs;
                     }
