@@ -452,7 +452,9 @@ fn bench_big_block(mb: usize) {
     let t0 = Instant::now();
     e.submit_block_file(&src).unwrap();
     wait_event(&ev, "the block stored", |x| match x {
-        Event::BlockConnected { height: 1, hash: h } if *h == hash => Some(()),
+        Event::BlockConnected {
+            height: 1, hash: h, ..
+        } if *h == hash => Some(()),
         _ => None,
     });
     let submit_secs = t0.elapsed().as_secs_f64();
@@ -1424,7 +1426,7 @@ fn bench_real_blocks(copies: usize, reps: usize) {
             let t0 = Instant::now();
             f.connect(r_addr).unwrap();
             let (_, t1) = wait_event(&ev, "last BlockConnected", |e| match e {
-                Event::BlockConnected { height, hash } if *height as usize == n => {
+                Event::BlockConnected { height, hash, .. } if *height as usize == n => {
                     assert_eq!(*hash, tip);
                     Some(())
                 }

@@ -137,12 +137,22 @@ pub enum Event {
         height: u32,
     },
     /// The block at `height` of the best chain is committed to the store; raised in chain
-    /// order, after the commit (a read right after it finds the block).
+    /// order, after the commit (a read right after it finds the block). It carries what an
+    /// embedder needs without the block itself, whatever its size: the ids of its
+    /// transactions come from [`crate::Engine::block_txids`], its bytes from
+    /// [`crate::Engine::read_block`] in pieces of any size, the whole block from
+    /// [`crate::Engine::block`].
     BlockConnected {
         /// Its height.
         height: u32,
         /// Its hash.
         hash: Hash256,
+        /// Its header.
+        header: crate::wire::BlockHeader,
+        /// How many transactions it holds.
+        tx_count: u64,
+        /// Its size in bytes.
+        size: u64,
     },
     /// The best header chain switched branches.
     Reorg(Box<crate::chain::Reorg>),

@@ -733,7 +733,7 @@ fn describe_event(e: &Event) -> String {
     match e {
         Event::PeerConnected(p) => format!("connected {} {}", p.id, p.addr),
         Event::PeerDisconnected { id, reason, .. } => format!("disconnected {id}: {reason}"),
-        Event::BlockConnected { height, hash } => format!("block {height} {hash}"),
+        Event::BlockConnected { height, hash, .. } => format!("block {height} {hash}"),
         Event::TxReceived { peer, tx } => format!("tx {} from {peer}", tx.txid()),
         Event::BanScore {
             ip, reason, score, ..

@@ -63,10 +63,19 @@ fn a_100_mb_block_and_a_50_mb_transaction_travel_and_are_served() {
     let raw = block.raw().clone();
     assert!(size > 100_000_000);
     a.submit_block(block).unwrap();
-    wait_for(&bev, T, "b connects the 100 MB block", |e| match e {
-        Event::BlockConnected { hash: x, .. } if *x == hash => Some(()),
-        _ => None,
-    });
+    // the event says what the block is without the block: header, count, size
+    let (header, tx_count, got_size) =
+        wait_for(&bev, T, "b connects the 100 MB block", |e| match e {
+            Event::BlockConnected {
+                hash: x,
+                header,
+                tx_count,
+                size,
+                ..
+            } if *x == hash => Some((*header, *tx_count, *size)),
+            _ => None,
+        });
+    assert_eq!((header, tx_count, got_size), (h, 2, size as u64));
     // read in pieces, never whole: its size, 8 MB at a time, its transaction ids
     let at = HeaderRef::Hash(hash);
     assert_eq!(b.block_size(at).unwrap(), Some(size as u64));

@@ -44,13 +44,20 @@ fn a_new_block_reaches_a_ring_of_five_and_each_downloads_it_once() {
         }
     }
     let block = regtest_blocks(1).pop().unwrap();
-    let hash = block.hash();
+    let (hash, header, size) = (block.hash(), block.header, block.raw().len() as u64);
     assert_eq!(engines[0].0.submit_block(block).unwrap(), 1);
     for (i, (e, ev)) in engines.iter().enumerate().skip(1) {
-        wait_for(ev, T, "block connected", |x| match x {
-            Event::BlockConnected { height: 1, hash: h } if *h == hash => Some(()),
+        let got = wait_for(ev, T, "block connected", |x| match x {
+            Event::BlockConnected {
+                height: 1,
+                hash: h,
+                header,
+                tx_count,
+                size,
+            } if *h == hash => Some((*header, *tx_count, *size)),
             _ => None,
         });
+        assert_eq!(got, (header, 1, size), "engine {i}");
         assert_eq!(e.best_header().unwrap(), (hash, 1), "engine {i}");
     }
     // every engine has the block, so none asks for it again: once no block request is in

@@ -70,7 +70,7 @@ fn scenario(seed: u64, chain: &[Block]) -> Outcome {
     assert_eq!(net.submit_block(a, new), Ok(2001));
     assert!(
         net.run_until(Duration::from_secs(10), |n| n.events(c).iter().any(
-            |e| matches!(e, Event::BlockConnected { height: 2001, hash } if *hash == new_hash)
+            |e| matches!(e, Event::BlockConnected { height: 2001, hash, .. } if *hash == new_hash)
         )),
         "relayed block"
     );

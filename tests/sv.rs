@@ -276,7 +276,9 @@ fn chains_of_2500_blocks_travel_sv_to_bsn_to_sv_and_a_new_block_crosses_bsn_alon
         (n.best_hash() == new).then_some(())
     });
     let got = wait_for(&ev, T, "bsn connected the new block", |e| match e {
-        Event::BlockConnected { height, hash } if *height == HEIGHT + 1 => Some(hash.to_string()),
+        Event::BlockConnected { height, hash, .. } if *height == HEIGHT + 1 => {
+            Some(hash.to_string())
+        }
         _ => None,
     });
     assert_eq!(got, new);

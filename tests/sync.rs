@@ -65,7 +65,7 @@ fn a_fresh_engine_syncs_headers_then_blocks_and_a_line_of_three_passes_them_on()
     while heights.len() < 600 {
         let left = deadline.saturating_duration_since(Instant::now());
         match bev.recv_timeout(left) {
-            Ok(Event::BlockConnected { height, hash }) => {
+            Ok(Event::BlockConnected { height, hash, .. }) => {
                 let stored = b.block(bsn::HeaderRef::Hash(hash)).unwrap();
                 assert!(stored.is_some(), "block {height} not readable at its event");
                 heights.push(height);

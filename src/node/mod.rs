@@ -1155,22 +1155,60 @@ impl NodeCore {
         self.settle(now);
         while self.commits.front().is_some_and(|c| c.ack <= ack) {
             let c = self.commits.pop_front().expect("front exists");
+            let connected: Vec<Event> = c
+                .connected
+                .iter()
+                .filter_map(|&(height, hash)| self.connected_event(height, hash))
+                .collect();
             for h in &c.held {
                 self.unconfirmed.remove(h);
             }
             if let Some((height, hash)) = c.submitted {
                 self.submitted_committed(height, hash, now);
             }
-            for (height, hash) in &c.connected {
-                self.emit(Event::BlockConnected {
-                    height: *height,
-                    hash: *hash,
-                });
+            for e in connected {
+                self.emit(e);
             }
             if let Some((height, hash)) = c.connected.last() {
                 self.announce_if_tip(*height, *hash);
             }
         }
+    }
+
+    /// `BlockConnected` for a block just committed: its header from the tree, its size and
+    /// transaction count from where it is held (its bytes' first few, or its file's record).
+    fn connected_event(&self, height: u32, hash: Hash256) -> Option<Event> {
+        use crate::store::records::{with_block, StoredBlock};
+        let Some(header) = self.chain.tree().get(&hash).map(|e| e.header) else {
+            log::error!("block {hash} connected without its header in the tree");
+            return None;
+        };
+        let measure = |raw: &[u8]| {
+            let count = raw
+                .get(crate::wire::block::HEADER_LEN..)
+                .and_then(crate::wire::codec::compact_size_at)
+                .map_or(0, |(n, _)| n);
+            (count, raw.len() as u64)
+        };
+        let (tx_count, size) = match self.unconfirmed.get(&hash) {
+            Some(chain::Held::Bytes(raw)) => measure(raw),
+            Some(chain::Held::File(r)) => (r.tx_count, r.size),
+            None => with_block(self.store.as_ref(), &hash, |v| {
+                match v.map(StoredBlock::parse) {
+                    Some(StoredBlock::Inline(raw)) => measure(raw),
+                    Some(StoredBlock::File(r)) => (r.tx_count, r.size),
+                    None => (0, 0),
+                }
+            })
+            .unwrap_or((0, 0)),
+        };
+        Some(Event::BlockConnected {
+            height,
+            hash,
+            header,
+            tx_count,
+            size,
+        })
     }
 
     /// Timers: sync and download deadlines, static re-dials, the outbound target, transaction
