@@ -42,7 +42,9 @@
 //!
 //! Run: `cargo bench --bench sync` (about 1-2 min); `-- --quick` for small sizes; section names
 //! `headers`, `serve`, `blocks`, `relay` after `--` pick sections (`sync` runs only the
-//! engine-to-engine header sync, 8 times, for profiling: it is not part of the default run).
+//! engine-to-engine header sync, 8 times, for profiling; `bigblock` sends a 1 GB and a 4.5 GB
+//! block and `bigtx` a 1 GB transaction, each engine to engine with the receiver in a child
+//! process for its own peak memory: neither is part of the default run).
 //!
 //! Results, their baselines and what changed because of them are in the README ("Measured").
 //! The first version of this bench found the header sync at 0.50-0.61 M/s with one request in
@@ -498,6 +500,96 @@ fn bench_big_block(mb: usize) {
         child_peak / 1e6,
         child_peak / 1e9 / gb,
         child_base / 1e6,
+        sender_peak as f64 / 1e6,
+        sender_peak as f64 / 1e9 / gb,
+        sender_base as f64 / 1e6
+    );
+}
+
+/// The receiving side of `bigtx`: an engine that dials `addr` and waits for the transaction
+/// (handed to its embedder); prints the time from its dial and its peak RSS.
+fn bigtx_child(addr: &str) {
+    let mut c = config(None);
+    c.limits.max_tx_payload = 1_000_000_000;
+    let e = Engine::start(c).unwrap();
+    let ev = e.events();
+    let base = rss();
+    let t0 = Instant::now();
+    e.connect(addr.parse().unwrap()).unwrap();
+    let size = wait_event(&ev, "TxReceived", |x| match x {
+        Event::TxReceived { tx, .. } => Some(tx.raw().len()),
+        _ => None,
+    });
+    println!("SECS {}", t0.elapsed().as_secs_f64());
+    println!("PEAK {}", peak_rss());
+    println!("BASE {base}");
+    println!("SIZE {}", size.0);
+    e.stop();
+}
+
+/// Section `bigtx`: a transaction of `mb` MB from one engine to another (the receiver in a child
+/// process), announced, asked for and sent, with each side's peak memory.
+fn bench_big_tx(mb: usize) {
+    println!(
+        "\n== a {mb} MB transaction engine to engine over loopback (receiver in a child process)"
+    );
+    let script = vec![0x6a; mb * 1_000_000];
+    let tx = Transaction::build(
+        1,
+        &[(
+            OutPoint {
+                txid: Hash256::sha256d(b"bigtx"),
+                vout: 0,
+            },
+            b"",
+            u32::MAX,
+        )],
+        &[(0, &script)],
+        0,
+    );
+    drop(script);
+    let size = tx.raw().len() as u64;
+    let e = Engine::start(config(None)).unwrap();
+    let ev = e.events();
+    let sender_base = rss();
+    reset_peak_rss();
+    let child = std::process::Command::new(std::env::current_exe().unwrap())
+        .arg("--bigtx-child")
+        .arg(e.local_addr().unwrap().to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_event(&ev, "the child connected", |x| match x {
+        Event::PeerConnected(_) => Some(()),
+        _ => None,
+    });
+    e.submit_tx(tx).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let sender_peak = peak_rss();
+    let field = |k: &str| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(f64::NAN)
+    };
+    let (secs, peak, base, got) = (
+        field("SECS "),
+        field("PEAK "),
+        field("BASE "),
+        field("SIZE "),
+    );
+    e.stop();
+    let gb = size as f64 / 1e9;
+    println!(
+        "  transaction {size} bytes, {got} received; dial to handed over {secs:.2} s (announce \
+         interval included)"
+    );
+    println!(
+        "  peak RSS: receiver {:.0} MB ({:.2}x the transaction; {:.0} MB before the dial); \
+         sender {:.0} MB while serving ({:.2}x; {:.0} MB before, its own copy included)",
+        peak / 1e6,
+        peak / 1e9 / gb,
+        base / 1e6,
         sender_peak as f64 / 1e6,
         sender_peak as f64 / 1e9 / gb,
         sender_base as f64 / 1e6
@@ -1874,6 +1966,9 @@ fn main() {
     if let Some(i) = args.iter().position(|a| a == "--bigblock-child") {
         return bigblock_child(&args[i + 1]);
     }
+    if let Some(i) = args.iter().position(|a| a == "--bigtx-child") {
+        return bigtx_child(&args[i + 1]);
+    }
     let quick = args.iter().any(|a| a == "--quick" || a == "--test");
     let picked: Vec<&str> = args
         .iter()
@@ -1916,6 +2011,9 @@ fn main() {
         if !quick {
             bench_big_block(4_500);
         }
+    }
+    if picked.contains(&"bigtx") {
+        bench_big_tx(if quick { 100 } else { 999 });
     }
     if run("rules") {
         bench_rules(

@@ -136,9 +136,17 @@ pub enum PeerOutput {
     BlockFile(BlockSummary, BlockFileRef),
 }
 
-/// A block arriving into a block file.
+impl Drop for Spool {
+    fn drop(&mut self) {
+        // a block that completed was renamed: then there is nothing left to remove
+        self.files.abandon(self.id);
+    }
+}
+
+/// A block arriving into a block file (removed if the connection ends before it is whole).
 #[derive(Debug)]
 struct Spool {
+    files: BlockFiles,
     /// `None` once writing failed or the block broke a rule (the rest is read and dropped).
     file: Option<std::fs::File>,
     id: u64,
@@ -474,7 +482,7 @@ impl PeerProtocol {
                 }
                 continue;
             }
-            let frame = match self.decoder.next() {
+            let frame = match self.decoder.next_item() {
                 Ok(Some(Item::Frame(f))) => f,
                 Ok(Some(Item::Body(start))) => {
                     self.start_spool(start)?;
@@ -609,11 +617,12 @@ impl PeerProtocol {
         let files = self
             .block_files
             .as_ref()
-            .expect("bodies are handed out only with block files");
+            .ok_or_else(|| DisconnectReason::Io("a block body without block files".into()))?;
         let (file, id) = files
             .create()
             .map_err(|e| DisconnectReason::Io(format!("cannot create a block file: {e}")))?;
         self.spool = Some(Spool {
+            files: files.clone(),
             file: Some(file),
             id,
             // Not hashed for the frame checksum: the header's hash and the merkle root cover
@@ -644,23 +653,21 @@ impl PeerProtocol {
         if self.decoder.body_left() > 0 {
             return Ok(false);
         }
-        let sp = self.spool.take().expect("a spool");
-        let files = self.block_files.clone().expect("block files");
-        drop(sp.file);
-        if let Some(e) = sp.io_error {
-            files.abandon(sp.id);
+        // (dropping `sp` removes its file unless it was named below)
+        let mut sp = self.spool.take().expect("a spool");
+        drop(sp.file.take());
+        if let Some(e) = sp.io_error.take() {
             return Err(DisconnectReason::Io(format!(
                 "cannot write a block file: {e}"
             )));
         }
-        let result = match sp.error {
+        let result = match sp.error.take() {
             Some(e) => Err(e),
-            None => sp.stream.finish(),
+            None => std::mem::replace(&mut sp.stream, BlockStream::new(false)).finish(),
         };
         let summary = match result {
             Ok(s) => s,
             Err(e) => {
-                files.abandon(sp.id);
                 let reason = match e {
                     StreamError::BadMerkleRoot { .. } | StreamError::Mutated => {
                         BanReason::InvalidBlock
@@ -671,8 +678,7 @@ impl PeerProtocol {
                 return Ok(true);
             }
         };
-        if let Err(e) = files.complete(sp.id, &summary.hash) {
-            files.abandon(sp.id);
+        if let Err(e) = sp.files.complete(sp.id, &summary.hash) {
             return Err(DisconnectReason::Io(format!(
                 "cannot name a block file: {e}"
             )));
@@ -1065,6 +1071,20 @@ mod tests {
             ),
             "{out:?}"
         );
+        assert_eq!(listing(), 1);
+        // a connection that ends in the middle of a block leaves no file behind
+        let (_a2, mut b2) = {
+            let mut s = settings();
+            s.block_files = Some(files.clone());
+            s.block_file_threshold = 500;
+            pair_with(t0, s)
+        };
+        let mut wire = BytesMut::new();
+        encode_message(&mut wire, MAGIC, &Message::Block(block(12, true)));
+        b2.read_buffer().extend_from_slice(&wire[..wire.len() / 2]);
+        b2.on_data(t0, &|_| false, &mut Vec::new()).unwrap();
+        assert_eq!(listing(), 2, "the half block is being written");
+        drop(b2);
         assert_eq!(listing(), 1);
         // under the threshold a block is decoded in memory, and its root is checked too
         out.clear();

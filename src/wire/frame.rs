@@ -343,7 +343,7 @@ pub struct FrameDecoder {
     /// Stream offset of `buf[0]`.
     offset: u64,
     poisoned: bool,
-    /// Block payloads at least this big are handed out in pieces ([`FrameDecoder::next`]).
+    /// Block payloads at least this big are handed out in pieces ([`FrameDecoder::next_item`]).
     body_threshold: u64,
     /// Bytes of such a payload still to hand out.
     body_left: u64,
@@ -362,7 +362,7 @@ pub struct BodyStart {
     pub offset: u64,
 }
 
-/// What [`FrameDecoder::next`] found.
+/// What [`FrameDecoder::next_item`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Item {
     /// A whole frame.
@@ -418,7 +418,7 @@ impl FrameDecoder {
 
     /// The next whole frame or payload start, `Ok(None)` when more bytes are needed (or a
     /// payload in pieces is still being taken).
-    pub fn next(&mut self) -> Result<Option<Item>, FrameError> {
+    pub fn next_item(&mut self) -> Result<Option<Item>, FrameError> {
         if self.poisoned {
             return Err(FrameError::Poisoned);
         }
