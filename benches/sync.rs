@@ -324,14 +324,37 @@ fn big_tx(i: usize) -> Transaction {
     )
 }
 
-/// Writes a block of about `mb` MB on genesis (a coinbase and 100 MB transactions) to `path`
-/// one transaction at a time (never whole in memory); its hash and size.
-fn write_big_block(path: &Path, mb: usize) -> (Hash256, u64) {
+/// Transaction `i` of about 250 bytes (one input, two outputs, as most BSV payments).
+fn small_tx(i: usize) -> Transaction {
+    Transaction::build(
+        1,
+        &[(
+            OutPoint {
+                txid: Hash256::sha256d(&(i as u64).to_le_bytes()),
+                vout: 1,
+            },
+            &[0x47; 107],
+            u32::MAX,
+        )],
+        &[(1_000, &[0x76; 25]), (2_000, &[0xa9; 25])],
+        0,
+    )
+}
+
+/// Writes a block of about `mb` MB on genesis (a coinbase and 100 MB transactions, or with
+/// `small` 250-byte ones) to `path` a transaction at a time (never whole in memory); its hash
+/// and size.
+fn write_big_block(path: &Path, mb: usize, small: bool) -> (Hash256, u64) {
     let genesis = Network::Regtest.params().genesis;
-    let n = mb.div_ceil(100);
+    let tx: fn(usize) -> Transaction = if small { small_tx } else { big_tx };
+    let n = if small {
+        mb * 1_000_000 / small_tx(0).raw().len()
+    } else {
+        mb.div_ceil(100)
+    };
     let cb = coinbase(9);
     let mut ids = vec![cb.txid()];
-    ids.extend((0..n).map(|i| big_tx(i).txid()));
+    ids.extend((0..n).map(|i| tx(i).txid()));
     let mut h = BlockHeader {
         version: 4,
         prev_hash: genesis.hash(),
@@ -350,7 +373,7 @@ fn write_big_block(path: &Path, mb: usize) -> (Hash256, u64) {
     f.write_all(&count).unwrap();
     f.write_all(cb.raw()).unwrap();
     for i in 0..n {
-        f.write_all(big_tx(i).raw()).unwrap();
+        f.write_all(tx(i).raw()).unwrap();
     }
     f.flush().unwrap();
     drop(f);
@@ -435,11 +458,15 @@ fn raw_tcp_file(path: &Path, to: Option<&Path>) -> f64 {
 /// process) against raw TCP carrying the same bytes, with each side's peak memory. The block is
 /// made in a file and handed to the sender with `submit_block_file`: no side ever holds it
 /// whole (over 4 GiB it goes as `extmsg`).
-fn bench_big_block(mb: usize) {
-    println!("\n== a {mb} MB block engine to engine over loopback (receiver in a child process)");
+fn bench_big_block(mb: usize, small: bool) {
+    println!(
+        "\n== a {mb} MB block of {} transactions engine to engine over loopback (receiver in a \
+         child process)",
+        if small { "250-byte" } else { "100 MB" }
+    );
     let dir = TempDir::new("bigblock");
     let src = dir.0.join("block.bin");
-    let (hash, size) = write_big_block(&src, mb);
+    let (hash, size) = write_big_block(&src, mb, small);
     // raw TCP: the same bytes from the file (in the page cache, as the engine's), dropped or
     // written to a file by the reader
     let raw_secs = raw_tcp_file(&src, None);
@@ -2007,9 +2034,10 @@ fn main() {
         );
     }
     if picked.contains(&"bigblock") {
-        bench_big_block(if quick { 300 } else { 1_000 });
+        bench_big_block(if quick { 300 } else { 1_000 }, false);
+        bench_big_block(if quick { 300 } else { 1_000 }, true);
         if !quick {
-            bench_big_block(4_500);
+            bench_big_block(4_500, false);
         }
     }
     if picked.contains(&"bigtx") {

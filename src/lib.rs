@@ -46,7 +46,9 @@ pub mod store;
 mod util;
 pub mod wire;
 
-pub use config::{Config, ConfigBuilder, ConfigError, PROTOCOL_VERSION};
+pub use config::{
+    Config, ConfigBuilder, ConfigError, DEFAULT_BLOCK_FILE_THRESHOLD, PROTOCOL_VERSION,
+};
 pub use engine::Engine;
 pub use error::{Error, SendError};
 pub use event::{Event, PeerInfo, StreamInfo};

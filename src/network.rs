@@ -110,7 +110,7 @@ pub struct Consensus {
     pub bip65_height: u32,
     /// The work an honest best chain has at least (the SV node's `nMinimumChainWork`). Until
     /// a peer's headers are shown to reach it (or the anchor), none of them is stored: see
-    /// [`crate::fsm::presync`]. Zero: every header is stored as it validates.
+    /// the README ("Chain sync and serving"). Zero: every header is stored as it validates.
     pub minimum_chain_work: U256,
     /// A block known to be on the honest chain (the SV node's `defaultAssumeValid`): a
     /// peer's headers that reach it are shown honest as if they reached the minimum work.

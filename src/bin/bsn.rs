@@ -93,6 +93,10 @@ struct NodeArgs {
     /// Stream policies, most preferred first (the SV node's -multistreampolicies).
     #[arg(long, default_value = "BlockPriority,Default")]
     stream_policies: String,
+    /// Blocks of this many bytes or more go to a file of their own in DATA_DIR/blocks as they
+    /// arrive, checked on the way, and are served from it: never whole in memory.
+    #[arg(long, default_value_t = bsn::DEFAULT_BLOCK_FILE_THRESHOLD)]
+    block_file_threshold: u64,
 }
 
 fn node(a: NodeArgs) -> ExitCode {
@@ -131,6 +135,7 @@ fn node(a: NodeArgs) -> ExitCode {
     let config = match b.build().and_then(|mut c| {
         c.seeds = a.seed.clone();
         c.headers_only = a.headers_only;
+        c.block_file_threshold = a.block_file_threshold;
         if let Some(n) = a.target_outbound {
             c.target_outbound = n;
         }

@@ -136,7 +136,7 @@ pub enum HeaderError {
         /// Fork headers the sender added so far.
         added: usize,
     },
-    /// A header pre-sync failed (see [`crate::fsm::presync`]): the chain downloaded again is not
+    /// A header pre-sync failed (see `Consensus::minimum_chain_work`): the chain downloaded again is not
     /// the one counted, or a chain goes on too long without the minimum chain work.
     NotShown {
         /// The batch's header at fault.
