@@ -297,10 +297,15 @@ fn block_on(prev: &BlockHeader, txs: Vec<Transaction>) -> Block {
 
 /// Peak resident memory of this process (VmHWM), bytes.
 fn peak_rss() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// A memory figure of this process from /proc/self/status (given in kB), bytes.
+fn status_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0)
         * 1024
@@ -387,13 +392,7 @@ fn reset_peak_rss() {
 
 /// Current resident memory of this process (VmRSS), bytes.
 fn rss() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .unwrap_or(0)
-        * 1024
+    status_bytes("VmRSS:")
 }
 
 /// The receiving side of `bigblock`, in a child process (so that its peak memory is its own):

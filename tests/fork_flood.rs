@@ -4,7 +4,7 @@
 mod common;
 use bsn::chain::HeaderTree;
 use bsn::network::{Consensus, Network};
-use bsn::wire::{BlockHeader, Hash256, Message};
+use bsn::wire::{BlockHeader, Message};
 use bsn::Event;
 use common::*;
 use std::time::{Duration, Instant};
@@ -14,24 +14,6 @@ const T: Duration = Duration::from_secs(30);
 const HONEST_BITS: u32 = 0x1f7f_ffff;
 /// The attacker's: target 2^255, two hashes and two units of work each.
 const CHEAP_BITS: u32 = 0x207f_ffff;
-
-fn mined(mut h: BlockHeader) -> BlockHeader {
-    while !h.meets_own_target() {
-        h.nonce += 1;
-    }
-    h
-}
-
-fn header(prev: &BlockHeader, bits: u32, tag: u64) -> BlockHeader {
-    mined(BlockHeader {
-        version: 4,
-        prev_hash: prev.hash(),
-        merkle_root: Hash256::sha256d(&tag.to_le_bytes()),
-        time: prev.time + 1,
-        bits,
-        nonce: 0,
-    })
-}
 
 #[test]
 fn a_million_cheap_fork_headers_cost_bounded_memory_and_a_ban() {
@@ -48,7 +30,7 @@ fn a_million_cheap_fork_headers_cost_bounded_memory_and_a_ban() {
     // 2,100 honest headers (about a million units of work)
     let mut honest = vec![params.genesis];
     for i in 0..2_100u64 {
-        let h = header(honest.last().unwrap(), HONEST_BITS, i);
+        let h = header_on(honest.last().unwrap(), HONEST_BITS, i);
         honest.push(h);
     }
     let mut tree = HeaderTree::new(&params);
@@ -88,7 +70,7 @@ fn a_million_cheap_fork_headers_cost_bounded_memory_and_a_ban() {
     while sent < 1_000_000 {
         let batch: Vec<BlockHeader> = (0..2_000)
             .map(|i| {
-                tip = header(&tip, CHEAP_BITS, 1 << 40 | (sent + i));
+                tip = header_on(&tip, CHEAP_BITS, 1 << 40 | (sent + i));
                 tip
             })
             .collect();
@@ -128,7 +110,7 @@ fn a_million_cheap_fork_headers_cost_bounded_memory_and_a_ban() {
     );
     // honest sync goes on: 100 more honest headers arrive
     for i in 0..100u64 {
-        let h = header(honest.last().unwrap(), HONEST_BITS, 10_000 + i);
+        let h = header_on(honest.last().unwrap(), HONEST_BITS, 10_000 + i);
         honest.push(h);
     }
     tree.insert_many(&honest[2_101..]).unwrap();

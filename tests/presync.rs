@@ -16,21 +16,6 @@ const HONEST_BITS: u32 = 0x1f3f_ffff;
 /// The attacker's: target 2^255, two hashes and two units of work each.
 const CHEAP_BITS: u32 = 0x207f_ffff;
 
-fn header(prev: &BlockHeader, bits: u32, tag: u64) -> BlockHeader {
-    let mut h = BlockHeader {
-        version: 4,
-        prev_hash: prev.hash(),
-        merkle_root: Hash256::sha256d(&tag.to_le_bytes()),
-        time: prev.time + 1,
-        bits,
-        nonce: 0,
-    };
-    while !h.meets_own_target() {
-        h.nonce += 1;
-    }
-    h
-}
-
 /// A peer from `ip` that has finished its handshake with the engine at `addr`.
 fn peer(ip: &str, addr: std::net::SocketAddr, nonce: u64) -> ScriptPeer {
     let mut p = ScriptPeer::connect_from(ip.parse().unwrap(), addr, REGTEST).unwrap();
@@ -55,7 +40,7 @@ fn headers_are_stored_only_once_shown_to_reach_the_minimum_work() {
     let genesis = Network::Regtest.params().genesis;
     let mut honest = vec![genesis];
     for i in 0..2_500u64 {
-        let h = header(honest.last().unwrap(), HONEST_BITS, i);
+        let h = header_on(honest.last().unwrap(), HONEST_BITS, i);
         honest.push(h);
     }
     // the honest chain reaches the minimum work at height 2,400 (in its second batch)
@@ -84,7 +69,7 @@ fn headers_are_stored_only_once_shown_to_reach_the_minimum_work() {
         assert_eq!(locator[0], tip.hash(), "asked to go on after {sent}");
         let batch: Vec<BlockHeader> = (0..2_000)
             .map(|i| {
-                tip = header(&tip, CHEAP_BITS, 1 << 40 | (sent + i));
+                tip = header_on(&tip, CHEAP_BITS, 1 << 40 | (sent + i));
                 tip
             })
             .collect();
@@ -99,7 +84,7 @@ fn headers_are_stored_only_once_shown_to_reach_the_minimum_work() {
     }
     let locator = next_request(&mut cheap);
     assert_eq!(locator[0], tip.hash());
-    cheap.send(&Message::Headers(vec![header(&tip, CHEAP_BITS, 7)]));
+    cheap.send(&Message::Headers(vec![header_on(&tip, CHEAP_BITS, 7)]));
     let deadline = Instant::now() + T;
     while e.core_counts().unwrap().presync_peers > 0 {
         assert!(Instant::now() < deadline, "the cheap count is dropped");
@@ -132,7 +117,7 @@ fn headers_are_stored_only_once_shown_to_reach_the_minimum_work() {
     assert_eq!(counted, 2_500);
     let mut other = vec![genesis];
     for i in 0..2_000u64 {
-        let h = header(other.last().unwrap(), HONEST_BITS, 1 << 41 | i);
+        let h = header_on(other.last().unwrap(), HONEST_BITS, 1 << 41 | i);
         other.push(h);
     }
     liar.send(&Message::Headers(other[1..].to_vec()));

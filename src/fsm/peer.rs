@@ -1037,15 +1037,19 @@ mod tests {
         assert_eq!(listing(), 1);
         // a wrong merkle root: scored as an invalid block, no file left
         out.clear();
-        encode_message(b.read_buffer(), MAGIC, &Message::Block(block(10, false)));
-        b.on_data(t0, &|_| false, &mut out).unwrap();
-        assert!(
-            matches!(
-                &out[..],
-                [PeerOutput::Misbehaved(BanReason::InvalidBlock, _)]
-            ),
-            "{out:?}"
-        );
+        let invalid = |b: &mut PeerProtocol, m: crate::wire::Block| {
+            let mut out = Vec::new();
+            encode_message(b.read_buffer(), MAGIC, &Message::Block(m));
+            b.on_data(t0, &|_| false, &mut out).unwrap();
+            assert!(
+                matches!(
+                    &out[..],
+                    [PeerOutput::Misbehaved(BanReason::InvalidBlock, _)]
+                ),
+                "{out:?}"
+            );
+        };
+        invalid(&mut b, block(10, false));
         assert_eq!(listing(), 1);
         // a non-canonical transaction count (the one byte the hashes do not cover): refused
         out.clear();
@@ -1087,16 +1091,7 @@ mod tests {
         drop(b2);
         assert_eq!(listing(), 1);
         // under the threshold a block is decoded in memory, and its root is checked too
-        out.clear();
-        encode_message(b.read_buffer(), MAGIC, &Message::Block(block(1, false)));
-        b.on_data(t0, &|_| false, &mut out).unwrap();
-        assert!(
-            matches!(
-                &out[..],
-                [PeerOutput::Misbehaved(BanReason::InvalidBlock, _)]
-            ),
-            "{out:?}"
-        );
+        invalid(&mut b, block(1, false));
         out.clear();
         let small = block(1, true);
         encode_message(b.read_buffer(), MAGIC, &Message::Block(small.clone()));

@@ -286,6 +286,23 @@ pub fn next_block(prev: &bsn::wire::BlockHeader, tag: u32) -> bsn::wire::Block {
     bsn::wire::Block::new(h, vec![cb])
 }
 
+/// A header on `prev` with `bits` (its merkle root made from `tag`), with real proof of work:
+/// chains of cheap and dear headers for the fork and pre-sync tests.
+pub fn header_on(prev: &bsn::wire::BlockHeader, bits: u32, tag: u64) -> bsn::wire::BlockHeader {
+    let mut h = bsn::wire::BlockHeader {
+        version: 4,
+        prev_hash: prev.hash(),
+        merkle_root: bsn::wire::Hash256::sha256d(&tag.to_le_bytes()),
+        time: prev.time + 1,
+        bits,
+        nonce: 0,
+    };
+    while !h.meets_own_target() {
+        h.nonce += 1;
+    }
+    h
+}
+
 /// A transaction spending output `n` of a made-up parent (distinct for every `n`).
 pub fn sample_tx(n: u32) -> bsn::wire::Transaction {
     bsn::wire::Transaction::build(
