@@ -30,6 +30,9 @@
 //! - [`network`]: network parameters as data (BSV mainnet, testnet, regtest, STN, custom).
 //! - [`sim`]: many node cores in one thread on a virtual clock, for deterministic tests.
 //! - [`decode`]: readable summaries of raw blocks, transactions and message streams.
+//! - [`ffi`]: the C ABI behind `include/bsn.h` (the crate's only `unsafe` code).
+
+#![deny(unsafe_code)]
 
 pub mod chain;
 mod config;
@@ -37,6 +40,7 @@ pub mod decode;
 mod engine;
 mod error;
 mod event;
+pub mod ffi;
 mod fsm;
 pub mod network;
 mod node;

@@ -11,6 +11,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+pub mod ffi;
 #[path = "../../src/util.rs"]
 mod random;
 pub use random::random_u64;
