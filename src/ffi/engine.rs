@@ -653,3 +653,9 @@ pub extern "C" fn bsn_engine_reject_tx(
         }
     })
 }
+
+/// Calls from several C threads at once share the handle: it must be `Sync`.
+const _: () = {
+    const fn shared<T: Sync + Send>() {}
+    shared::<bsn_engine>();
+};
