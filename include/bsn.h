@@ -61,7 +61,9 @@ typedef enum {
    */
   BSN_EVENT_UNBANNED = 6,
   /**
-   * The header chain caught up. height.
+   * The header chain caught up with a peer that was ahead of it (its last answer had no more
+   * headers). height. Not raised when no peer claims more than we have: compare
+   * `bsn_engine_sync_progress` then.
    */
   BSN_EVENT_HEADERS_SYNCED = 7,
   /**
@@ -262,7 +264,8 @@ bsn_result bsn_config_new(const char *network, bsn_config **out);
 bsn_result bsn_config_free(bsn_config **config);
 
 /**
- * Listen on `addr` ("127.0.0.1:8333", "[::1]:0"; port 0 picks a free one); "" does not listen.
+ * Listen on `addr` ("127.0.0.1:8333", "[::1]:0"; port 0 picks a free one; a "host:port" is
+ * looked up now); "" does not listen.
  * `addr` is the caller's.
  */
 bsn_result bsn_config_set_listen(bsn_config *config, const char *addr);
@@ -367,8 +370,8 @@ bsn_result bsn_engine_set_event_callback(bsn_engine *engine,
                                          void *userdata);
 
 /**
- * Dials `addr` ("1.2.3.4:8333"); the outcome comes as `BSN_EVENT_PEER_CONNECTED` or
- * `BSN_EVENT_CONNECT_FAILED`.
+ * Dials `addr` ("1.2.3.4:8333", or "host:port", looked up now); the outcome comes as
+ * `BSN_EVENT_PEER_CONNECTED` or `BSN_EVENT_CONNECT_FAILED`.
  */
 bsn_result bsn_engine_connect(const bsn_engine *engine, const char *addr);
 

@@ -131,7 +131,8 @@ pub enum Event {
         /// What was banned.
         subnet: Subnet,
     },
-    /// The header chain caught up with the peers (the sync peer had no more headers).
+    /// The header chain caught up with the peers (the sync peer had no more headers). Raised
+    /// after a sync round, so not when no peer claims a height above ours.
     HeadersSynced {
         /// Our tip's height.
         height: u32,

@@ -12,7 +12,7 @@ pub struct bsn_config {
     pub(crate) config: Config,
 }
 
-fn address(s: &str, name: &str) -> Result<SocketAddr, bsn_result> {
+pub(crate) fn address(s: &str, name: &str) -> Result<SocketAddr, bsn_result> {
     s.to_socket_addrs()
         .ok()
         .and_then(|mut a| a.next())
@@ -75,7 +75,8 @@ pub extern "C" fn bsn_config_free(config: *mut *mut bsn_config) -> bsn_result {
     guard(|| unsafe { free_box(config, "config") })
 }
 
-/// Listen on `addr` ("127.0.0.1:8333", "[::1]:0"; port 0 picks a free one); "" does not listen.
+/// Listen on `addr` ("127.0.0.1:8333", "[::1]:0"; port 0 picks a free one; a "host:port" is
+/// looked up now); "" does not listen.
 /// `addr` is the caller's.
 #[no_mangle]
 pub extern "C" fn bsn_config_set_listen(

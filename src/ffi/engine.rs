@@ -250,8 +250,8 @@ pub extern "C" fn bsn_engine_set_event_callback(
     })
 }
 
-/// Dials `addr` ("1.2.3.4:8333"); the outcome comes as `BSN_EVENT_PEER_CONNECTED` or
-/// `BSN_EVENT_CONNECT_FAILED`.
+/// Dials `addr` ("1.2.3.4:8333", or "host:port", looked up now); the outcome comes as
+/// `BSN_EVENT_PEER_CONNECTED` or `BSN_EVENT_CONNECT_FAILED`.
 #[no_mangle]
 pub extern "C" fn bsn_engine_connect(engine: *const bsn_engine, addr: *const c_char) -> bsn_result {
     with(engine, |_, e| {
@@ -260,9 +260,9 @@ pub extern "C" fn bsn_engine_connect(engine: *const bsn_engine, addr: *const c_c
             Ok(s) => s,
             Err(r) => return r,
         };
-        match s.parse() {
+        match super::config::address(s, "peer address") {
             Ok(a) => e.connect(a).map_or_else(engine_error, |()| BSN_OK),
-            Err(_) => fail(BSN_ERR_INVALID_ADDRESS, format!("{s:?} is not an IP:port")),
+            Err(r) => r,
         }
     })
 }

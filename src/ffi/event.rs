@@ -28,7 +28,9 @@ pub enum bsn_event_type {
     BSN_EVENT_BANNED = 5,
     /// A ban ended. address: the subnet.
     BSN_EVENT_UNBANNED = 6,
-    /// The header chain caught up. height.
+    /// The header chain caught up with a peer that was ahead of it (its last answer had no more
+    /// headers). height. Not raised when no peer claims more than we have: compare
+    /// `bsn_engine_sync_progress` then.
     BSN_EVENT_HEADERS_SYNCED = 7,
     /// A block of the best chain is stored. height; hash; data: its 80-byte header.
     BSN_EVENT_BLOCK_CONNECTED = 8,
