@@ -185,7 +185,8 @@ typedef struct bsn_engine bsn_engine;
 typedef struct bsn_event bsn_event;
 
 /**
- * A list of connections (opaque).
+ * A list of connections (opaque), those still in their handshake included (`bsn_peer_list_ready`
+ * false; a BSV peer's second stream is listed so until it joins its first connection).
  */
 typedef struct bsn_peer_list bsn_peer_list;
 
@@ -370,8 +371,11 @@ bsn_result bsn_engine_set_event_callback(bsn_engine *engine,
                                          void *userdata);
 
 /**
- * Dials `addr` ("1.2.3.4:8333", or "host:port", looked up now); the outcome comes as
- * `BSN_EVENT_PEER_CONNECTED` or `BSN_EVENT_CONNECT_FAILED`.
+ * Dials `addr` ("1.2.3.4:8333", or "host:port", looked up now). The outcome comes as
+ * `BSN_EVENT_PEER_CONNECTED`; as `BSN_EVENT_CONNECT_FAILED` when the dial is not even started
+ * (a banned address, the outbound limit reached); or as `BSN_EVENT_PEER_DISCONNECTED`, for a
+ * peer id no `BSN_EVENT_PEER_CONNECTED` named, when the connection fails before its handshake
+ * (refused, timed out).
  */
 bsn_result bsn_engine_connect(const bsn_engine *engine, const char *addr);
 

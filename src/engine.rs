@@ -383,8 +383,10 @@ impl Engine {
         self.start_height.store(h, Ordering::Relaxed);
     }
 
-    /// Dials a peer. The outcome arrives as [`Event::PeerConnected`], or as
-    /// [`Event::ConnectFailed`] / [`Event::PeerDisconnected`].
+    /// Dials a peer. The outcome arrives as [`Event::PeerConnected`]; as
+    /// [`Event::ConnectFailed`] when the dial is not even started (a banned address, the
+    /// outbound limit reached); or as [`Event::PeerDisconnected`] when the connection fails or
+    /// closes before its handshake (refused, timed out).
     pub fn connect(&self, addr: SocketAddr) -> Result<(), Error> {
         self.call(move |core, now| core.dial(addr, now)).map(|_| ())
     }

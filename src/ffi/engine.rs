@@ -250,8 +250,11 @@ pub extern "C" fn bsn_engine_set_event_callback(
     })
 }
 
-/// Dials `addr` ("1.2.3.4:8333", or "host:port", looked up now); the outcome comes as
-/// `BSN_EVENT_PEER_CONNECTED` or `BSN_EVENT_CONNECT_FAILED`.
+/// Dials `addr` ("1.2.3.4:8333", or "host:port", looked up now). The outcome comes as
+/// `BSN_EVENT_PEER_CONNECTED`; as `BSN_EVENT_CONNECT_FAILED` when the dial is not even started
+/// (a banned address, the outbound limit reached); or as `BSN_EVENT_PEER_DISCONNECTED`, for a
+/// peer id no `BSN_EVENT_PEER_CONNECTED` named, when the connection fails before its handshake
+/// (refused, timed out).
 #[no_mangle]
 pub extern "C" fn bsn_engine_connect(engine: *const bsn_engine, addr: *const c_char) -> bsn_result {
     with(engine, |_, e| {

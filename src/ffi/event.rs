@@ -186,13 +186,16 @@ pub extern "C" fn bsn_event_height(event: *const bsn_event, out: *mut u32) -> bs
 #[no_mangle]
 pub extern "C" fn bsn_event_hash(event: *const bsn_event, out: *mut u8) -> bsn_result {
     with_event(event, |e| {
+        if out.is_null() {
+            return fail(BSN_ERR_NULL_ARGUMENT, "out is NULL");
+        }
         let h = match &e.event {
             Event::BlockConnected { hash, .. } | Event::BlockFile { hash, .. } => *hash,
             Event::TxReceived { tx, .. } => tx.txid(),
             _ => return fail(BSN_ERR_NOT_FOUND, "this event has no hash"),
         };
         let mut n = 0;
-        // SAFETY: checked inside; the caller gives 32 bytes.
+        // SAFETY: checked for NULL above; the caller gives 32 bytes.
         unsafe { put_bytes(&h.0, out, 32, &mut n) }
     })
 }

@@ -1,5 +1,7 @@
-//! `bsn_peer_list`: the engine's connections at one moment, from `bsn_engine_peers`; the caller
-//! owns it and frees it with `bsn_peer_list_free`. Read from one thread at a time. Entries are
+//! `bsn_peer_list`: the engine's connections at one moment, from `bsn_engine_peers`, those still
+//! in their handshake included (`bsn_peer_list_ready` false: a BSV peer's second stream is
+//! listed so until it joins its first connection); the caller owns it and frees it with
+//! `bsn_peer_list_free`. Read from one thread at a time. Entries are
 //! numbered from 0 to `bsn_peer_list_len` - 1; another index is `BSN_ERR_INVALID_ARGUMENT`.
 
 use super::bsn_result::{self, *};
@@ -7,7 +9,8 @@ use super::{arg, fail, free_box, guard, put, put_str};
 use crate::PeerInfo;
 use std::ffi::c_char;
 
-/// A list of connections (opaque).
+/// A list of connections (opaque), those still in their handshake included (`bsn_peer_list_ready`
+/// false; a BSV peer's second stream is listed so until it joins its first connection).
 pub struct bsn_peer_list {
     pub(crate) peers: Vec<PeerInfo>,
 }

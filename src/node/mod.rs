@@ -923,6 +923,13 @@ impl NodeCore {
         }
         if self.outbound >= self.config.max_outbound {
             log::info!("not dialling {addr}: outbound limit reached");
+            self.emit(Event::ConnectFailed {
+                addr,
+                reason: format!(
+                    "outbound limit reached ({} connections)",
+                    self.config.max_outbound
+                ),
+            });
             return false;
         }
         self.outbound += 1;
