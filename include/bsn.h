@@ -170,22 +170,28 @@ typedef enum {
 } bsn_result;
 
 /**
- * An engine's configuration (opaque).
+ * An engine's configuration (opaque): made by `bsn_config_new`, changed by the setters, read
+ * (not taken) by `bsn_engine_start`, freed by `bsn_config_free`. Used by one thread at a time.
  */
 typedef struct bsn_config bsn_config;
 
 /**
- * A running engine (opaque).
+ * A running engine (opaque): `bsn_engine_start` ... `bsn_engine_free`. Its calls may be made
+ * from any thread, concurrently, except `bsn_engine_stop`, `bsn_engine_free` and
+ * `bsn_engine_set_event_callback`, which must not run while another call on the same engine
+ * does. After `bsn_engine_stop` calls return `BSN_ERR_STOPPED`.
  */
 typedef struct bsn_engine bsn_engine;
 
 /**
- * An event (opaque).
+ * An event (opaque): the caller's from `bsn_engine_poll_event` until `bsn_event_free`, or lent
+ * to the callback for the length of the call. Read by one thread at a time.
  */
 typedef struct bsn_event bsn_event;
 
 /**
- * A list of connections (opaque), those still in their handshake included (`bsn_peer_list_ready`
+ * A list of connections (opaque), the caller's from `bsn_engine_peers` until
+ * `bsn_peer_list_free`, read by one thread at a time; those still in their handshake included (`bsn_peer_list_ready`
  * false; a BSV peer's second stream is listed so until it joins its first connection).
  */
 typedef struct bsn_peer_list bsn_peer_list;
@@ -469,7 +475,9 @@ bsn_result bsn_engine_submit_tx(const bsn_engine *engine, const uint8_t *tx, siz
 
 /**
  * Hands in a serialized block (`len` bytes, the caller's; mined or received elsewhere): its
- * header joins the chain, the block is stored and announced. `*height` gets its height.
+ * header joins the chain before this returns (`*height` gets its height); the block is then
+ * written, and announced once committed, which `BSN_EVENT_BLOCK_CONNECTED` tells (until then
+ * `bsn_engine_block_by_hash` may not find it).
  */
 bsn_result bsn_engine_submit_block(const bsn_engine *engine,
                                    const uint8_t *block,

@@ -7,7 +7,8 @@ use crate::{Config, Network};
 use std::ffi::c_char;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-/// An engine's configuration (opaque).
+/// An engine's configuration (opaque): made by `bsn_config_new`, changed by the setters, read
+/// (not taken) by `bsn_engine_start`, freed by `bsn_config_free`. Used by one thread at a time.
 pub struct bsn_config {
     pub(crate) config: Config,
 }

@@ -38,7 +38,10 @@ struct UserData(*mut c_void);
 // callback thread.
 unsafe impl Send for UserData {}
 
-/// A running engine (opaque).
+/// A running engine (opaque): `bsn_engine_start` ... `bsn_engine_free`. Its calls may be made
+/// from any thread, concurrently, except `bsn_engine_stop`, `bsn_engine_free` and
+/// `bsn_engine_set_event_callback`, which must not run while another call on the same engine
+/// does. After `bsn_engine_stop` calls return `BSN_ERR_STOPPED`.
 pub struct bsn_engine {
     engine: Option<Engine>,
     events: Receiver<Event>,
@@ -591,7 +594,9 @@ pub extern "C" fn bsn_engine_submit_tx(
 }
 
 /// Hands in a serialized block (`len` bytes, the caller's; mined or received elsewhere): its
-/// header joins the chain, the block is stored and announced. `*height` gets its height.
+/// header joins the chain before this returns (`*height` gets its height); the block is then
+/// written, and announced once committed, which `BSN_EVENT_BLOCK_CONNECTED` tells (until then
+/// `bsn_engine_block_by_hash` may not find it).
 #[no_mangle]
 pub extern "C" fn bsn_engine_submit_block(
     engine: *const bsn_engine,

@@ -7,7 +7,8 @@ use super::{arg, fail, free_box, guard, put, put_bytes, put_str};
 use crate::Event;
 use std::ffi::c_char;
 
-/// An event (opaque).
+/// An event (opaque): the caller's from `bsn_engine_poll_event` until `bsn_event_free`, or lent
+/// to the callback for the length of the call. Read by one thread at a time.
 pub struct bsn_event {
     pub(crate) event: Event,
 }

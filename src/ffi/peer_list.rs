@@ -9,7 +9,8 @@ use super::{arg, fail, free_box, guard, put, put_str};
 use crate::PeerInfo;
 use std::ffi::c_char;
 
-/// A list of connections (opaque), those still in their handshake included (`bsn_peer_list_ready`
+/// A list of connections (opaque), the caller's from `bsn_engine_peers` until
+/// `bsn_peer_list_free`, read by one thread at a time; those still in their handshake included (`bsn_peer_list_ready`
 /// false; a BSV peer's second stream is listed so until it joins its first connection).
 pub struct bsn_peer_list {
     pub(crate) peers: Vec<PeerInfo>,
