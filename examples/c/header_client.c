@@ -5,7 +5,8 @@
  *
  * Connects to PEER ("1.2.3.4:8333") on NETWORK ("mainnet", "testnet", "regtest" or "stn";
  * default "regtest"), syncs the header chain (no blocks are stored), prints where the sync
- * stands, and when the headers have caught up prints the tip's height and hash and exits 0.
+ * stands, and when the headers have caught up (or the peer has no more than we do) prints the
+ * tip's height and hash and exits 0.
  * Exits 1 with bsn's last error when a call fails or TIMEOUT seconds (default 60) pass.
  *
  * Build from the repository root after `cargo build --release`:
@@ -29,13 +30,26 @@ static int fail(const char *what, bsn_result r) {
     return 1;
 }
 
-/* Prints one line of sync progress. */
-static void show_progress(const bsn_engine *engine) {
+/* Prints one line of sync progress; returns whether the headers are caught up (no request in
+ * flight and no peer claiming more than we have). */
+static bool show_progress(const bsn_engine *engine) {
     bsn_sync_progress p;
-    if (bsn_engine_sync_progress(engine, &p) == BSN_OK) {
-        printf("progress: %" PRIu32 " headers of %" PRIu32 " known%s\n", p.header_height,
-               p.best_known_height, p.syncing ? ", syncing" : "");
-    }
+    if (bsn_engine_sync_progress(engine, &p) != BSN_OK) return false;
+    printf("progress: %" PRIu32 " headers of %" PRIu32 " known%s\n", p.header_height,
+           p.best_known_height, p.syncing ? ", syncing" : "");
+    return !p.syncing && p.header_height >= p.best_known_height;
+}
+
+/* Prints the tip: its hash comes in wire order, shown reversed as usual. */
+static int show_tip(const bsn_engine *engine) {
+    uint8_t hash[32];
+    uint32_t height;
+    bsn_result r = bsn_engine_best_header(engine, hash, &height);
+    if (r != BSN_OK) return fail("reading the best header", r);
+    printf("synced: tip height %" PRIu32 " hash ", height);
+    for (int i = 31; i >= 0; i--) printf("%02x", hash[i]);
+    printf("\n");
+    return 0;
 }
 
 /* Runs the client on an engine that is started; returns the exit status. */
@@ -60,6 +74,11 @@ static int run(bsn_engine *engine, int timeout) {
             size_t len;
             bsn_event_address(event, addr, sizeof addr, &len);
             printf("connected to %s\n", addr);
+            /* A peer no higher than us starts no sync (no HEADERS_SYNCED follows): done. */
+            if (show_progress(engine)) {
+                bsn_event_free(&event);
+                return show_tip(engine);
+            }
         } else if (kind == BSN_EVENT_PEER_DISCONNECTED || kind == BSN_EVENT_CONNECT_FAILED) {
             /* the data of these events is why, as text without a NUL */
             char why[256] = "";
@@ -70,15 +89,7 @@ static int run(bsn_engine *engine, int timeout) {
         } else if (kind == BSN_EVENT_HEADERS_SYNCED) {
             bsn_event_free(&event);
             show_progress(engine);
-            /* The tip: its hash comes in wire order, shown reversed as usual. */
-            uint8_t hash[32];
-            uint32_t height;
-            r = bsn_engine_best_header(engine, hash, &height);
-            if (r != BSN_OK) return fail("reading the best header", r);
-            printf("synced: tip height %" PRIu32 " hash ", height);
-            for (int i = 31; i >= 0; i--) printf("%02x", hash[i]);
-            printf("\n");
-            return 0;
+            return show_tip(engine);
         }
         bsn_event_free(&event);
 
