@@ -43,10 +43,10 @@ fn two_engines_handshake_both_ways() {
     dirs_b.sort_by_key(|d| format!("{d}"));
     assert_eq!(format!("{dirs_a:?}"), "[Inbound, Outbound]");
     assert_eq!(format!("{dirs_b:?}"), "[Inbound, Outbound]");
-    let peers = a.peers();
+    // (a BSV peer's second stream is listed, not ready, until it joins its first connection)
+    let peers: Vec<_> = a.peers().into_iter().filter(|p| p.ready).collect();
     assert_eq!(peers.len(), 2);
     for p in &peers {
-        assert!(p.ready);
         assert_eq!(p.version, 70016);
         assert!(p.user_agent.starts_with("/bsn:"), "{}", p.user_agent);
     }
@@ -55,18 +55,18 @@ fn two_engines_handshake_both_ways() {
     while a
         .peers()
         .iter()
-        .any(|p| p.their_max_payload != 2 * 1024 * 1024)
+        .any(|p| p.ready && p.their_max_payload != 2 * 1024 * 1024)
     {
         assert!(Instant::now() < deadline, "protoconf not honoured");
         std::thread::sleep(Duration::from_millis(5));
     }
     // the first ping goes out right after the handshake: a round trip gets measured
     let deadline = Instant::now() + T;
-    while a.peers().iter().any(|p| p.rtt.is_none()) {
+    while a.peers().iter().any(|p| p.ready && p.rtt.is_none()) {
         assert!(Instant::now() < deadline, "no rtt measured");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let stats = &a.peers()[0].stats;
+    let stats = &a.peers().into_iter().find(|p| p.ready).unwrap().stats;
     let ping = stats
         .by_command
         .iter()
