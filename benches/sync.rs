@@ -385,6 +385,17 @@ fn write_big_block(path: &Path, mb: usize, small: bool) -> (Hash256, u64) {
     (h.hash(), std::fs::metadata(path).unwrap().len())
 }
 
+/// The number a child process printed after `key` on a line of its `stdout` (NaN if none).
+fn child_field(stdout: &[u8], key: &str) -> f64 {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN)
+}
+
 /// Resets this process's peak RSS (VmHWM) to its current RSS.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -494,12 +505,7 @@ fn bench_big_block(mb: usize, small: bool) {
         .output()
         .unwrap();
     let sender_peak = peak_rss();
-    let field = |k: &str| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or(f64::NAN)
-    };
+    let field = |k: &str| child_field(&out.stdout, k);
     let (secs, child_peak, child_base) = (field("SECS "), field("PEAK "), field("BASE "));
     e.stop();
     let _ = std::fs::remove_dir_all(&dir.0);
@@ -592,12 +598,7 @@ fn bench_big_tx(mb: usize) {
     e.submit_tx(tx).unwrap();
     let out = child.wait_with_output().unwrap();
     let sender_peak = peak_rss();
-    let field = |k: &str| {
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse::<f64>().ok()))
-            .unwrap_or(f64::NAN)
-    };
+    let field = |k: &str| child_field(&out.stdout, k);
     let (secs, peak, base, got) = (
         field("SECS "),
         field("PEAK "),
