@@ -372,6 +372,11 @@ pub fn resolve_addrs(s: &str, default_port: u16) -> Result<Vec<SocketAddr>, Stri
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Ok(vec![SocketAddr::new(ip, default_port)]);
     }
+    if let Some((_, p)) = s.rsplit_once(':') {
+        if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_err() {
+            return Err(format!("{s:?}: port {p} is out of range (0 to 65535)"));
+        }
+    }
     let with_port = if s
         .rsplit_once(':')
         .is_some_and(|(_, p)| p.parse::<u16>().is_ok())

@@ -91,6 +91,8 @@ pub struct Engine {
     core_thread: Option<JoinHandle<()>>,
     /// Big blocks' files, for reads.
     files: Option<BlockFiles>,
+    /// The data dir's lock, held while the engine runs (released when the engine is dropped).
+    dir_lock: Option<std::fs::File>,
 }
 
 fn too_big(size: u64) -> Error {
@@ -98,6 +100,29 @@ fn too_big(size: u64) -> Error {
         std::io::ErrorKind::OutOfMemory,
         format!("a block of {size} bytes does not fit in memory here"),
     ))
+}
+
+/// Takes the data dir's lock file (`LOCK`, held until the engine stops): a second engine, in this
+/// process or another, is refused instead of sharing the store.
+fn lock_data_dir(path: &std::path::Path) -> Result<std::fs::File, Error> {
+    let err = |source| Error::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path.join("LOCK"))
+        .map_err(err)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "it is in use by another running bsn (its LOCK file is held)",
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(err(e)),
+    }
 }
 
 fn check_data_dir(path: &std::path::Path) -> Result<(), Error> {
@@ -118,14 +143,20 @@ impl Engine {
     /// `config.data_dir`, or in memory without one.
     pub fn start(config: Config) -> Result<Engine, Error> {
         config.validate()?;
-        if let Some(d) = &config.data_dir {
-            check_data_dir(d)?;
-        }
+        let lock = match &config.data_dir {
+            Some(d) => {
+                check_data_dir(d)?;
+                Some(lock_data_dir(d)?)
+            }
+            None => None,
+        };
         let store: Arc<dyn Store> = match &config.data_dir {
             Some(d) => Arc::new(LmdbStore::open(d, &LmdbOptions::default()).map_err(Error::Store)?),
             None => Arc::new(MemoryStore::new()),
         };
-        Engine::start_with_store(config, store)
+        let mut engine = Engine::start_with_store(config, store)?;
+        engine.dir_lock = lock;
+        Ok(engine)
     }
 
     /// Starts the engine over a store the embedder brings (any [`Store`]; `config.data_dir` is
@@ -209,6 +240,7 @@ impl Engine {
             shard_threads: Vec::new(),
             core_thread: None,
             files: files.clone(),
+            dir_lock: None,
         };
         let driver = Driver {
             core,

@@ -122,3 +122,32 @@ fn decodes_real_mainnet_files() {
     assert!(ok, "{err}");
     assert!(out.contains("255 blocks, 254 of 254 link"), "{out}");
 }
+
+#[test]
+fn node_refuses_a_port_out_of_range_and_a_data_dir_in_use_with_clear_errors() {
+    let dir = TempDir::new("cli-node");
+    let run = |args: &[&str]| {
+        let out = bsn()
+            .arg("node")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&dir.0)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, err) = run(&["--listen", "127.0.0.1:99999"]);
+    assert!(!ok);
+    assert!(err.contains("port 99999 is out of range"), "{err}");
+    // a data dir in use: an engine of this process holds it
+    let mut c = common::config();
+    c.data_dir = Some(dir.0.clone());
+    let (e, _ev) = common::start(c);
+    let (ok, err) = run(&["--listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(err.contains("in use by another running bsn"), "{err}");
+    e.stop();
+}

@@ -128,3 +128,21 @@ fn the_stored_chain_is_loaded_at_start_and_announced() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_second_engine_on_a_data_dir_in_use_is_refused_with_a_clear_error() {
+    let dir = TempDir::new("dir-in-use");
+    let mut c = config();
+    c.data_dir = Some(dir.0.clone());
+    let (a, _aev) = start(c.clone());
+    let err = match bsn::Engine::start(c.clone()) {
+        Ok(_) => panic!("two engines on one data dir"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("in use by another running bsn"), "{err}");
+    assert!(err.contains(&dir.0.display().to_string()), "{err}");
+    // once the first stops, the dir is free again
+    a.stop();
+    let (b, _bev) = start(c);
+    b.stop();
+}
