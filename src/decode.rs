@@ -133,7 +133,7 @@ pub fn detect(data: &[u8]) -> Format {
     if Transaction::decode_all(b).is_ok() {
         return Format::Tx;
     }
-    if !data.is_empty() && data.len() % HEADER_LEN == 0 {
+    if !data.is_empty() && data.len().is_multiple_of(HEADER_LEN) {
         return Format::Headers;
     }
     Format::Block
@@ -241,7 +241,7 @@ pub fn summarize_tx(t: &Transaction) -> String {
 
 /// Summary of a file of 80-byte headers.
 pub fn summarize_headers(data: &[u8]) -> Result<String, DecodeFileError> {
-    if data.len() % HEADER_LEN != 0 {
+    if !data.len().is_multiple_of(HEADER_LEN) {
         let whole = data.len() / HEADER_LEN * HEADER_LEN;
         return Err(err(
             "header file",

@@ -68,7 +68,7 @@ fn eda_bits(
     let height = prev_height + 1;
     let interval = c.interval();
     let limit_bits = compact_from_target(pow_limit);
-    if height % interval == 0 {
+    if height.is_multiple_of(interval) {
         let first = anc.at(height - interval)?;
         return Some(retarget(c, pow_limit, prev.bits, prev.time, first.time));
     }

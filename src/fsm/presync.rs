@@ -193,7 +193,7 @@ impl Presync {
                 return Err(PresyncError::TooLong);
             }
             let n = self.count as usize;
-            if n % 64 == 0 {
+            if n.is_multiple_of(64) {
                 self.bits.push(0);
             }
             if commitment(self.salt, &hash) {

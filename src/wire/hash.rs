@@ -100,7 +100,7 @@ impl FromStr for Hash256 {
 /// Decodes a hex string (either case) into bytes; `None` on odd length or a non-hex digit.
 pub fn decode_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let digit = |c: u8| -> Option<u8> {
