@@ -151,3 +151,75 @@ fn node_refuses_a_port_out_of_range_and_a_data_dir_in_use_with_clear_errors() {
     assert!(err.contains("in use by another running bsn"), "{err}");
     e.stop();
 }
+
+/// Runs `bsn ARGS` with its stdout into a pipe whose reader takes one line and closes it (as
+/// `| head -1` does); returns whether it exited 0 and its stderr.
+fn first_line_then_closed(args: &[&str]) -> (String, bool, String) {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = bsn()
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // the reader is gone: the next write fails with a broken pipe
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("bsn {args:?} did not end after its stdout closed");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    (line, status.success(), err)
+}
+
+#[test]
+fn a_closed_stdout_ends_node_and_decode_quietly() {
+    // decode of a file of many frames, more than one pipe buffer of text
+    let dir = TempDir::new("cli-pipe");
+    let mut frames = BytesMut::new();
+    for i in 0..5_000u64 {
+        encode_message(
+            &mut frames,
+            Magic([0xe3, 0xe1, 0xf3, 0xe8]),
+            &Message::Ping(i),
+        );
+    }
+    let f = dir.0.join("pings.bin");
+    std::fs::write(&f, &frames).unwrap();
+    let (line, ok, err) = first_line_then_closed(&["decode", "--all", f.to_str().unwrap()]);
+    assert!(!line.is_empty());
+    assert!(ok, "decode exit: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    // a node prints its start line, then a line per connection: its stdout closes after the
+    // first, and the next line (an engine of this test connecting) ends it
+    let data = dir.0.join("node");
+    let (peer, _pev) = common::start(common::config());
+    let peer_addr = peer.local_addr().unwrap().to_string();
+    let args = [
+        "node",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-pin",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--connect",
+        &peer_addr,
+    ];
+    let (line, ok, err) = first_line_then_closed(&args);
+    peer.stop();
+    assert!(line.starts_with("bsn node:"), "{line}");
+    assert!(ok, "node exit: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

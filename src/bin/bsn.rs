@@ -7,6 +7,23 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// Writes a line to stdout; false once stdout is gone (a closed pipe: `bsn node | head -1`),
+/// where `println!` would panic.
+fn say(args: std::fmt::Arguments) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .is_ok()
+}
+
+macro_rules! say {
+    ($($t:tt)*) => {
+        say(format_args!($($t)*))
+    };
+}
+
 #[derive(Parser)]
 #[command(name = "bsn", version, about = "Bitcoin Server Network engine")]
 struct Cli {
@@ -166,7 +183,9 @@ fn node(a: NodeArgs) -> ExitCode {
     };
     for f in &a.import {
         match engine.import_block_file(f) {
-            Ok((n, h)) => println!("imported {n} blocks from {}: tip height {h}", f.display()),
+            Ok((n, h)) => {
+                say!("imported {n} blocks from {}: tip height {h}", f.display());
+            }
             Err(e) => {
                 eprintln!("error: import: {e}");
                 engine.stop();
@@ -175,7 +194,7 @@ fn node(a: NodeArgs) -> ExitCode {
         }
     }
     let cfg = engine.config();
-    println!(
+    let mut open = say!(
         "bsn node: network {} magic {}, listening on {}, data dir {}",
         cfg.network.name,
         cfg.network.magic,
@@ -186,25 +205,26 @@ fn node(a: NodeArgs) -> ExitCode {
         a.data_dir.display()
     );
     let events = engine.events();
-    loop {
+    // (a closed stdout ends the node quietly, as a closed pipe ends other tools)
+    while open {
         crossbeam_channel::select! {
             recv(stop_rx) -> _ => break,
             recv(events) -> ev => match ev {
-                Ok(Event::PeerConnected(p)) => println!(
+                Ok(Event::PeerConnected(p)) => open = say!(
                     "connected {} {} {} version {} agent {} height {}",
                     p.id, p.addr, p.direction, p.version, p.user_agent, p.start_height
                 ),
-                Ok(Event::PeerDisconnected { id, addr, reason, .. }) => println!("disconnected {id} {addr}: {reason}"),
-                Ok(Event::ConnectFailed { addr, reason }) => println!("connect to {addr} failed: {reason}"),
+                Ok(Event::PeerDisconnected { id, addr, reason, .. }) => open = say!("disconnected {id} {addr}: {reason}"),
+                Ok(Event::ConnectFailed { addr, reason }) => open = say!("connect to {addr} failed: {reason}"),
                 Ok(Event::Message { peer, message }) => log::debug!("{peer}: {}", bsn::decode::describe(&message)),
                 Ok(_) => {}
                 Err(_) => break,
             },
         }
     }
-    println!("stopping");
+    say!("stopping");
     engine.stop();
-    println!("stopped");
+    say!("stopped");
     ExitCode::SUCCESS
 }
 
@@ -223,7 +243,8 @@ fn main() -> ExitCode {
             };
             match summarize(data.into(), format, all) {
                 Ok(s) => {
-                    print!("{s}");
+                    // a closed pipe (`bsn decode --all F | head`) ends it quietly
+                    let _ = say!("{}", s.trim_end_matches('\n'));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
