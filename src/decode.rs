@@ -133,10 +133,42 @@ pub fn detect(data: &[u8]) -> Format {
     if Transaction::decode_all(b).is_ok() {
         return Format::Tx;
     }
-    if !data.is_empty() && data.len().is_multiple_of(HEADER_LEN) {
+    if looks_like_headers(data) {
         return Format::Headers;
     }
     Format::Block
+}
+
+/// A file of headers by content, not by length alone: whole 80-byte headers, and the second
+/// (if any) follows the first. A block cut at a multiple of 80 bytes fails the second test (its
+/// transaction count and first transaction are not a header whose parent is the first).
+fn looks_like_headers(data: &[u8]) -> bool {
+    if data.is_empty() || !data.len().is_multiple_of(HEADER_LEN) {
+        return false;
+    }
+    if data.len() == HEADER_LEN {
+        return true;
+    }
+    let first = crate::wire::Hash256::sha256d(&data[..HEADER_LEN]);
+    data[HEADER_LEN + 4..HEADER_LEN + 36] == first.0
+}
+
+/// Why `data` was read as `format` when the format was guessed.
+fn assumed(format: Format, data: &[u8]) -> String {
+    let n = data.len();
+    match format {
+        Format::Block if n.is_multiple_of(HEADER_LEN) => format!(
+            "read as a block (guessed: {n} bytes are a multiple of 80, but the second 80 do not \
+             follow the first as headers would)"
+        ),
+        Format::Block => "read as a block (guessed: not a transaction, a frame capture or a \
+                          block file either)"
+            .to_string(),
+        Format::Tx => "read as a transaction (guessed)".to_string(),
+        Format::Headers => "read as 80-byte headers (guessed: they link)".to_string(),
+        Format::BlockFile => "read as a block file (guessed from its disk magic)".to_string(),
+        Format::Frames => "read as P2P frames (guessed from the magic and command)".to_string(),
+    }
 }
 
 fn header_lines(out: &mut String, h: &BlockHeader) {
@@ -468,7 +500,20 @@ pub fn summarize(
     all_txids: bool,
 ) -> Result<String, DecodeFileError> {
     let data = unhex_if_text(data);
-    match format.unwrap_or_else(|| detect(&data)) {
+    let guessed = format.is_none();
+    let format = format.unwrap_or_else(|| detect(&data));
+    let result = summarize_as(data.clone(), format, all_txids);
+    match result {
+        Err(e) if guessed => Err(DecodeFileError {
+            reason: format!("{}; {}", e.reason, assumed(format, &data)),
+            ..e
+        }),
+        other => other,
+    }
+}
+
+fn summarize_as(data: Bytes, format: Format, all_txids: bool) -> Result<String, DecodeFileError> {
+    match format {
         Format::Block => Block::decode_all(data)
             .map(|b| summarize_block(&b, all_txids))
             .map_err(|e| err("block", e.offset as u64, e.kind)),

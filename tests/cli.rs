@@ -105,6 +105,48 @@ fn malformed_input_is_one_line_with_offset() {
 
     let (ok, _, err) = run(&["decode", "/nonexistent/file"]);
     assert!(!ok && err.contains("cannot read"), "{err}");
+
+    // a block cut at a multiple of 80 bytes is not taken for a file of headers: the format is
+    // guessed from the content, and the error says what was assumed and why
+    let big = {
+        let mut b = sample_block();
+        let tx = Transaction::build(
+            1,
+            &[(
+                OutPoint {
+                    txid: Hash256([2; 32]),
+                    vout: 0,
+                },
+                &[0x51; 300],
+                0,
+            )],
+            &[(1, b"\x51")],
+            0,
+        );
+        b = Block::new(b.header, vec![b.txs[0].clone(), tx]);
+        b
+    };
+    let p = dir.0.join("cut80.raw");
+    std::fs::write(&p, &big.raw()[..240]).unwrap();
+    let (ok, _, err) = run(&["decode", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("malformed block"), "{err}");
+    assert!(
+        err.contains("read as a block (guessed: 240 bytes are a multiple of 80"),
+        "{err}"
+    );
+    // real linked headers are still read as headers
+    let mut headers = sample_block().header.to_array().to_vec();
+    let mut next = sample_block().header;
+    next.prev_hash = sample_block().header.hash();
+    headers.extend_from_slice(&next.to_array());
+    let p = dir.0.join("two.hdr");
+    std::fs::write(&p, &headers).unwrap();
+    let (_, out, err) = run(&["decode", p.to_str().unwrap()]);
+    assert!(
+        out.contains("header") && !err.contains("malformed block"),
+        "{out}{err}"
+    );
 }
 
 #[test]
