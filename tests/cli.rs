@@ -265,3 +265,47 @@ fn a_closed_stdout_ends_node_and_decode_quietly() {
     assert!(ok, "node exit: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_bad_import_file_is_named_before_the_node_listens() {
+    let dir = TempDir::new("cli-import");
+    let bad = dir.0.join("blk-bad.dat");
+    std::fs::write(&bad, b"not a block file at all, just text").unwrap();
+    // a port that is free now: the node would listen on it if it started
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let out = bsn()
+        .args(["node", "--no-pin", "--listen", &listen, "--data-dir"])
+        .arg(dir.0.join("node"))
+        .arg("--import")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("error: import") && err.contains("blk-bad.dat"),
+        "{err}"
+    );
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert!(
+        !dir.0.join("node").exists(),
+        "nothing started, no data dir made"
+    );
+    let missing = dir.0.join("missing.dat");
+    let out = bsn()
+        .args(["node", "--no-pin", "--listen", &listen, "--data-dir"])
+        .arg(dir.0.join("node"))
+        .arg("--import")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("missing.dat"), "{err}");
+}

@@ -174,6 +174,17 @@ fn node(a: NodeArgs) -> ExitCode {
         eprintln!("error: cannot install the signal handler: {e}");
         return ExitCode::FAILURE;
     }
+    // Block files to import are checked before the node starts (and listens): a bad one is
+    // named and nothing runs.
+    for f in &a.import {
+        let checked = std::fs::read(f).map_err(|e| e.to_string()).and_then(|d| {
+            summarize(d.into(), Some(Format::BlockFile), false).map_err(|e| e.to_string())
+        });
+        if let Err(e) = checked {
+            eprintln!("error: import {}: {e}", f.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let engine = match Engine::start(config) {
         Ok(e) => e,
         Err(e) => {
@@ -187,7 +198,7 @@ fn node(a: NodeArgs) -> ExitCode {
                 say!("imported {n} blocks from {}: tip height {h}", f.display());
             }
             Err(e) => {
-                eprintln!("error: import: {e}");
+                eprintln!("error: import {}: {e}", f.display());
                 engine.stop();
                 return ExitCode::FAILURE;
             }
