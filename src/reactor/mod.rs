@@ -1663,6 +1663,20 @@ impl Shard {
 
 /// Makes the listening socket(s): with SO_REUSEPORT one per shard, else one for all.
 pub fn listeners(addr: SocketAddr, shards: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    // With port 0 the probe picks a free port and lets it go before the shards bind it: another
+    // process may take it in between (seen under load in the suite). Then pick another.
+    let mut tries = 0;
+    loop {
+        match bind_listeners(addr, shards) {
+            Err(e) if addr.port() == 0 && e.kind() == io::ErrorKind::AddrInUse && tries < 8 => {
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+fn bind_listeners(addr: SocketAddr, shards: usize) -> io::Result<Vec<std::net::TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
     let make = |addr: SocketAddr, reuseport: bool| -> io::Result<std::net::TcpListener> {
         let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
