@@ -48,6 +48,8 @@ type CoreCall = Box<dyn FnOnce(&mut NodeCore, Instant) -> Box<dyn FnOnce() + Sen
 
 enum CoreCmd {
     Call(CoreCall),
+    /// The core's metrics, with the depths of the queues around it (the driver's to know).
+    Metrics(Sender<crate::metrics::CoreMetrics>),
     Stop,
 }
 
@@ -354,20 +356,26 @@ impl Engine {
         &self,
         f: impl FnOnce(&mut NodeCore, Instant) -> R + Send + 'static,
     ) -> Result<R, Error> {
+        self.ask(move |tx| {
+            CoreCmd::Call(Box::new(move |core, now| {
+                let r = f(core, now);
+                Box::new(move || {
+                    let _ = tx.send(r);
+                })
+            }))
+        })
+    }
+
+    /// Sends the core's thread a command carrying a reply channel, and waits for the reply.
+    fn ask<R: Send + 'static>(&self, make: impl FnOnce(Sender<R>) -> CoreCmd) -> Result<R, Error> {
         if self.core_thread.is_none() {
             return Err(Error::Stopped);
         }
         let (tx, rx) = bounded(1);
-        let call: CoreCall = Box::new(move |core, now| {
-            let r = f(core, now);
-            Box::new(move || {
-                let _ = tx.send(r);
-            })
-        });
         // Waited on in slices: a core thread that ended (a fatal error) answers nothing, and a
         // call queued just before it ended is not dropped until the engine is.
         let deadline = Instant::now() + CALL_TIMEOUT;
-        let mut cmd = CoreCmd::Call(call);
+        let mut cmd = make(tx);
         loop {
             match self.cmds.send_timeout(cmd, CALL_SLICE) {
                 Ok(()) => break,
@@ -494,6 +502,24 @@ impl Engine {
 
     /// Every connection with its state and counters (empty once the engine has stopped).
     pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut all: Vec<PeerInfo> = self
+            .shard_replies(ShardCmd::Peers)
+            .into_iter()
+            .flat_map(|(_, v)| v)
+            .collect();
+        all.sort_by_key(|p| p.id);
+        self.call(move |core, now| {
+            core.rate_peers(&mut all, now);
+            all
+        })
+        .unwrap_or_default()
+    }
+
+    /// Asks every shard, and collects the answers of those that answer (with their index).
+    fn shard_replies<R: Send + 'static>(
+        &self,
+        make: impl Fn(Sender<R>) -> ShardCmd,
+    ) -> Vec<(usize, R)> {
         let mut all = Vec::new();
         if self.core_thread.is_none() || self.stopping.load(Ordering::Relaxed) {
             return all;
@@ -504,7 +530,7 @@ impl Engine {
             .enumerate()
             .filter_map(|(i, (tx, waker))| {
                 let (rtx, rrx) = bounded(1);
-                tx.send_timeout(ShardCmd::Peers(rtx), CALL_TIMEOUT).ok()?;
+                tx.send_timeout(make(rtx), CALL_TIMEOUT).ok()?;
                 let _ = waker.wake();
                 Some((i, rrx))
             })
@@ -519,7 +545,7 @@ impl Engine {
             loop {
                 match rx.recv_timeout(CALL_SLICE) {
                     Ok(v) => {
-                        all.extend(v);
+                        all.push((i, v));
                         break;
                     }
                     Err(RecvTimeoutError::Timeout) if !gone() => {}
@@ -527,12 +553,7 @@ impl Engine {
                 }
             }
         }
-        all.sort_by_key(|p| p.id);
-        self.call(move |core, now| {
-            core.rate_peers(&mut all, now);
-            all
-        })
-        .unwrap_or_default()
+        all
     }
 
     /// Every peer address the engine knows (from the store and this run), with its record.
@@ -930,6 +951,32 @@ impl Engine {
         self.writer.store().clone()
     }
 
+    /// Everything the engine measures (traffic per command, disconnects and their reasons, ban
+    /// events, sync counters, queue depths, store commit and ping latencies), gathered from the
+    /// shards, the core and the store writer.
+    pub fn metrics(&self) -> Result<crate::metrics::Metrics, Error> {
+        let shards = self.shard_replies(ShardCmd::Metrics);
+        let core = self.ask(CoreCmd::Metrics)?;
+        Ok(crate::metrics::Metrics {
+            core,
+            shards: shards
+                .into_iter()
+                .map(|(i, mut m)| {
+                    m.commands_queued = self.shards[i].0.len();
+                    m
+                })
+                .collect(),
+            store_commit: self.writer.commit_latency(),
+            store_queue: self.writer.queue_len(),
+            store_failures: self.writer.failures(),
+        })
+    }
+
+    /// Where the chain stands: tips, heights, sync rates and the time left.
+    pub fn chain_status(&self) -> Result<crate::ChainStatus, Error> {
+        self.call(|core, now| core.chain_status(now))
+    }
+
     /// How many entries each of the core's maps holds (peers, requests, buffers...): for
     /// metrics and for tests that check nothing is left behind.
     pub fn core_counts(&self) -> Result<CoreCounts, Error> {
@@ -1071,6 +1118,13 @@ impl Driver {
                         let done = f(&mut self.core, now);
                         self.carry_out();
                         done();
+                    }
+                    Ok(CoreCmd::Metrics(reply)) => {
+                        let mut m = self.core.metrics(Instant::now());
+                        m.input_queue = self.peers.len();
+                        m.call_queue = self.cmds.len();
+                        m.event_queue = self.events.len() + self.pending.len();
+                        let _ = reply.send(m);
                     }
                     Ok(CoreCmd::Stop) | Err(_) => return self.finish(),
                 }

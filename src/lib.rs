@@ -34,6 +34,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod chain;
 mod config;
 pub mod decode;
@@ -42,6 +43,7 @@ mod error;
 mod event;
 pub mod ffi;
 mod fsm;
+pub mod metrics;
 pub mod network;
 mod node;
 mod reactor;
@@ -64,7 +66,7 @@ pub use fsm::sync::SyncProgress;
 pub use fsm::txrelay::TxPolicy;
 pub use fsm::{Direction, DisconnectReason, PeerId};
 pub use network::{Network, NetworkParams};
-pub use node::{CoreCounts, HeaderRef};
+pub use node::{ChainStatus, CoreCounts, HeaderRef};
 pub use store::records::PeerStatus;
 
 /// The README's Rust examples, compiled as doctests so they stay true.

@@ -1,5 +1,6 @@
 //! The `bsn` command line.
 
+use bsn::admin::AdminServer;
 use bsn::decode::{summarize, Format};
 use bsn::wire::Magic;
 use bsn::{Config, Engine, Event, Network};
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 /// Writes a line to stdout; false once stdout is gone (a closed pipe: `bsn node | head -1`),
 /// where `println!` would panic.
-fn say(args: std::fmt::Arguments) -> bool {
+pub(crate) fn say(args: std::fmt::Arguments) -> bool {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     out.write_fmt(args)
@@ -23,6 +24,9 @@ macro_rules! say {
         say(format_args!($($t)*))
     };
 }
+
+#[path = "bsn/client.rs"]
+mod client;
 
 #[derive(Parser)]
 #[command(name = "bsn", version, about = "Bitcoin Server Network engine")]
@@ -47,6 +51,50 @@ enum Cmd {
         #[arg(long)]
         all: bool,
     },
+    /// List a running node's peers (through its admin listener).
+    Peers(ClientArgs),
+    /// List a running node's bans.
+    Bans(ClientArgs),
+    /// Ban an IP or a subnet on a running node: its connections are dropped and it is refused.
+    Ban {
+        /// An IP (1.2.3.4, fd00::1) or a subnet (10.0.0.0/8, fd00::/64).
+        subnet: String,
+        /// How long: 24h, 30m, 7days... (default: the node's ban time, 24 hours).
+        #[arg(long = "for")]
+        duration: Option<String>,
+        /// Why (kept with the ban).
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Lift a ban on a running node (or every ban, with --all).
+    Unban {
+        /// The IP or subnet, as `bsn bans` lists it.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        subnet: Option<String>,
+        /// Lift every ban.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A running node's chain, sync and readiness at a glance.
+    Status(ClientArgs),
+}
+
+/// How the client commands reach a node.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// The node's admin listener (`bsn node --admin`).
+    #[arg(long, default_value = bsn::admin::DEFAULT_ADDR)]
+    admin: String,
+    /// The admin token, for calls that change something (`bsn node --admin-token`).
+    #[arg(long, env = "BSN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -114,6 +162,13 @@ struct NodeArgs {
     /// arrive, checked on the way, and are served from it: never whole in memory.
     #[arg(long, default_value_t = bsn::DEFAULT_BLOCK_FILE_THRESHOLD)]
     block_file_threshold: u64,
+    /// Serve the admin HTTP API (health, peers, bans, chain, Prometheus metrics) on this
+    /// address; without a value, on the default one. Off unless given.
+    #[arg(long, num_args = 0..=1, default_missing_value = bsn::admin::DEFAULT_ADDR)]
+    admin: Option<String>,
+    /// Token the admin API asks of every call that changes something (POST, DELETE).
+    #[arg(long, env = "BSN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 fn node(a: NodeArgs) -> ExitCode {
@@ -185,8 +240,16 @@ fn node(a: NodeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
+    let admin_addr = match a.admin.as_deref().map(resolve_admin) {
+        None => None,
+        Some(Ok(addr)) => Some(addr),
+        Some(Err(e)) => {
+            eprintln!("error: --admin: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let engine = match Engine::start(config) {
-        Ok(e) => e,
+        Ok(e) => std::sync::Arc::new(e),
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -199,21 +262,38 @@ fn node(a: NodeArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: import {}: {e}", f.display());
-                engine.stop();
                 return ExitCode::FAILURE;
             }
         }
     }
+    let admin = match admin_addr {
+        None => None,
+        Some(addr) => match AdminServer::start(engine.clone(), addr, a.admin_token.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     let cfg = engine.config();
+    let tip = engine
+        .best_header()
+        .map(|(hash, h)| format!("height {h} {hash}"))
+        .unwrap_or_else(|e| format!("unknown ({e})"));
     let mut open = say!(
-        "bsn node: network {} magic {}, listening on {}, data dir {}",
+        "bsn node: network {} magic {}, listening on {}, data dir {}, stored tip {tip}{}",
         cfg.network.name,
         cfg.network.magic,
         engine
             .local_addr()
             .map(|a| a.to_string())
             .unwrap_or_else(|| "nothing".into()),
-        a.data_dir.display()
+        a.data_dir.display(),
+        admin
+            .as_ref()
+            .map(|s| format!(", admin http://{}", s.local_addr()))
+            .unwrap_or_default()
     );
     let events = engine.events();
     // (a closed stdout ends the node quietly, as a closed pipe ends other tools)
@@ -226,7 +306,8 @@ fn node(a: NodeArgs) -> ExitCode {
                     p.id, p.addr, p.direction, p.version, p.user_agent, p.start_height
                 ),
                 Ok(Event::PeerDisconnected { id, addr, reason, .. }) => open = say!("disconnected {id} {addr}: {reason}"),
-                Ok(Event::ConnectFailed { addr, reason }) => open = say!("connect to {addr} failed: {reason}"),
+                Ok(Event::Banned { subnet, until, reason }) => open = say!("banned {subnet} until {}: {reason}", bsn::admin::date(until)),
+                Ok(Event::Unbanned { subnet }) => open = say!("unbanned {subnet}"),
                 Ok(Event::Message { peer, message }) => log::debug!("{peer}: {}", bsn::decode::describe(&message)),
                 Ok(_) => {}
                 Err(_) => break,
@@ -234,9 +315,25 @@ fn node(a: NodeArgs) -> ExitCode {
         }
     }
     say!("stopping");
-    engine.stop();
+    drop(admin); // its threads hold the engine
+    match std::sync::Arc::try_unwrap(engine) {
+        Ok(e) => e.stop(),
+        Err(_) => log::error!("the engine is still shared at stop"),
+    }
     say!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `--admin`'s address: IP:port, or a host name that resolves (localhost:8335).
+fn resolve_admin(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = s.parse() {
+        return Ok(a);
+    }
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s}: {e} (give IP:PORT, e.g. {})", bsn::admin::DEFAULT_ADDR))?
+        .next()
+        .ok_or_else(|| format!("{s} resolves to no address"))
 }
 
 fn main() -> ExitCode {
@@ -244,6 +341,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Node(a) => node(*a),
+        Cmd::Peers(c) => client::peers(&c),
+        Cmd::Bans(c) => client::bans(&c),
+        Cmd::Ban {
+            subnet,
+            duration,
+            reason,
+            client: c,
+        } => client::ban(&c, &subnet, duration.as_deref(), reason.as_deref()),
+        Cmd::Unban {
+            subnet,
+            all,
+            client: c,
+        } => client::unban(&c, subnet.as_deref().filter(|_| !all)),
+        Cmd::Status(c) => client::status(&c),
         Cmd::Decode { file, format, all } => {
             let data = match std::fs::read(&file) {
                 Ok(d) => d,

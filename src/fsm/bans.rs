@@ -254,7 +254,6 @@ impl BanList {
         self.bans.drain().map(|(s, _)| s).collect()
     }
 
-    #[cfg(test)]
     /// Number of bans.
     pub fn len(&self) -> usize {
         self.bans.len()

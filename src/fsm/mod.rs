@@ -48,7 +48,7 @@ impl fmt::Debug for PeerId {
 }
 
 /// Whether a connection was opened by us or by the peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Direction {
     /// The peer connected to us.
     Inbound,
@@ -108,6 +108,33 @@ pub enum DisconnectReason {
     /// A multistream setup failed (a bad or mismatched association ID, a refused or
     /// misplaced `createstrm`/`streamack`); not scored, as the SV node does not score it.
     StreamSetup(String),
+}
+
+impl DisconnectReason {
+    /// A short fixed name for the reason (a metrics label: `bad_frame`, `ping_timeout`...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DisconnectReason::WrongNetwork { .. } => "wrong_network",
+            DisconnectReason::ObsoleteVersion { .. } => "obsolete_version",
+            DisconnectReason::SelfConnection => "self_connection",
+            DisconnectReason::HandshakeTimeout => "handshake_timeout",
+            DisconnectReason::PingTimeout => "ping_timeout",
+            DisconnectReason::ProtocolViolation(_) => "protocol_violation",
+            DisconnectReason::BadFrame(_) => "bad_frame",
+            DisconnectReason::Malformed(_) => "malformed",
+            DisconnectReason::SendQueueFull { .. } => "send_queue_full",
+            DisconnectReason::ConnectFailed(_) => "connect_failed",
+            DisconnectReason::Closed => "closed",
+            DisconnectReason::Io(_) => "io",
+            DisconnectReason::Requested => "requested",
+            DisconnectReason::Shutdown => "shutdown",
+            DisconnectReason::LimitReached(_) => "limit_reached",
+            DisconnectReason::Banned => "banned",
+            DisconnectReason::Evicted => "evicted",
+            DisconnectReason::Stalled(_) => "stalled",
+            DisconnectReason::StreamSetup(_) => "stream_setup",
+        }
+    }
 }
 
 impl fmt::Display for DisconnectReason {

@@ -168,6 +168,12 @@ pub struct PeerStats {
 
 impl PeerStats {
     fn entry(&mut self, c: Command) -> &mut CommandStats {
+        // unknown names share one entry: the vector stays as short as the list of commands
+        let c = if crate::wire::commands::is_known(&c) {
+            c
+        } else {
+            crate::wire::commands::OTHER
+        };
         let i = match self.by_command.iter().position(|(k, _)| *k == c) {
             Some(i) => i,
             None => {

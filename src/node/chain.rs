@@ -88,6 +88,7 @@ impl NodeCore {
                 }
                 SyncAction::SyncDone { height } => {
                     log::info!("headers synced to height {height}");
+                    self.progress.synced_once = true;
                     self.emit(Event::HeadersSynced { height });
                 }
             }
@@ -305,6 +306,7 @@ impl NodeCore {
         let mut batch = Batch::new();
         let t = self.now_u32(now);
         let u = self.chain.insert_headers_at(headers, &mut batch, t);
+        self.tally.headers += u.added.len() as u64;
         self.write(batch);
         if u.new_tip != u.old_tip {
             self.set_height(u.new_tip.height);

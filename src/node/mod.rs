@@ -27,7 +27,10 @@
 mod addr;
 mod bsv;
 mod chain;
+mod status;
 mod tx;
+
+pub use status::ChainStatus;
 
 pub use chain::HeaderRef;
 
@@ -193,6 +196,8 @@ struct Peer {
     /// What its last counters from the shard say (for eviction scores; bans are added when
     /// scoring).
     inputs: ScoreInputs,
+    /// Its counters as of the shard's last report (for the metrics).
+    last_stats: PeerStats,
 }
 
 /// Most block hashes remembered per peer as already known to it.
@@ -335,6 +340,10 @@ pub(crate) struct NodeCore {
     /// A batch of headers whose validation waits until the request for the next batch has gone
     /// out (the driver carries out outputs between inputs).
     deferred: Option<(PeerId, Vec<crate::wire::BlockHeader>)>,
+    /// Counters for the metrics.
+    tally: status::Tally,
+    /// Sync progress samples.
+    progress: status::Progress,
 }
 
 /// How often sync, download, discovery and static re-dials are looked at.
@@ -448,6 +457,8 @@ impl NodeCore {
             next_sync_tick: now,
             height,
             deferred: None,
+            tally: Default::default(),
+            progress: Default::default(),
         })
     }
 
@@ -607,6 +618,7 @@ impl NodeCore {
                 continuation: None,
                 getaddr_answered: false,
                 inputs: ScoreInputs::default(),
+                last_stats: PeerStats::default(),
             },
         );
         if direction == Direction::Outbound {
@@ -725,6 +737,7 @@ impl NodeCore {
             return; // refused; its disconnect is on the way
         }
         p.ready = true;
+        self.tally.handshakes += 1;
         p.association = info.association;
         p.services = v.services;
         p.version = v.version;
@@ -742,7 +755,8 @@ impl NodeCore {
         self.addr_connected(id, addr, direction, v.services, now);
         self.txs.peer_connected(id);
         self.sync_connected(id, v.start_height, v.services, score, now);
-        log::info!(
+        // (debug: the embedder gets the event, and `bsn node` prints it once)
+        log::debug!(
             "peer {id} connected: {addr} {direction} {} height {}",
             v.user_agent,
             v.start_height
@@ -848,6 +862,7 @@ impl NodeCore {
             return;
         };
         p.inputs = conn_inputs(rtt, p.ready, stats);
+        p.last_stats.clone_from(stats);
         if p.ready {
             let addr = p.addr;
             self.registry.snapshot(id, addr, stats, rtt);
@@ -867,6 +882,15 @@ impl NodeCore {
         };
         let (addr, direction, ready) = (peer.addr, peer.direction, peer.ready);
         log::debug!("peer {id} ({addr}, {direction}) disconnected: {reason}");
+        self.tally.retire(&stats);
+        *self.tally.disconnects.entry(reason.kind()).or_default() += 1;
+        if !ready {
+            *self
+                .tally
+                .handshake_failures
+                .entry(reason.kind())
+                .or_default() += 1;
+        }
         if let Some(r) = reason.ban_reason() {
             self.misbehaving(addr.ip(), Some(id), r, &reason.to_string(), now);
         }
@@ -965,6 +989,11 @@ impl NodeCore {
             return;
         }
         let unix = self.unix(now);
+        *self
+            .tally
+            .ban_score_events
+            .entry(reason.name().to_string())
+            .or_default() += 1;
         let change = self.scores.add_points(ip, points, unix);
         log::info!(
             "{ip}: +{} ban score for {reason} ({detail}): {}",
@@ -997,6 +1026,7 @@ impl NodeCore {
     ) -> Result<(), BanError> {
         let unix = self.unix(now);
         let evicted = self.bans.ban(subnet, until, reason, unix)?;
+        self.tally.bans += 1;
         let mut b = Batch::new();
         if let Some(old) = evicted {
             b.delete(Table::Bans, ban_key(&old.addr(), old.prefix()).to_vec());
@@ -1013,7 +1043,10 @@ impl NodeCore {
             .encode(),
         );
         self.write(b);
-        log::warn!("banned {subnet} until {until}: {reason}");
+        log::warn!(
+            "banned {subnet} until {}: {reason}",
+            crate::admin::date(until)
+        );
         self.registry
             .set_status(|a| subnet.contains(a), PeerStatus::Banned);
         self.emit(Event::Banned {
@@ -1167,6 +1200,7 @@ impl NodeCore {
                 .iter()
                 .filter_map(|&(height, hash)| self.connected_event(height, hash))
                 .collect();
+            self.tally.blocks += connected.len() as u64;
             for h in &c.held {
                 self.unconfirmed.remove(h);
             }
@@ -1240,6 +1274,7 @@ impl NodeCore {
             self.persist(now);
             self.next_persist = now + self.config.persist_interval;
         }
+        self.progress_tick(now);
     }
 
     fn redial_statics(&mut self, now: Instant) {

@@ -61,6 +61,8 @@ pub(crate) enum ShardCmd {
     Send(PeerId, Message, Option<Sender<Result<(), SendError>>>),
     /// Report every connection.
     Peers(Sender<Vec<PeerInfo>>),
+    /// Report the shard's metrics.
+    Metrics(Sender<crate::metrics::ShardMetrics>),
     /// Connection `from` joins `owner`'s association as a stream (the core agreed): moved to
     /// the owner's shard if that is another one.
     JoinStream {
@@ -258,6 +260,8 @@ pub(crate) struct Shard {
     /// is read.
     backlog: VecDeque<PeerInput>,
     last_stats: Instant,
+    /// Ping round trips measured.
+    ping: crate::metrics::Histogram,
     /// An accept failed (e.g. out of descriptors): try again at the next tick.
     accept_retry: bool,
     /// Connections that used up their read budget: read again on the next turn.
@@ -307,6 +311,7 @@ impl Shard {
             next_id: 1,
             backlog: VecDeque::new(),
             last_stats: Instant::now(),
+            ping: crate::metrics::Histogram::new(crate::metrics::PING_BUCKETS),
             accept_retry: false,
             pending: Vec::new(),
             throttled: Vec::new(),
@@ -452,6 +457,16 @@ impl Shard {
                             .map(|(_, c)| self.info(c))
                             .collect(),
                     );
+                }
+                ShardCmd::Metrics(reply) => {
+                    let _ = reply.send(crate::metrics::ShardMetrics {
+                        shard: self.index,
+                        connections: self.conns.len(),
+                        send_queue_bytes: self.conns.iter().map(|(_, c)| c.queued as u64).sum(),
+                        backlog: self.backlog.len(),
+                        commands_queued: self.rx.len(),
+                        ping: self.ping.clone(),
+                    });
                 }
                 ShardCmd::JoinStream {
                     from,
@@ -1011,7 +1026,10 @@ impl Shard {
                         }
                     }
                 }
-                PeerOutput::Rtt(rtt) => log::trace!("peer {} rtt {rtt:?}", c.id),
+                PeerOutput::Rtt(rtt) => {
+                    log::trace!("peer {} rtt {rtt:?}", c.id);
+                    self.ping.observe(rtt);
+                }
                 PeerOutput::Misbehaved(reason, detail) => {
                     log::debug!("peer {} ({}): {detail}", c.id, c.addr);
                     let id = c.id;

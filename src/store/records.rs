@@ -20,7 +20,7 @@ pub struct CommandStats {
 }
 
 /// What we think of a peer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum PeerStatus {
     /// Never connected.

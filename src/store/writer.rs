@@ -3,6 +3,7 @@
 //! batch's sequence number is committed. A periodic sync flushes to disk.
 
 use super::{Batch, Store, StoreError, StoreResult};
+use crate::metrics::{AtomicHistogram, Histogram, COMMIT_BUCKETS};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct StoreWriter {
     next_seq: AtomicU64,
     committed: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    /// How long each commit took.
+    commits: Arc<AtomicHistogram>,
     /// Closes (its sender is dropped) when the writer thread has done its last work.
     done: Receiver<()>,
     store: Arc<dyn Store>,
@@ -40,19 +43,26 @@ impl StoreWriter {
         let (tx, rx) = bounded(QUEUE);
         let committed = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
-        let (c, f, s) = (committed.clone(), failed.clone(), store.clone());
+        let commits = Arc::new(AtomicHistogram::new(COMMIT_BUCKETS));
+        let (c, f, s, h) = (
+            committed.clone(),
+            failed.clone(),
+            store.clone(),
+            commits.clone(),
+        );
         let (done_tx, done) = bounded::<()>(0);
         std::thread::Builder::new()
             .name("bsn-store".into())
             .spawn(move || {
                 let _done = done_tx; // dropped as the thread ends, panics included
-                run(s, rx, c, f, sync_every)
+                run(s, rx, c, f, h, sync_every)
             })?;
         Ok(StoreWriter {
             tx,
             next_seq: AtomicU64::new(1),
             committed,
             failed,
+            commits,
             done,
             store,
         })
@@ -106,6 +116,16 @@ impl StoreWriter {
         self.committed.load(Ordering::Acquire)
     }
 
+    /// How long commits took (each merged write, to the store's commit).
+    pub fn commit_latency(&self) -> Histogram {
+        self.commits.snapshot()
+    }
+
+    /// Batches waiting for the writer thread.
+    pub fn queue_len(&self) -> usize {
+        self.tx.len()
+    }
+
     /// Batches that failed to commit.
     pub fn failures(&self) -> u64 {
         self.failed.load(Ordering::Relaxed)
@@ -130,6 +150,7 @@ fn run(
     rx: Receiver<Req>,
     committed: Arc<AtomicU64>,
     failed: Arc<AtomicU64>,
+    commits: Arc<AtomicHistogram>,
     sync_every: Duration,
 ) {
     let mut dirty = false;
@@ -165,7 +186,10 @@ fn run(
         let result = if merged.is_empty() {
             Ok(())
         } else {
-            store.write(&merged)
+            let t = Instant::now();
+            let r = store.write(&merged);
+            commits.observe(t.elapsed());
+            r
         };
         match &result {
             Ok(()) if last_seq > 0 => {

@@ -247,6 +247,51 @@ pub mod commands {
     pub const STREAMACK: Command = Command::from_static("streamack");
     pub const DSDETECTED: Command = Command::from_static("dsdetected");
     pub const REVOKEMID: Command = Command::from_static("revokemid");
+    /// Where counters put every command not listed here (a peer can send any name: counting
+    /// each apart would let it grow them without bound).
+    pub const OTHER: Command = Command::from_static("other");
+
+    /// Every command the engine knows.
+    pub const ALL: [Command; 33] = [
+        VERSION,
+        VERACK,
+        PING,
+        PONG,
+        ADDR,
+        GETADDR,
+        INV,
+        GETDATA,
+        NOTFOUND,
+        GETHEADERS,
+        GETBLOCKS,
+        HEADERS,
+        SENDHEADERS,
+        BLOCK,
+        TX,
+        REJECT,
+        MEMPOOL,
+        FEEFILTER,
+        SENDCMPCT,
+        CMPCTBLOCK,
+        PROTOCONF,
+        EXTMSG,
+        BLOCKTXN,
+        HDRSEN,
+        DATAREFTX,
+        AUTHCH,
+        GETHDRSEN,
+        SENDHDRSEN,
+        AUTHRESP,
+        CREATESTRM,
+        STREAMACK,
+        DSDETECTED,
+        REVOKEMID,
+    ];
+
+    /// Whether the engine knows `c` (it is one of [`ALL`]).
+    pub fn is_known(c: &Command) -> bool {
+        ALL.contains(c)
+    }
 }
 
 /// A payload that did not decode: which command, at which offset, and why.
