@@ -49,9 +49,12 @@ pub struct Config {
     pub ping_timeout: Duration,
     /// Time allowed for an outbound TCP connect.
     pub connect_timeout: Duration,
-    /// First re-dial delay for a static peer; doubles on each failure.
+    /// First re-dial delay for a static peer; doubles on each failed attempt in a row: a dial
+    /// that fails, or a connection that ends before it has been ready for `redial_max` (a peer
+    /// that takes the connection and drops it, at once or right after the handshake).
     pub redial_base: Duration,
-    /// Longest re-dial delay.
+    /// Longest re-dial delay; also how long a connection must stay up (ready) before the
+    /// backoff starts over (and before an address book address's retry backoff does).
     pub redial_max: Duration,
     /// How often each shard checks its timers.
     pub tick: Duration,

@@ -440,11 +440,21 @@ impl AddrBook {
         })
     }
 
+    /// Records a completed handshake with `a` that counts at once: [`AddrBook::handshake`],
+    /// then [`AddrBook::stable`] (its backoff and failures reset). True when `a` is in the book
+    /// after.
+    #[cfg(test)]
+    pub fn success(&mut self, a: &SocketAddr, services: u64, now: u64) -> bool {
+        self.handshake(a, services, now) && self.stable(a)
+    }
+
     /// Records a completed handshake with `a` (an outbound connection: an inbound peer's port
     /// is not its listening port) and the services it announced: the address goes to "tried"
-    /// (added if unknown, unless the settings refuse it), its backoff and failures reset. When
+    /// (added if unknown, unless the settings refuse it). Its retry backoff and failures are
+    /// kept: a peer that drops us right after the handshake must not be retried at once, so
+    /// they start over only when the connection has stayed up ([`AddrBook::stable`]). When
     /// "tried" is full its worst entry goes back to "new". True when `a` is in the book after.
-    pub fn success(&mut self, a: &SocketAddr, services: u64, now: u64) -> bool {
+    pub fn handshake(&mut self, a: &SocketAddr, services: u64, now: u64) -> bool {
         let a = canonical(*a);
         if !self.acceptable(&a) {
             return false;
@@ -453,8 +463,6 @@ impl AddrBook {
             i.services = services;
             i.last_seen = i.last_seen.max(now);
             i.last_success = now;
-            i.attempts = 0;
-            i.failures = 0;
         };
         match self.map.get(&a).map(|s| s.info.tried) {
             Some(true) => self.modify(&a, update),
@@ -479,6 +487,16 @@ impl AddrBook {
                 self.place(a, info)
             }
         }
+    }
+
+    /// Records that a connection to `a` stayed up long enough to count as a success: its retry
+    /// backoff and failures start over. False when `a` is not in the book.
+    pub fn stable(&mut self, a: &SocketAddr) -> bool {
+        let a = canonical(*a);
+        self.modify(&a, |i| {
+            i.attempts = 0;
+            i.failures = 0;
+        })
     }
 
     /// Records a failed dial or handshake with `a` (it counts as an attempt too if none was
@@ -985,7 +1003,16 @@ mod tests {
             assert_eq!(b.select(t + delay, &mut rng, &ex), Some(only));
             t += delay;
         }
-        // success resets the backoff
+        // a handshake alone keeps the backoff (the peer may drop us at once); a connection that
+        // stayed up resets it, as does a success
+        b.attempt(&only, t);
+        assert_eq!(b.select(t, &mut rng, &ex), None);
+        assert!(b.handshake(&only, 1, t));
+        assert!(b.get(&only).unwrap().tried);
+        assert_eq!(b.select(t, &mut rng, &ex), None);
+        assert!(b.stable(&only));
+        assert_eq!(b.get(&only).unwrap().attempts, 0);
+        assert_eq!(b.select(t, &mut rng, &ex), Some(only));
         b.attempt(&only, t);
         assert_eq!(b.select(t, &mut rng, &ex), None);
         b.success(&only, 1, t);

@@ -64,8 +64,10 @@ impl NodeCore {
         }
         let t = self.unix(now);
         self.dialing.remove(&canonical(addr));
-        // An outbound peer listens where we reached it.
-        self.book.success(&addr, services, t);
+        // An outbound peer listens where we reached it. Its retry backoff starts over only
+        // once the connection has stayed up (`addr_stable`): one that drops us right after the
+        // handshake must not be dialled again at once.
+        self.book.handshake(&addr, services, t);
         if self.config.getaddr_on_connect {
             self.send(id, Message::GetAddr);
         }
@@ -78,17 +80,26 @@ impl NodeCore {
         }
     }
 
+    /// An outbound connection stayed up long enough: its address's retry backoff starts over.
+    pub(super) fn addr_stable(&mut self, addr: SocketAddr) {
+        self.book.stable(&addr);
+    }
+
+    /// An outbound connection ended: one that was not `stable` (it ended before or soon after
+    /// its handshake) counts as a failed attempt, so the address is retried with backoff.
     pub(super) fn addr_disconnected(
         &mut self,
         addr: SocketAddr,
         direction: Direction,
         handshaken: bool,
+        stable: bool,
         now: Instant,
     ) {
         if direction != Direction::Outbound {
             return;
         }
-        if handshaken {
+        if stable {
+            debug_assert!(handshaken);
             self.dialing.remove(&canonical(addr));
         } else {
             self.addr_dial_failed(addr, now);
@@ -186,11 +197,13 @@ impl NodeCore {
             self.peers.values().map(|p| canonical(p.addr)).collect();
         while self.outbound < target {
             let pick = {
-                let (bans, dialing) = (&self.bans, &self.dialing);
+                let (bans, dialing, statics) = (&self.bans, &self.dialing, &self.statics);
+                // static peers are dialled on their own schedule (`redial_statics`)
                 let exclude = |a: &SocketAddr| {
                     Some(*a) == me
                         || connected.contains(a)
                         || dialing.contains(a)
+                        || statics.keys().any(|s| canonical(*s) == *a)
                         || bans.banned(a.ip(), t).is_some()
                 };
                 let rng = &mut self.rng;

@@ -172,6 +172,11 @@ struct Peer {
     since: Instant,
     /// Handshake done.
     ready: bool,
+    /// When the handshake completed.
+    ready_at: Option<Instant>,
+    /// An outbound connection that has been ready for [`NodeCore::stable_after`]: the re-dial
+    /// and address book backoffs of its address have started over.
+    stable: bool,
     services: u64,
     version: i32,
     start_height: i32,
@@ -230,6 +235,8 @@ impl KnownBlocks {
 /// backoff when they drop.
 #[derive(Debug, Default)]
 struct Redial {
+    /// Failed attempts in a row: dials that failed and connections that ended before they were
+    /// stable (see [`NodeCore::stable_after`]).
     attempts: u32,
     /// When to dial next; `None` while connected or being dialled.
     at: Option<Instant>,
@@ -605,6 +612,8 @@ impl NodeCore {
                 admitted: false,
                 since: now,
                 ready: false,
+                ready_at: None,
+                stable: false,
                 services: 0,
                 version: 0,
                 start_height: 0,
@@ -737,6 +746,7 @@ impl NodeCore {
             return; // refused; its disconnect is on the way
         }
         p.ready = true;
+        p.ready_at = Some(now);
         self.tally.handshakes += 1;
         p.association = info.association;
         p.services = v.services;
@@ -747,9 +757,8 @@ impl NodeCore {
         let unix = self.unix(now);
         self.registry
             .connected(id, addr, v.services, &v.user_agent, v.version, unix);
-        if let Some(r) = self.statics.get_mut(&addr) {
-            r.attempts = 0; // reached: the backoff starts over
-        }
+        // a static peer's backoff starts over only once the connection has stayed up
+        // (`mark_stable`): one that drops us right after the handshake is a failed attempt
         self.rate_peers(std::slice::from_mut(&mut info), now);
         let score = info.score;
         self.addr_connected(id, addr, direction, v.services, now);
@@ -880,7 +889,13 @@ impl NodeCore {
         let Some(peer) = self.peers.get(&id) else {
             return;
         };
-        let (addr, direction, ready) = (peer.addr, peer.direction, peer.ready);
+        let (addr, direction, ready, since) = (peer.addr, peer.direction, peer.ready, peer.since);
+        // it may have stayed up long enough since the timer last looked
+        let turns_stable = self.turns_stable(peer, now);
+        let stable = peer.stable || turns_stable;
+        if turns_stable {
+            self.connection_stable(addr);
+        }
         log::debug!("peer {id} ({addr}, {direction}) disconnected: {reason}");
         self.tally.retire(&stats);
         *self.tally.disconnects.entry(reason.kind()).or_default() += 1;
@@ -900,13 +915,30 @@ impl NodeCore {
         let unix = self.unix(now);
         self.registry
             .disconnected(id, addr, direction, ready, &stats, rtt, unix);
-        self.addr_disconnected(addr, direction, ready, now);
+        self.addr_disconnected(addr, direction, ready, stable, now);
         if ready {
             self.sync_disconnected(id, now);
             self.txs.peer_disconnected(id);
         }
         self.forget_embedder_requests_of(id);
-        self.schedule_redial(addr, now);
+        if let Some((delay, attempt)) = self.schedule_redial(addr, now) {
+            if reason != DisconnectReason::Shutdown {
+                let up = human_duration(now.saturating_duration_since(since));
+                let what = match &reason {
+                    DisconnectReason::ConnectFailed(e) => {
+                        format!("connect to {addr} failed after {up}: {e}")
+                    }
+                    DisconnectReason::Closed => {
+                        format!("peer {addr} closed the connection {up} after connect")
+                    }
+                    r => format!("peer {addr} disconnected ({r}) {up} after connect"),
+                };
+                log::info!(
+                    "{what}; re-dialling in {} (attempt {attempt})",
+                    human_duration(delay)
+                );
+            }
+        }
         self.emit(Event::PeerDisconnected {
             id,
             addr,
@@ -916,22 +948,72 @@ impl NodeCore {
     }
 
     fn dial_failed(&mut self, addr: SocketAddr, reason: String, now: Instant) {
-        log::info!("connect to {addr} failed: {reason}");
         self.outbound = self.outbound.saturating_sub(1);
         let unix = self.unix(now);
         self.registry.failed(addr, unix);
         self.addr_dial_failed(addr, now);
-        self.schedule_redial(addr, now);
+        match self.schedule_redial(addr, now) {
+            Some((delay, attempt)) => log::info!(
+                "connect to {addr} failed: {reason}; re-dialling in {} (attempt {attempt})",
+                human_duration(delay)
+            ),
+            None => log::info!("connect to {addr} failed: {reason}"),
+        }
         self.emit(Event::ConnectFailed { addr, reason });
     }
 
     /// A static peer that dropped or could not be reached is dialled again after a backoff
-    /// that grows with each failure in a row.
-    fn schedule_redial(&mut self, addr: SocketAddr, now: Instant) {
-        if let Some(r) = self.statics.get_mut(&addr) {
-            r.at = Some(now + redial_delay(&self.config, r.attempts));
-            r.attempts += 1;
+    /// that grows with each failure in a row (a connection that ended before it was stable is
+    /// one): the delay and the attempt's number, for a static peer.
+    fn schedule_redial(&mut self, addr: SocketAddr, now: Instant) -> Option<(Duration, u32)> {
+        let r = self.statics.get_mut(&addr)?;
+        let delay = redial_delay(&self.config, r.attempts);
+        r.at = Some(now + delay);
+        r.attempts = r.attempts.saturating_add(1);
+        Some((delay, r.attempts))
+    }
+
+    /// How long a connection must stay up (ready) before the backoff of its address starts
+    /// over: `redial_max`. A connection that ends sooner is a failed attempt, so a peer that
+    /// takes our connection and drops it (at once, or right after the handshake) is dialled
+    /// at most about once per `redial_max` once the backoff has grown, however it behaves.
+    fn stable_after(&self) -> Duration {
+        self.config.redial_max
+    }
+
+    /// Whether an outbound connection not yet marked stable has been ready long enough.
+    fn turns_stable(&self, p: &Peer, now: Instant) -> bool {
+        p.direction == Direction::Outbound
+            && !p.stable
+            && p.ready_at
+                .is_some_and(|t| now.saturating_duration_since(t) >= self.stable_after())
+    }
+
+    /// Marks the outbound connections that have stayed up long enough as stable: the backoffs
+    /// of their addresses start over.
+    fn mark_stable(&mut self, now: Instant) {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| self.turns_stable(p, now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            if let Some(p) = self.peers.get_mut(&id) {
+                p.stable = true;
+                let addr = p.addr;
+                self.connection_stable(addr);
+            }
         }
+    }
+
+    /// A connection to `addr` stayed up: its static re-dial and address book backoffs start
+    /// over.
+    fn connection_stable(&mut self, addr: SocketAddr) {
+        if let Some(r) = self.statics.get_mut(&addr) {
+            r.attempts = 0;
+        }
+        self.addr_stable(addr);
     }
 
     /// Asks for an outbound connection: false (with a `ConnectFailed` event for a banned
@@ -1261,6 +1343,7 @@ impl NodeCore {
             self.next_tx_flush = now + self.config.tx_announce_interval;
         }
         if now >= self.next_sync_tick {
+            self.mark_stable(now);
             self.redial_statics(now);
             self.fill_outbound(now);
             self.sync_tick(now);
@@ -1292,14 +1375,13 @@ impl NodeCore {
                 }
                 continue;
             }
-            let ok = self.dial(a, now);
-            if let Some(r) = self.statics.get_mut(&a) {
-                r.at = if ok {
-                    None
-                } else {
-                    r.attempts += 1;
-                    Some(now + redial_delay(&self.config, r.attempts))
-                };
+            if self.dial(a, now) {
+                if let Some(r) = self.statics.get_mut(&a) {
+                    r.at = None;
+                }
+            } else {
+                // banned or no outbound slot (`dial` said which): a failed attempt too
+                self.schedule_redial(a, now);
             }
         }
     }
@@ -1380,6 +1462,26 @@ fn redial_delay(cfg: &Config, attempt: u32) -> Duration {
         .min(cfg.redial_max)
 }
 
+/// A duration for a log line: `0.3 ms`, `50 ms`, `0.4 s`, `8 s`, `12 min`, `2.5 h`.
+fn human_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if d < Duration::from_millis(10) {
+        format!("{:.1} ms", s * 1000.0)
+    } else if d < Duration::from_millis(100) {
+        format!("{} ms", d.as_millis())
+    } else if d.subsec_nanos() == 0 && s < 120.0 {
+        format!("{} s", d.as_secs())
+    } else if s < 10.0 {
+        format!("{s:.1} s")
+    } else if s < 120.0 {
+        format!("{} s", d.as_secs())
+    } else if s < 2.0 * 3600.0 {
+        format!("{} min", d.as_secs() / 60)
+    } else {
+        format!("{:.1} h", s / 3600.0)
+    }
+}
+
 /// The highest height from 1 up whose block is stored without a gap.
 pub(crate) fn stored_up_to(chain: &ChainDb, store: &dyn Store) -> u32 {
     let tree = chain.tree();
@@ -1391,4 +1493,292 @@ pub(crate) fn stored_up_to(chain: &ChainDb, store: &dyn Store) -> u32 {
         h += 1;
     }
     h
+}
+
+#[cfg(test)]
+mod tests {
+    //! Re-dial backoff, driven through the core's inputs on a virtual clock.
+
+    use super::*;
+    use crate::network::Network;
+    use crate::store::memory::MemoryStore;
+    use std::time::SystemTime;
+
+    const UNIX_START: u64 = 1_700_000_000;
+
+    /// A core on a virtual clock, and what it asked to dial.
+    struct Harness {
+        core: NodeCore,
+        now: Instant,
+        next_id: u64,
+    }
+
+    /// How a connection ends.
+    #[derive(Clone, Copy, Debug)]
+    enum End {
+        /// The TCP connect itself fails.
+        DialFailed,
+        /// Connected, then reset before any message (as an SV node does to a banned address).
+        ResetAtOnce,
+        /// The handshake completes, then the peer drops us at once.
+        DropAfterHandshake,
+    }
+
+    impl Harness {
+        fn new(config: Config) -> Harness {
+            let now = Instant::now();
+            let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+            let core = NodeCore::new(config, store, None, now, UNIX_START, 7).expect("core");
+            Harness {
+                core,
+                now,
+                next_id: 1,
+            }
+        }
+
+        /// The dials among the outputs (the rest is dropped).
+        fn drain(&mut self) -> Vec<SocketAddr> {
+            let mut dials = Vec::new();
+            while let Some(o) = self.core.poll_output() {
+                if let Output::Dial(a) = o {
+                    dials.push(a);
+                }
+            }
+            dials
+        }
+
+        /// Runs the core's timers up to `until`; the dials asked for meanwhile.
+        fn run_until(&mut self, until: Instant) -> Vec<(Instant, SocketAddr)> {
+            let mut dials = Vec::new();
+            loop {
+                let next = self.core.poll_timeout().max(self.now);
+                if next > until {
+                    self.now = until;
+                    return dials;
+                }
+                self.now = next;
+                self.core.handle_timeout(self.now);
+                dials.extend(self.drain().into_iter().map(|a| (self.now, a)));
+            }
+        }
+
+        /// Runs the timers until the first dial, at most `limit` from now.
+        fn next_dial(&mut self, limit: Duration) -> Option<(Instant, SocketAddr)> {
+            let until = self.now + limit;
+            loop {
+                let next = self.core.poll_timeout().max(self.now);
+                if next > until {
+                    self.now = until;
+                    return None;
+                }
+                self.now = next;
+                self.core.handle_timeout(self.now);
+                if let Some(a) = self.drain().into_iter().next() {
+                    return Some((self.now, a));
+                }
+            }
+        }
+
+        fn input(&mut self, i: PeerInput) {
+            self.core.handle_peer(i, self.now);
+            let dials = self.drain();
+            assert!(dials.is_empty(), "dialled {dials:?} on an input");
+        }
+
+        /// The socket of a dial to `addr` is made.
+        fn connection(&mut self, addr: SocketAddr) -> PeerId {
+            let id = PeerId(self.next_id);
+            self.next_id += 1;
+            self.input(PeerInput::Connection {
+                id,
+                addr,
+                direction: Direction::Outbound,
+            });
+            id
+        }
+
+        fn ready(&mut self, id: PeerId, addr: SocketAddr) {
+            let info = PeerInfo {
+                id,
+                addr,
+                direction: Direction::Outbound,
+                ready: true,
+                version: 70016,
+                services: 1,
+                user_agent: "/test/".into(),
+                start_height: 0,
+                rtt: None,
+                connected_since: SystemTime::UNIX_EPOCH,
+                their_max_payload: 0,
+                queued_bytes: 0,
+                stats: PeerStats::default(),
+                shard: 0,
+                score: 0,
+                status: PeerStatus::Unknown,
+                association: None,
+                stream_policy: "Default",
+                streams: Vec::new(),
+            };
+            let version = VersionMessage {
+                version: 70016,
+                services: 1,
+                timestamp: UNIX_START as i64,
+                receiver: crate::wire::NetAddr::new(addr, 0),
+                sender: crate::wire::NetAddr::new(addr, 1),
+                nonce: 42,
+                user_agent: "/test/".into(),
+                start_height: 0,
+                relay: Some(true),
+                extra: Default::default(),
+            };
+            self.input(PeerInput::Ready {
+                info: Box::new(info),
+                version: Box::new(version),
+            });
+        }
+
+        fn disconnected(&mut self, id: PeerId) {
+            self.input(PeerInput::Disconnected {
+                id,
+                reason: DisconnectReason::Closed,
+                stats: PeerStats::default(),
+                rtt: None,
+            });
+        }
+
+        /// Carries out a dial to `addr` that ends as `end`, `up` after the handshake.
+        fn connect_and_end(&mut self, addr: SocketAddr, end: End, up: Duration) {
+            match end {
+                End::DialFailed => self.input(PeerInput::DialFailed {
+                    addr,
+                    reason: "connection refused".into(),
+                }),
+                End::ResetAtOnce => {
+                    let id = self.connection(addr);
+                    self.disconnected(id);
+                }
+                End::DropAfterHandshake => {
+                    let id = self.connection(addr);
+                    self.ready(id, addr);
+                    let until = self.now + up;
+                    let dials = self.run_until(until);
+                    assert!(dials.is_empty(), "dialled {dials:?} while connected");
+                    self.disconnected(id);
+                }
+            }
+        }
+    }
+
+    fn test_config() -> Config {
+        let mut c = Config::builder(Network::Regtest)
+            .build()
+            .expect("a valid config");
+        c.target_outbound = 0;
+        c
+    }
+
+    /// Carries out the dial just asked for, ending as `end` after `up` ready; the time from
+    /// its end to the next dial.
+    fn redial_gap(h: &mut Harness, addr: SocketAddr, end: End, up: Duration) -> Duration {
+        h.connect_and_end(addr, end, up);
+        let ended = h.now;
+        let (at, a) = h.next_dial(Duration::from_secs(7200)).expect("re-dialled");
+        assert_eq!(a, addr);
+        at - ended
+    }
+
+    #[test]
+    fn a_static_peer_whose_connections_end_at_once_is_redialled_with_growing_backoff() {
+        let addr: SocketAddr = "10.1.2.3:8333".parse().unwrap();
+        let mut c = test_config();
+        c.connect = vec![addr];
+        // the address book learns the address from the handshakes, but leaves it to the
+        // static re-dials
+        c.allow_local_addrs = true;
+        c.target_outbound = 8;
+        c.redial_base = Duration::from_secs(1);
+        c.redial_max = Duration::from_secs(60);
+        let (base, max) = (c.redial_base, c.redial_max);
+        let mut h = Harness::new(c);
+        let (_, a) = h
+            .next_dial(Duration::from_secs(1))
+            .expect("dialled at start");
+        assert_eq!(a, addr);
+        // failures of every kind in a row: the delay after each doubles up to the cap
+        let ends = [End::ResetAtOnce, End::DropAfterHandshake, End::DialFailed];
+        let mut gaps = Vec::new();
+        for k in 0..10u32 {
+            let end = ends[k as usize % ends.len()];
+            let gap = redial_gap(&mut h, addr, end, Duration::ZERO);
+            gaps.push(gap);
+            let want = (base * (1 << k)).min(max);
+            assert!(
+                gap >= want && gap <= want + 2 * SYNC_TICK,
+                "after failure {k} ({end:?}) re-dialled in {gap:?}, want {want:?}; gaps {gaps:?}"
+            );
+        }
+        // a connection that ends well before `redial_max` is still a failure
+        let gap = redial_gap(&mut h, addr, End::DropAfterHandshake, max / 2);
+        assert!(gap >= max, "{gap:?}");
+        // one that stayed up for `redial_max`: the backoff starts over
+        let gap = redial_gap(&mut h, addr, End::DropAfterHandshake, max);
+        assert!(gap >= base && gap <= base + 2 * SYNC_TICK, "{gap:?}");
+        let gap = redial_gap(&mut h, addr, End::ResetAtOnce, Duration::ZERO);
+        assert!(
+            gap >= 2 * base && gap <= 2 * base + 2 * SYNC_TICK,
+            "{gap:?}"
+        );
+        let gap = redial_gap(&mut h, addr, End::DropAfterHandshake, Duration::ZERO);
+        assert!(
+            gap >= 4 * base && gap <= 4 * base + 2 * SYNC_TICK,
+            "{gap:?}"
+        );
+    }
+
+    #[test]
+    fn durations_read_well_in_log_lines() {
+        let ms = Duration::from_millis;
+        assert_eq!(human_duration(Duration::ZERO), "0.0 ms");
+        assert_eq!(human_duration(Duration::from_micros(250)), "0.2 ms");
+        assert_eq!(human_duration(ms(3)), "3.0 ms");
+        assert_eq!(human_duration(ms(50)), "50 ms");
+        assert_eq!(human_duration(ms(400)), "0.4 s");
+        assert_eq!(human_duration(ms(8000)), "8 s");
+        assert_eq!(human_duration(ms(8250)), "8.2 s");
+        assert_eq!(human_duration(ms(61_500)), "61 s");
+        assert_eq!(human_duration(Duration::from_secs(720)), "12 min");
+        assert_eq!(human_duration(Duration::from_secs(9000)), "2.5 h");
+    }
+
+    #[test]
+    fn an_address_book_address_that_keeps_dropping_us_is_backed_off() {
+        let addr: SocketAddr = "10.1.2.3:8333".parse().unwrap();
+        let mut c = test_config();
+        c.allow_local_addrs = true;
+        c.target_outbound = 1;
+        let max = c.redial_max;
+        let mut h = Harness::new(c);
+        h.core.add_seeds(&[addr], h.now);
+        let (_, a) = h
+            .next_dial(Duration::from_secs(1))
+            .expect("dialled from the book");
+        assert_eq!(a, addr);
+        // the address book's retry delay: 60 s after an attempt, doubling per attempt since the
+        // last success (unix seconds: a second either way)
+        let ends = [End::DropAfterHandshake, End::ResetAtOnce];
+        let mut gaps = Vec::new();
+        for k in 0..6u32 {
+            let end = ends[k as usize % ends.len()];
+            let gap = redial_gap(&mut h, addr, end, Duration::ZERO);
+            gaps.push(gap);
+            let want = Duration::from_secs(crate::fsm::addrbook::BACKOFF_BASE << k);
+            assert!(
+                gap + Duration::from_secs(1) >= want && gap <= want + Duration::from_secs(2),
+                "after failure {k} ({end:?}) re-dialled in {gap:?}, want {want:?}; gaps {gaps:?}"
+            );
+        }
+        // a connection that stayed up for `redial_max` is a success: dialled again at once
+        let gap = redial_gap(&mut h, addr, End::DropAfterHandshake, max);
+        assert!(gap <= 2 * SYNC_TICK, "{gap:?}");
+    }
 }

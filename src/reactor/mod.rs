@@ -678,7 +678,8 @@ impl Shard {
                 self.register(s, addr, Direction::Outbound, true);
             }
             Err(e) => {
-                log::info!("shard {}: connect to {addr} failed: {e}", self.index);
+                // the core logs it (with the re-dial, for a static peer)
+                log::debug!("shard {}: connect to {addr} failed: {e}", self.index);
                 self.report(PeerInput::DialFailed {
                     addr,
                     reason: e.to_string(),

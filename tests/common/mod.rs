@@ -99,6 +99,16 @@ impl ScriptPeer {
         }
     }
 
+    /// Speaks over a connection accepted by the test (the test plays the listening side).
+    pub fn from_stream(stream: TcpStream, magic: Magic) -> ScriptPeer {
+        stream.set_nodelay(true).unwrap();
+        ScriptPeer {
+            stream,
+            magic,
+            dec: FrameDecoder::new(magic),
+        }
+    }
+
     /// Connects from a chosen loopback source address (e.g. 127.0.3.7), to test per-IP rules.
     pub fn connect_from(
         src: std::net::IpAddr,
