@@ -112,3 +112,50 @@ fn a_new_node_learns_addresses_from_its_seed_and_fills_its_outbound_target() {
     }
     a.stop();
 }
+
+/// The README's embedding example: the embedder asks a peer `getaddr` and gets the answer as an
+/// `Event::Message` (the core learns the addresses too; it does not swallow them).
+#[test]
+fn an_embedders_getaddr_answer_reaches_it() {
+    use bsn::wire::{Message, NetAddr, TimedNetAddr};
+    let (a, _aev) = common::start(common::config());
+    // A learns an address from a peer's `addr`
+    let mut teller = common::ScriptPeer::connect(a.local_addr().unwrap(), common::REGTEST);
+    teller.handshake(common::random_u64());
+    let learned: SocketAddr = "10.1.2.3:8333".parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as u32;
+    teller.send(&Message::Addr(vec![TimedNetAddr {
+        time: now,
+        addr: NetAddr::new(learned, 1),
+    }]));
+    let deadline = std::time::Instant::now() + T;
+    while !a.addresses().iter().any(|(s, _)| *s == learned) {
+        assert!(std::time::Instant::now() < deadline, "A did not learn the address");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // B, as in the README: on connect it sends `getaddr`, and prints the answer
+    let mut c = common::config();
+    c.getaddr_on_connect = false; // the embedder's own request is the one answered
+    c.connect = vec![a.local_addr().unwrap()];
+    let (b, bev) = common::start(c);
+    let got = common::wait_for(&bev, T, "the getaddr answer", |e| match e {
+        bsn::Event::PeerConnected(p) => {
+            b.send(p.id, Message::GetAddr).unwrap();
+            None
+        }
+        bsn::Event::Message {
+            message: Message::Addr(list),
+            ..
+        } => Some(list.clone()),
+        _ => None,
+    });
+    assert!(
+        got.iter().any(|t| t.addr.socket_addr() == learned),
+        "the answer lacks the address A learned: {got:?}"
+    );
+    b.stop();
+    a.stop();
+}

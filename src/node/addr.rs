@@ -112,7 +112,8 @@ impl NodeCore {
         self.book.failure(&addr, t);
     }
 
-    /// Handles `addr` and `getaddr`; returns any other message untouched.
+    /// Handles `addr` (into the book, relayed, then passed on to the embedder) and `getaddr`;
+    /// returns any other message untouched.
     pub(super) fn addr_message(
         &mut self,
         id: PeerId,
@@ -157,7 +158,8 @@ impl NodeCore {
                         }
                     }
                 }
-                None
+                // the embedder sees it too (an answer to its own `getaddr`, or news)
+                Some(Message::Addr(list))
             }
             Message::GetAddr => {
                 // Answered once per connection, and only to inbound peers (as Bitcoin nodes
