@@ -133,7 +133,10 @@ fn an_embedders_getaddr_answer_reaches_it() {
     }]));
     let deadline = std::time::Instant::now() + T;
     while !a.addresses().iter().any(|(s, _)| *s == learned) {
-        assert!(std::time::Instant::now() < deadline, "A did not learn the address");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A did not learn the address"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     // B, as in the README: on connect it sends `getaddr`, and prints the answer
