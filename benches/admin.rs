@@ -175,14 +175,17 @@ fn main() {
                             }
                         };
                         k += 1;
-                        match agent
+                        let ok = agent
                             .get(&format!("{target}{}", paths[k % 2]))
                             .call()
-                            .and_then(|r| Ok(r.into_string()?))
-                        {
-                            Ok(_) => served.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                        };
+                            .ok()
+                            .and_then(|r| r.into_string().ok())
+                            .is_some();
+                        if ok {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 })
                 .unwrap()
