@@ -306,8 +306,6 @@ fn node(a: NodeArgs) -> ExitCode {
                     p.id, p.addr, p.direction, p.version, p.user_agent, p.start_height
                 ),
                 Ok(Event::PeerDisconnected { id, addr, reason, .. }) => open = say!("disconnected {id} {addr}: {reason}"),
-                Ok(Event::Banned { subnet, until, reason }) => open = say!("banned {subnet} until {}: {reason}", bsn::admin::date(until)),
-                Ok(Event::Unbanned { subnet }) => open = say!("unbanned {subnet}"),
                 Ok(Event::Message { peer, message }) => log::debug!("{peer}: {}", bsn::decode::describe(&message)),
                 Ok(_) => {}
                 Err(_) => break,

@@ -824,7 +824,7 @@ impl NodeCore {
                     self.misbehaving(from.ip(), Some(w.id), reason, &why, now);
                 }
                 Some((owner, _)) => {
-                    log::info!(
+                    log::debug!(
                         "peer {owner}: stream {} of association {} joined from {from}",
                         crate::wire::stream_type::name(w.stream_type),
                         w.association
@@ -1171,6 +1171,7 @@ impl NodeCore {
         let mut b = Batch::new();
         for s in gone {
             b.delete(Table::Bans, ban_key(&s.addr(), s.prefix()).to_vec());
+            log::info!("ban on {s} lifted");
             self.emit(Event::Unbanned { subnet: s });
         }
         self.write(b);
