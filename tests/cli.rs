@@ -309,3 +309,91 @@ fn a_bad_import_file_is_named_before_the_node_listens() {
     assert!(!out.status.success());
     assert!(err.contains("missing.dat"), "{err}");
 }
+
+/// `bsn node --admin 127.0.0.1:0 --admin-token T` serves the API (its address on the start
+/// line); the client commands reach it, the token guards bans; with nothing listening, the
+/// client says where it looked.
+#[test]
+fn node_admin_flag_serves_the_client_commands() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = TempDir::new("cli-admin");
+    let mut child = bsn()
+        .args(["node", "--listen", "127.0.0.1:0", "--no-pin", "--data-dir"])
+        .arg(dir.0.join("data"))
+        .args(["--admin", "127.0.0.1:0", "--admin-token", "tok"])
+        .env_remove("BSN_ADMIN_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _node = Kill(child);
+    let admin = line
+        .split("admin http://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no admin address on the start line: {line}"))
+        .trim()
+        .to_string();
+    let client = |args: &[&str], token: Option<&str>| {
+        let mut c = bsn();
+        c.args(args)
+            .args(["--admin", &admin])
+            .env_remove("BSN_ADMIN_TOKEN");
+        if let Some(t) = token {
+            c.env("BSN_ADMIN_TOKEN", t);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = client(&["status"], None);
+    assert!(ok, "{err}");
+    assert!(out.contains("network    regtest"), "{out}");
+    assert!(
+        out.contains("ready      no: no peer has completed its handshake"),
+        "{out}"
+    );
+    let (ok, _, err) = client(&["ban", "192.0.2.1"], None);
+    assert!(!ok && err.contains("admin token"), "{err}");
+    let (ok, out, err) = client(&["ban", "192.0.2.1", "--for", "1h"], Some("tok"));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("banned 192.0.2.1/32 until "), "{out}");
+    let (ok, out, err) = client(&["bans", "--json"], None);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["subnet"], "192.0.2.1/32");
+    let (ok, out, err) = client(&["unban", "--all"], Some("tok"));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "lifted 1 bans");
+    let (ok, out, _) = client(&["peers"], None);
+    assert!(ok);
+    assert_eq!(out.trim(), "no peers");
+
+    // nothing there: the client says where it looked
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = bsn().args(["peers", "--admin", &nowhere]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!(
+            "cannot reach the node's admin listener at {nowhere}"
+        )),
+        "{err}"
+    );
+}
