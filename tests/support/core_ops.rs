@@ -104,18 +104,22 @@ fn headers(b: &mut Bytes, pool: &mut Pool) -> Vec<BlockHeader> {
     for i in 0..n {
         let mut h = BlockHeader {
             version: 4,
-            prev_hash: if mode % 17 == 0 && i == 0 {
+            prev_hash: if mode.is_multiple_of(17) && i == 0 {
                 pool.hash(b) // may not link
             } else {
                 prev.hash()
             },
             merkle_root: Hash256::sha256d(&b.u64().to_le_bytes()),
             time: prev.time.wrapping_add(1 + b.small(3) as u32),
-            bits: if mode % 13 == 0 { b.u32() } else { 0x207fffff },
+            bits: if mode.is_multiple_of(13) {
+                b.u32()
+            } else {
+                0x207fffff
+            },
             nonce: 0,
         };
         // mostly real proof of work (cheap on regtest); sometimes whatever the nonce gives
-        if mode % 11 != 0 {
+        if !mode.is_multiple_of(11) {
             while !h.meets_own_target() && h.nonce < 64 {
                 h.nonce += 1;
             }
@@ -125,7 +129,7 @@ fn headers(b: &mut Bytes, pool: &mut Pool) -> Vec<BlockHeader> {
     }
     pool.headers_sent += out.len();
     // only a chain made to every rule is one to build on
-    let clean = mode % 11 != 0 && mode % 13 != 0 && mode % 17 != 0;
+    let clean = !mode.is_multiple_of(11) && !mode.is_multiple_of(13) && !mode.is_multiple_of(17);
     if let Some(last) = out.last().filter(|_| clean) {
         pool.remember(last.hash());
         if pool.tips.len() < 16 {
@@ -187,7 +191,7 @@ fn message(b: &mut Bytes, pool: &mut Pool) -> Message {
             let mut header = BlockHeader {
                 version: 4,
                 prev_hash: prev.hash(),
-                merkle_root: if b.u8() % 9 == 0 {
+                merkle_root: if b.u8().is_multiple_of(9) {
                     pool.hash(b)
                 } else {
                     bsn::wire::merkle_root(ids)
