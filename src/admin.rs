@@ -70,11 +70,7 @@ impl AdminServer {
                 std::thread::Builder::new()
                     .name(format!("bsn-admin-{i}"))
                     .spawn(move || {
-                        let api = Api {
-                            engine,
-                            token,
-                            listen_wanted: true,
-                        };
+                        let api = Api { engine, token };
                         // `recv` fails once the server is unblocked (stop)
                         while let Ok(req) = server.recv() {
                             api.handle(req);
@@ -144,7 +140,6 @@ fn error(status: u16, msg: impl Into<String>) -> Reply {
 struct Api {
     engine: Arc<Engine>,
     token: Option<Arc<str>>,
-    listen_wanted: bool,
 }
 
 impl Api {
@@ -247,10 +242,7 @@ impl Api {
 
     fn ready(&self) -> Reply {
         let mut reasons = Vec::new();
-        if self.listen_wanted
-            && self.engine.config().listen.is_some()
-            && self.engine.local_addr().is_none()
-        {
+        if self.engine.config().listen.is_some() && self.engine.local_addr().is_none() {
             reasons.push("not listening".to_string());
         }
         if let Err(e) = self
