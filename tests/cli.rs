@@ -197,6 +197,12 @@ fn node_refuses_a_port_out_of_range_and_a_data_dir_in_use_with_clear_errors() {
 /// Runs `bsn ARGS` with its stdout into a pipe whose reader takes one line and closes it (as
 /// `| head -1` does); returns whether it exited 0 and its stderr.
 fn first_line_then_closed(args: &[&str]) -> (String, bool, String) {
+    first_line_then_closed_and(args, || {})
+}
+
+/// As [`first_line_then_closed`], with `after` run once the reader is gone (to make the program
+/// write again).
+fn first_line_then_closed_and(args: &[&str], after: impl FnOnce()) -> (String, bool, String) {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut child = bsn()
@@ -209,6 +215,7 @@ fn first_line_then_closed(args: &[&str]) -> (String, bool, String) {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    after();
     // the reader is gone: the next write fails with a broken pipe
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
@@ -244,10 +251,12 @@ fn a_closed_stdout_ends_node_and_decode_quietly() {
     assert!(!line.is_empty());
     assert!(ok, "decode exit: {err}");
     assert!(!err.contains("panicked"), "{err}");
-    // a node prints its start line, then a line per connection: its stdout closes after the
-    // first, and the next line (an engine of this test connecting) ends it
+    // a node prints its start line, then a line per connection and disconnection: its stdout
+    // closes after the first; once the node has connected to this test's engine, the engine
+    // stops, and the node's next line (the disconnection, if the reader took the connection's
+    // line with the first) ends it
     let data = dir.0.join("node");
-    let (peer, _pev) = common::start(common::config());
+    let (peer, pev) = common::start(common::config());
     let peer_addr = peer.local_addr().unwrap().to_string();
     let args = [
         "node",
@@ -259,8 +268,12 @@ fn a_closed_stdout_ends_node_and_decode_quietly() {
         "--connect",
         &peer_addr,
     ];
-    let (line, ok, err) = first_line_then_closed(&args);
-    peer.stop();
+    let (line, ok, err) = first_line_then_closed_and(&args, || {
+        common::wait_for(&pev, std::time::Duration::from_secs(30), "the node", |e| {
+            matches!(e, bsn::Event::PeerConnected(_)).then_some(())
+        });
+        peer.stop();
+    });
     assert!(line.starts_with("bsn node:"), "{line}");
     assert!(ok, "node exit: {err}");
     assert!(!err.contains("panicked"), "{err}");
