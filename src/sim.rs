@@ -1143,18 +1143,9 @@ impl SimNet {
         };
         let link = &self.links[l as usize];
         let (gen, at) = (link.gen, link.dirs[e as usize].busy_until);
-        if at <= self.now {
-            self.report(node, PeerInput::Drained { id });
-        } else {
-            self.schedule(
-                at,
-                Item::Drained {
-                    link: l,
-                    gen,
-                    end: e,
-                },
-            );
-        }
+        // through the queue even when it is now: serving goes on without nesting calls
+        let (link, end) = (l, e);
+        self.schedule(at.max(self.now), Item::Drained { link, gen, end });
     }
 
     /// Closes a node's connection (the other end hears of it after what was sent).
@@ -1393,7 +1384,7 @@ impl SimNet {
     /// in order, after the partition heals); a connection across it that lasts the partition
     /// timeout ([`SimNet::set_partition_timeout`], 30 s) times out at both ends (an I/O error).
     /// Dials across it fail after the dialler's connect timeout. A new partition replaces the
-    /// one before.
+    /// one before (its timeouts start over).
     pub fn partition(&mut self, groups: &[Vec<NodeId>]) {
         self.trace([T_FAULT, 2, groups.len() as u64, 0], || {
             format!("partition {groups:?}")
