@@ -914,13 +914,14 @@ impl SimNet {
         let d = &mut link.dirs[e as usize];
         let mut at = self.now;
         if p.bandwidth > 0 {
-            let send = ((bytes.len() as u128 * 1_000_000_000) / p.bandwidth as u128) as u64;
+            let send = (bytes.len() as u128 * 1_000_000_000) / p.bandwidth as u128;
+            let send = u64::try_from(send).unwrap_or(u64::MAX);
             d.busy_until = d.busy_until.max(self.now).saturating_add(send);
             at = d.busy_until;
         }
         at = at.saturating_add(p.latency);
         if p.jitter > 0 {
-            at = at.saturating_add(self.rng.next_u64() % (p.jitter + 1));
+            at = at.saturating_add(self.rng.next_u64() % p.jitter.saturating_add(1));
         }
         let mut packet = Packet::Bytes(bytes, messages);
         if p.loss > 0 {
@@ -1263,7 +1264,7 @@ impl SimNet {
             }
             Item::Tick => {
                 self.tick_conns();
-                self.schedule(self.now + self.tick_every, Item::Tick);
+                self.schedule(self.now.saturating_add(self.tick_every), Item::Tick);
             }
             Item::Resume { link, gen, end } => self.read(link, gen, end),
             Item::Drained { link, gen, end } => {
@@ -1300,6 +1301,7 @@ impl SimNet {
 
     fn tick_conns(&mut self) {
         let now = self.instant();
+        let mut out = self.spare.pop().unwrap_or_default();
         for l in 0..self.links.len() as u32 {
             for e in 0..2u8 {
                 let link = &mut self.links[l as usize];
@@ -1307,16 +1309,17 @@ impl SimNet {
                 let Some(end) = link.ends[e as usize].as_mut() else {
                     continue;
                 };
-                let mut out = self.spare.pop().unwrap_or_default();
                 let rng = &mut self.rng;
                 let r = end.proto.tick(now, || rng.next_u64(), &mut out);
-                self.apply(l, gen, e, &mut out);
-                self.spare.push(out);
+                if !out.is_empty() {
+                    self.apply(l, gen, e, &mut out);
+                }
                 if let Err(reason) = r {
                     self.close_end(l, gen, e, reason);
                 }
             }
         }
+        self.spare.push(out);
     }
 
     /// Runs until `done` holds or `limit` of virtual time has passed; whether `done` held.
@@ -1363,8 +1366,12 @@ impl SimNet {
     }
 
     /// Cuts every connection between `a` and `b` at once: both ends see it close (an I/O
-    /// error, "connection reset"), and what was in flight is lost.
+    /// error, "connection reset"), and what was in flight is lost. Nothing happens for an
+    /// unknown node.
     pub fn disconnect(&mut self, a: NodeId, b: NodeId) {
+        if a >= self.nodes.len() {
+            return;
+        }
         self.trace([T_FAULT, 1, a as u64, b as u64], || {
             format!("n{a} n{b} disconnect")
         });
@@ -1459,9 +1466,9 @@ impl SimNet {
 
     /// Stops a node as a process dies: its core is dropped (its store is kept), the other end
     /// of each of its connections sees it close after what was in flight, dials to it are
-    /// refused. Nothing happens to a stopped node.
+    /// refused. Nothing happens to a stopped node or an unknown one.
     pub fn stop(&mut self, node: NodeId) {
-        if !self.nodes[node].up {
+        if !self.nodes.get(node).is_some_and(|n| n.up) {
             return;
         }
         self.trace([T_FAULT, 4, node as u64, 0], || format!("n{node} stop"));
@@ -1485,9 +1492,10 @@ impl SimNet {
 
     /// Starts a stopped node: a new core over its store (its chain, peers, bans and address
     /// book as stored); its static peers are dialled by the core. Nothing happens to a
-    /// running node. An error when the core cannot load its store (the node stays stopped).
+    /// running node or an unknown one. An error when the core cannot load its store (the
+    /// node stays stopped).
     pub fn start(&mut self, node: NodeId) -> Result<(), crate::Error> {
-        if self.nodes[node].up {
+        if self.nodes.get(node).is_none_or(|n| n.up) {
             return Ok(());
         }
         self.nodes[node].up = true;

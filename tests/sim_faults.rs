@@ -521,9 +521,65 @@ fn a_short_partition_holds_bytes_until_it_heals_and_a_cut_closes_both_ends() {
         == ["connect timed out"]));
 }
 
-/// 200 nodes, each dialling the next four (8 connections each), sync 100 blocks from node 0;
-/// then a minute more of steady state. Prints the speed: `cargo test --release --test
-/// sim_faults -- --ignored --nocapture`.
+#[test]
+fn a_link_that_loses_everything_is_reset_after_the_retransmissions_and_odd_settings_are_taken() {
+    let mut net = SimNet::new(8);
+    let a = net.add_node(node_config());
+    let b = net.add_node(node_config());
+    net.connect(b, a);
+    assert!(net.run_until(secs(5), |n| n.ready_peers(a) == 1));
+    net.set_link(a, b, LinkSettings::default().with_loss(1.0));
+    let blk = common::next_block(&Network::Regtest.params().genesis, 1);
+    net.submit_block(a, blk).unwrap();
+    // 15 retransmissions from 200 ms, doubling up to 120 s: about 15 minutes
+    net.run_for(secs(600));
+    assert_eq!(net.ready_peers(a), 1, "reset too soon");
+    assert!(net.run_until(secs(600), |n| n.ready_peers(a) == 0
+        && n.ready_peers(b) == 0));
+    let reset = "i/o error: connection timed out (retransmissions lost)";
+    assert_eq!(disconnect_reasons(&net, a), [reset]);
+    assert_eq!(disconnect_reasons(&net, b), [reset]);
+    assert!(connected(&net, b).is_empty());
+    // odd settings: no panic, no hang
+    let c = net.add_node(node_config());
+    let d = net.add_node(node_config());
+    let odd = LinkSettings::default()
+        .with_loss(f64::NAN)
+        .with_latency(Duration::ZERO)
+        .with_jitter(Duration::MAX)
+        .with_bandwidth(1);
+    net.connect_with(c, d, odd);
+    net.run_for(secs(60));
+    net.set_link(
+        c,
+        d,
+        LinkSettings::default()
+            .with_loss(-3.0)
+            .with_bandwidth(u64::MAX),
+    );
+    net.connect(d, c);
+    assert!(net.run_until(secs(60), |n| n.ready_peers(d) >= 1));
+    net.partition(&[vec![c, 99], vec![]]);
+    net.heal();
+    // faults naming nodes that do not exist do nothing
+    for f in [
+        Fault::Disconnect(99, c),
+        Fault::Disconnect(c, 99),
+        Fault::Stop(99),
+        Fault::Start(99),
+        Fault::Restart(99),
+        Fault::Link(99, 100, LinkSettings::default()),
+    ] {
+        net.schedule_fault(net.now(), f);
+    }
+    net.run_for(secs(1));
+    assert!(net.ready_peers(d) >= 1);
+}
+
+/// 200 nodes (`SIM_SPEED_NODES`), each dialling the next four (8 connections each), sync 100
+/// blocks from node 0; then a minute more of steady state; without trace lines and with them
+/// (`SIM_SPEED_LINES=0` or `1`: one of them). Prints the speed: `cargo test --test sim_faults
+/// speed -- --ignored --nocapture`.
 #[test]
 #[ignore]
 fn speed_200_nodes_8_connections_100_blocks() {
@@ -532,12 +588,16 @@ fn speed_200_nodes_8_connections_100_blocks() {
         Ok("1") => &[true],
         _ => &[false, true],
     };
+    let n: usize = std::env::var("SIM_SPEED_NODES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let chain = common::regtest_blocks(100);
+    let tip = (chain[99].hash(), 100);
     for &lines in modes {
-        let chain = common::regtest_blocks(100);
         let wall = Instant::now();
         let mut net = SimNet::new(1);
         net.set_trace_lines(lines);
-        let n = 200;
         let xs: Vec<NodeId> = (0..n).map(|_| net.add_node(node_config())).collect();
         // (an import is not announced: the chain is there before the connections)
         net.import_blocks(0, &chain);
@@ -546,36 +606,39 @@ fn speed_200_nodes_8_connections_100_blocks() {
                 net.connect(i, (i + k) % n);
             }
         }
-        let tip = (chain[99].hash(), 100);
+        let setup_wall = wall.elapsed();
+        let sync = Instant::now();
         let synced = run_checking(&mut net, secs(600), ms(100), |n| all_at(n, &xs, tip));
-        assert!(
-            synced,
-            "heights {:?}, ready {:?}",
-            xs.iter().map(|&x| net.best_header(x).1).collect::<Vec<_>>(),
-            xs.iter().map(|&x| net.ready_peers(x)).collect::<Vec<_>>()
-        );
-        let sync_wall = wall.elapsed();
-        let (sync_virtual, sync_stats) = (net.now(), net.stats().clone());
+        assert!(synced);
+        let sync_wall = sync.elapsed();
+        let (sync_virtual, st) = (net.now(), net.stats().clone());
         let ready: usize = xs.iter().map(|&x| net.ready_peers(x)).sum();
         let steady = Instant::now();
         net.run_for(secs(60));
         let steady_wall = steady.elapsed();
-        let s = net.stats();
+        let s = net.stats().clone();
+        let total = wall.elapsed();
+        drop(net);
         println!(
-            "trace lines {lines}: {n} nodes, {ready} ready connection ends; synced 100 blocks \
-             in {:.2} s virtual, {:.3} s wall ({:.1} virtual s per wall s), {} messages \
-             delivered ({:.0} per wall s), {} MB, {} steps; steady state: 60 s virtual in \
-             {:.3} s wall ({:.0} virtual s per wall s, {} messages)",
+            "trace lines {lines}: {n} nodes, {ready} ready connection ends; setup {:.3} s wall; \
+             synced 100 blocks in {:.2} s virtual, {:.3} s wall ({:.1} virtual s per wall s): \
+             {} messages delivered ({:.0} per wall s), {:.1} MB, {} steps; then 60 s virtual \
+             in {:.3} s wall ({:.0} virtual s per wall s, {} messages, {} steps); whole run \
+             {:.3} s wall, {:.3} s with the drop",
+            setup_wall.as_secs_f64(),
             sync_virtual.as_secs_f64(),
             sync_wall.as_secs_f64(),
             sync_virtual.as_secs_f64() / sync_wall.as_secs_f64(),
-            sync_stats.messages_delivered,
-            sync_stats.messages_delivered as f64 / sync_wall.as_secs_f64(),
-            sync_stats.bytes_delivered / 1_000_000,
-            sync_stats.steps,
+            st.messages_delivered,
+            st.messages_delivered as f64 / sync_wall.as_secs_f64(),
+            st.bytes_delivered as f64 / 1e6,
+            st.steps,
             steady_wall.as_secs_f64(),
             60.0 / steady_wall.as_secs_f64(),
-            s.messages_delivered - sync_stats.messages_delivered,
+            s.messages_delivered - st.messages_delivered,
+            s.steps - st.steps,
+            (setup_wall + sync_wall + steady_wall).as_secs_f64(),
+            total.as_secs_f64(),
         );
     }
 }
