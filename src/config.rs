@@ -29,6 +29,10 @@ pub struct Config {
     pub listen: Option<SocketAddr>,
     /// Static peers: dialled at start and re-dialled with backoff when they drop.
     pub connect: Vec<SocketAddr>,
+    /// Source address of outbound connections (streams included); `None` leaves it to the
+    /// system. Nodes sharing a host on addresses of their own (127.0.0.2, 127.0.0.3...) set it
+    /// so that their peers see, score and ban each by its own address.
+    pub outbound_bind: Option<std::net::IpAddr>,
     /// Data directory (created if missing); `None` keeps nothing on disk.
     pub data_dir: Option<PathBuf>,
     /// Network threads, each with its own event loop and shard of sockets.
@@ -184,6 +188,7 @@ impl Config {
             network,
             listen: Some(SocketAddr::from(([127, 0, 0, 1], port))),
             connect: Vec::new(),
+            outbound_bind: None,
             data_dir: None,
             shards: cores(),
             pin_threads: true,
@@ -435,6 +440,11 @@ impl ConfigBuilder {
             Ok(a) => self.config.connect.push(a),
             Err(e) => self.errors.push(e),
         }
+        self
+    }
+    /// Source address of outbound connections (an IP of this host).
+    pub fn outbound_bind(mut self, ip: std::net::IpAddr) -> Self {
+        self.config.outbound_bind = Some(ip);
         self
     }
     /// Data directory.

@@ -29,6 +29,7 @@
 //!   and the records the engine keeps; [`chain`]: the pure header tree.
 //! - [`network`]: network parameters as data (BSV mainnet, testnet, regtest, STN, custom).
 //! - [`sim`]: many node cores in one thread on a virtual clock, for deterministic tests.
+//! - [`simnet`]: `bsn simnet`'s networks of nodes mining and relaying, measured.
 //! - [`decode`]: readable summaries of raw blocks, transactions and message streams.
 //! - [`ffi`]: the C ABI behind `include/bsn.h` (the crate's only `unsafe` code).
 
@@ -48,6 +49,7 @@ pub mod network;
 mod node;
 mod reactor;
 pub mod sim;
+pub mod simnet;
 pub mod store;
 mod util;
 pub mod wire;

@@ -79,6 +79,43 @@ fn two_engines_handshake_both_ways() {
 }
 
 #[test]
+fn outbound_connections_come_from_the_configured_source_address() {
+    let (a, aev) = start(config());
+    let mut cb = config();
+    cb.outbound_bind = Some("127.0.0.9".parse().unwrap());
+    let (b, _bev) = start(cb);
+    b.connect(a.local_addr().unwrap()).unwrap();
+    let addr = wait_for(&aev, T, "a connected", |e| match e {
+        Event::PeerConnected(p) => Some(p.addr),
+        _ => None,
+    });
+    assert_eq!(addr.ip().to_string(), "127.0.0.9");
+    // the second stream (BlockPriority's DATA1) comes from the same address and joins
+    let deadline = Instant::now() + T;
+    while !a.peers().iter().any(|p| p.ready && p.streams.len() == 2) {
+        assert!(
+            Instant::now() < deadline,
+            "no second stream: {:?}",
+            a.peers()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(a.bans().is_empty());
+    // a source address that is not this host's: the dial fails, reported as such
+    let mut cc = config();
+    cc.outbound_bind = Some("192.0.2.1".parse().unwrap());
+    let (c, cev) = start(cc);
+    c.connect(a.local_addr().unwrap()).unwrap();
+    wait_for(&cev, T, "c's dial failed", |e| match e {
+        Event::ConnectFailed { .. } | Event::PeerDisconnected { .. } => Some(()),
+        _ => None,
+    });
+    a.stop();
+    b.stop();
+    c.stop();
+}
+
+#[test]
 fn messages_sent_broadcast_and_disconnect_through_the_api() {
     let (a, aev) = start(config());
     let (b, bev) = start(config());

@@ -672,7 +672,7 @@ impl Shard {
     }
 
     fn dial(&mut self, addr: SocketAddr) {
-        match TcpStream::connect(addr) {
+        match connect_from(addr, self.ctx.config.outbound_bind) {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
                 self.register(s, addr, Direction::Outbound, true);
@@ -1250,7 +1250,7 @@ impl Shard {
             return;
         }
         let (addr, id) = (c.addr, c.id);
-        let s = match TcpStream::connect(addr) {
+        let s = match connect_from(addr, self.ctx.config.outbound_bind) {
             Ok(s) => s,
             Err(e) => {
                 log::info!("peer {id}: cannot open a stream to {addr}: {e}");
@@ -1678,6 +1678,27 @@ impl Shard {
         drop(c);
         self.report(input);
     }
+}
+
+/// Starts a non-blocking connect to `addr`, from `bind` when given (`Config::outbound_bind`).
+fn connect_from(addr: SocketAddr, bind: Option<std::net::IpAddr>) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let Some(ip) = bind else {
+        return TcpStream::connect(addr);
+    };
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_nonblocking(true)?;
+    s.bind(&SocketAddr::new(ip, 0).into())?;
+    match s.connect(&addr.into()) {
+        Ok(()) => {}
+        // under way: the shard learns the outcome when the socket turns writable, as for
+        // `TcpStream::connect`
+        #[cfg(unix)]
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(s.into()))
 }
 
 /// Makes the listening socket(s): with SO_REUSEPORT one per shard, else one for all.
