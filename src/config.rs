@@ -150,6 +150,10 @@ pub struct Config {
     /// How often queued transaction announcements go out, one `inv` per peer (the Bitcoin SV
     /// node's `txnpropagationfreq` is 250 ms).
     pub tx_announce_interval: Duration,
+    /// How often, on average, addresses relayed to a peer go out, in one `addr` (Bitcoin nodes
+    /// trickle them every 30 s on average; each peer's turn is drawn from half to one and a half
+    /// of this).
+    pub addr_relay_interval: Duration,
     /// `(height, hash)` pairs the chain must pass through: headers contradicting one are refused
     /// (and their sender scored), and no fork below the highest one reached is accepted.
     pub checkpoints: Vec<(u32, crate::wire::hash::Hash256)>,
@@ -235,6 +239,7 @@ impl Config {
             block_timeout: Duration::from_secs(60),
             tx_policy: crate::fsm::txrelay::TxPolicy::Embedder,
             tx_announce_interval: Duration::from_millis(250),
+            addr_relay_interval: Duration::from_secs(5),
             checkpoints: Vec::new(),
         }
     }
@@ -272,6 +277,7 @@ impl Config {
             ("persist_interval", self.persist_interval),
             ("dial_interval", self.dial_interval),
             ("tx_announce_interval", self.tx_announce_interval),
+            ("addr_relay_interval", self.addr_relay_interval),
         ] {
             if d.is_zero() {
                 return Err(ConfigError(format!("{name} must be more than zero")));

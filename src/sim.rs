@@ -1624,6 +1624,11 @@ impl SimNet {
         self.with_core(node, |c, now| c.is_banned(ip, now))
     }
 
+    /// The addresses a node's book holds.
+    pub fn addresses(&mut self, node: NodeId) -> Vec<(SocketAddr, crate::AddrInfo)> {
+        self.with_core(node, |c, _| c.addresses())
+    }
+
     /// How many entries each of a node's maps holds.
     pub fn counts(&mut self, node: NodeId) -> CoreCounts {
         self.with_core(node, |c, _| c.counts())

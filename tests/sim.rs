@@ -155,3 +155,66 @@ fn three_cores_on_a_virtual_clock_sync_relay_and_ban_a_liar_the_same_way_twice()
     let three = scenario(12, &chain);
     assert_ne!(one.trace, three.trace);
 }
+
+/// A burst of address news does not make honest neighbours ban each other: relayed addresses
+/// go out in one `addr` per peer per turn, not one message per message received (three peers
+/// telling A 20 small `addr`s each at once made A send B 60 messages, past its rate limit).
+#[test]
+fn a_burst_of_address_news_is_relayed_within_the_rate_limit() {
+    use bsn::wire::{NetAddr, TimedNetAddr};
+    let mut net = SimNet::new(5);
+    let a = net.add_node(node_config());
+    let b = net.add_node(node_config());
+    let c = net.add_node(node_config());
+    net.connect(b, a);
+    net.connect(c, a);
+    let tellers: Vec<_> = (0..3).map(|_| net.add_script(node_config())).collect();
+    for t in &tellers {
+        net.connect(*t, a);
+    }
+    assert!(net.run_until(Duration::from_secs(10), |n| n.ready_peers(a) == 5));
+    let start = bsn::sim::SIM_UNIX_START as u32;
+    let mut n = 0u32;
+    for t in &tellers {
+        for _ in 0..20 {
+            let list = (0..10)
+                .map(|_| {
+                    n += 1;
+                    TimedNetAddr {
+                        time: start,
+                        addr: NetAddr::new(
+                            std::net::SocketAddr::from((
+                                [11, (n >> 16) as u8, (n >> 8) as u8, n as u8],
+                                8333,
+                            )),
+                            1,
+                        ),
+                    }
+                })
+                .collect();
+            net.script_send(*t, Message::Addr(list));
+        }
+    }
+    // B and C learn the news from A...
+    let learned = |net: &mut SimNet, x| {
+        net.addresses(x)
+            .iter()
+            .filter(|(s, _)| s.ip().to_string().starts_with("11."))
+            .count()
+    };
+    net.run_for(Duration::from_secs(30));
+    assert!(
+        learned(&mut net, b) > 0 && learned(&mut net, c) > 0,
+        "no address relayed"
+    );
+    // ...and nobody was scored for it
+    for x in [a, b, c] {
+        let scored: Vec<_> = net
+            .events(x)
+            .iter()
+            .filter(|e| matches!(e, Event::BanScore { .. } | Event::Banned { .. }))
+            .map(|e| format!("{e:?}"))
+            .collect();
+        assert!(scored.is_empty(), "node {x} scored someone: {scored:?}");
+    }
+}

@@ -1,6 +1,9 @@
 //! Discovery in the core: the address book is filled by seeds (resolved by the driver, never
 //! here) and `addr` messages; outbound peers are asked `getaddr` and told our listening address;
-//! small fresh `addr`s new to us are relayed to two other peers; inbound peers' `getaddr` is
+//! small fresh `addr`s new to us are queued for two other peers and go out in one `addr` per peer
+//! every `Config::addr_relay_interval` or so (as Bitcoin nodes trickle them: relayed one message
+//! each at once, a burst of news made honest neighbours pass the `addr` rate limit and ban each
+//! other); inbound peers' `getaddr` is
 //! answered once per connection; a target number of outbound connections is kept by dialling
 //! from the book.
 
@@ -17,6 +20,9 @@ const RELAY_MAX: usize = 10;
 const RELAY_FANOUT: usize = 2;
 /// Addresses fresher than this (seconds) are relayed.
 const RELAY_FRESH: u64 = 600;
+/// Addresses queued for one peer, at most (one `addr` message's worth; later news is dropped
+/// until the queue goes out).
+const RELAY_QUEUE: usize = 1000;
 
 impl NodeCore {
     /// Our own listening address, if it is worth advertising.
@@ -154,7 +160,15 @@ impl NodeCore {
                             .skip(start)
                             .take(RELAY_FANOUT.min(others.len()))
                         {
-                            self.send(*p, Message::Addr(fresh.clone()));
+                            if let Some(peer) = self.peers.get_mut(p) {
+                                for a in &fresh {
+                                    if peer.addr_queue.len() < RELAY_QUEUE
+                                        && !peer.addr_queue.iter().any(|q| q.addr == a.addr)
+                                    {
+                                        peer.addr_queue.push(*a);
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -182,6 +196,27 @@ impl NodeCore {
                 None
             }
             other => Some(other),
+        }
+    }
+
+    /// Sends each ready peer its queued relayed addresses, in one `addr`, when its turn has come
+    /// (every `Config::addr_relay_interval`, from half to one and a half of it at random).
+    pub(super) fn flush_addr_relay(&mut self, now: Instant) {
+        let base = self.config.addr_relay_interval;
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.ready && !p.addr_queue.is_empty() && p.next_addr_send <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            let jitter = base.mul_f64(0.5 + (self.rng.next_u64() % 1000) as f64 / 1000.0);
+            let Some(p) = self.peers.get_mut(&id) else {
+                continue;
+            };
+            let list = std::mem::take(&mut p.addr_queue);
+            p.next_addr_send = now + jitter;
+            self.send(id, Message::Addr(list));
         }
     }
 

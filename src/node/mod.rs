@@ -203,6 +203,10 @@ struct Peer {
     inputs: ScoreInputs,
     /// Its counters as of the shard's last report (for the metrics).
     last_stats: PeerStats,
+    /// Relayed addresses waiting for its next `addr`.
+    addr_queue: Vec<crate::wire::TimedNetAddr>,
+    /// When that may go out.
+    next_addr_send: Instant,
 }
 
 /// Most block hashes remembered per peer as already known to it.
@@ -628,6 +632,8 @@ impl NodeCore {
                 getaddr_answered: false,
                 inputs: ScoreInputs::default(),
                 last_stats: PeerStats::default(),
+                addr_queue: Vec::new(),
+                next_addr_send: now,
             },
         );
         if direction == Direction::Outbound {
@@ -1347,6 +1353,7 @@ impl NodeCore {
             self.mark_stable(now);
             self.redial_statics(now);
             self.fill_outbound(now);
+            self.flush_addr_relay(now);
             self.sync_tick(now);
             self.expire_embedder_requests(now, false);
             if !self.waiting_streams.is_empty() {
