@@ -258,6 +258,8 @@ struct SimNode {
     /// Connections: link and end.
     conns: BTreeMap<PeerId, (u32, u8)>,
     events: Vec<Event>,
+    /// When each of `events` was raised (virtual nanoseconds).
+    event_times: Vec<u64>,
     /// Messages a scripted peer received.
     received: Vec<(PeerId, Message)>,
     height: u32,
@@ -280,6 +282,7 @@ impl SimNode {
             config,
             conns: BTreeMap::new(),
             events: Vec::new(),
+            event_times: Vec::new(),
             received: Vec::new(),
             height: 0,
             seed: 0,
@@ -1072,7 +1075,9 @@ impl SimNet {
                     self.trace([T_EVENT, node as u64, event_key(&e), 0], || {
                         format!("n{node} event {}", describe_event(&e))
                     });
-                    self.nodes[node].events.push(e);
+                    let n = &mut self.nodes[node];
+                    n.events.push(e);
+                    n.event_times.push(self.now);
                 }
                 Output::Height(h) => self.nodes[node].height = h,
                 // no simulated connection asks to join an association
@@ -1537,6 +1542,15 @@ impl SimNet {
         &self.nodes[node].events
     }
 
+    /// The virtual time (since the start) at which each of [`SimNet::events`] was raised:
+    /// `event_time(node, i)` goes with `events(node)[i]`. `None` past the last event.
+    pub fn event_time(&self, node: NodeId, i: usize) -> Option<Duration> {
+        self.nodes[node]
+            .event_times
+            .get(i)
+            .map(|&t| Duration::from_nanos(t))
+    }
+
     /// Messages a scripted peer received so far.
     pub fn received(&self, node: NodeId) -> &[(PeerId, Message)] {
         &self.nodes[node].received
@@ -1559,23 +1573,73 @@ impl SimNet {
     pub fn script_send(&mut self, node: NodeId, msg: Message) {
         let ids: Vec<PeerId> = self.nodes[node].conns.keys().copied().collect();
         for id in ids {
-            let Some(&(l, e)) = self.nodes[node].conns.get(&id) else {
-                continue;
-            };
-            let gen = self.links[l as usize].gen;
-            if !self
-                .end_mut(l, gen, e)
-                .is_some_and(|end| end.proto.is_ready())
-            {
-                continue;
-            }
-            self.trace([T_SCRIPT, node as u64, id.0, command_key(&msg)], || {
-                format!("n{node} {id} script {}", describe(&msg))
-            });
-            let mut out = self.spare.pop().unwrap_or_default();
-            out.push(PeerOutput::Send(msg.clone()));
-            self.apply(l, gen, e, &mut out);
-            self.spare.push(out);
+            self.script_send_to(node, id, msg.clone());
+        }
+    }
+
+    /// A scripted peer's ready connection `id` (as [`SimNet::received`] names it): link,
+    /// generation and end.
+    fn script_end(&mut self, node: NodeId, id: PeerId) -> Option<(u32, u32, u8)> {
+        let &(l, e) = self.nodes.get(node)?.conns.get(&id)?;
+        let gen = self.links[l as usize].gen;
+        self.end_mut(l, gen, e)
+            .is_some_and(|end| end.proto.is_ready())
+            .then_some((l, gen, e))
+    }
+
+    /// A scripted peer sends `msg` on its connection `id` (as [`SimNet::received`] names it),
+    /// if that connection is still there and ready.
+    pub fn script_send_to(&mut self, node: NodeId, id: PeerId, msg: Message) {
+        let Some((l, gen, e)) = self.script_end(node, id) else {
+            return;
+        };
+        self.trace([T_SCRIPT, node as u64, id.0, command_key(&msg)], || {
+            format!("n{node} {id} script {}", describe(&msg))
+        });
+        let mut out = self.spare.pop().unwrap_or_default();
+        out.push(PeerOutput::Send(msg));
+        self.apply(l, gen, e, &mut out);
+        self.spare.push(out);
+    }
+
+    /// A scripted peer writes `bytes` as they are (a frame cut short, garbage...) on its ready
+    /// connection `id`.
+    pub fn script_send_raw(&mut self, node: NodeId, id: PeerId, bytes: Bytes) {
+        let Some((l, _, e)) = self.script_end(node, id) else {
+            return;
+        };
+        let len = bytes.len();
+        self.trace([T_SCRIPT, node as u64, id.0, len as u64], || {
+            format!("n{node} {id} script {len} raw bytes")
+        });
+        self.transmit(l, e, bytes, 0);
+    }
+
+    /// Nodes and scripted peers added so far (the next one added gets this id).
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// A node's (or scripted peer's) connections, ready or not, by id.
+    pub fn connections(&self, node: NodeId) -> Vec<PeerId> {
+        self.nodes
+            .get(node)
+            .map(|n| n.conns.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The node at the other end of `node`'s connection `id` (as [`SimNet::received`] and the
+    /// node's events name it), while the connection lasts.
+    pub fn remote(&self, node: NodeId, id: PeerId) -> Option<NodeId> {
+        let &(l, e) = self.nodes.get(node)?.conns.get(&id)?;
+        Some(self.links[l as usize].nodes[1 - e as usize])
+    }
+
+    /// The start height a scripted peer claims in the `version` of its connections from now
+    /// on (0 unless set; a node core claims its own).
+    pub fn set_script_height(&mut self, node: NodeId, height: u32) {
+        if let Some(n) = self.nodes.get_mut(node).filter(|n| n.script) {
+            n.height = height;
         }
     }
 

@@ -266,3 +266,84 @@ fn a_block_held_off_the_best_chain_connects_when_a_reorg_makes_it_best() {
         assert_eq!(net.blocks_height(x), Some(2));
     }
 }
+
+/// The scripted peer's hooks the simulated network's adversaries use: the height a script
+/// claims, a frame written in two raw pieces, a message on one connection only, the node at
+/// the other end of a connection, and the virtual time of each event.
+#[test]
+fn scripts_claim_heights_write_raw_bytes_and_events_have_times() {
+    use bsn::wire::frame::encode_message;
+    let mut net = SimNet::new(4);
+    let a = net.add_node(node_config());
+    let b = net.add_node(node_config());
+    let s = net.add_script(node_config());
+    net.set_script_height(s, 500);
+    net.set_script_height(a, 7); // not a script: no effect
+    net.connect(s, a);
+    net.connect(s, b);
+    assert!(net.run_until(Duration::from_secs(5), |n| n.ready_peers(s) == 2
+        && n.ready_peers(a) == 1
+        && n.ready_peers(b) == 1));
+    net.run_for(Duration::from_secs(1));
+    let claimed: Vec<i32> = net
+        .events(a)
+        .iter()
+        .filter_map(|e| match e {
+            Event::PeerConnected(p) => Some(p.start_height),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(claimed, vec![500]);
+    let conns = net.connections(s);
+    assert_eq!(conns.len(), 2);
+    let to_a = conns
+        .iter()
+        .copied()
+        .find(|&id| net.remote(s, id) == Some(a))
+        .expect("a connection to A");
+    assert!(conns.iter().any(|&id| net.remote(s, id) == Some(b)));
+    assert_eq!(net.node_count(), 3);
+    // a transaction in two raw pieces, a second apart, to A only
+    let t = common::sample_tx(3);
+    let mut frame = bytes::BytesMut::new();
+    encode_message(&mut frame, common::REGTEST, &Message::Tx(t.clone()));
+    let frame = frame.freeze();
+    let half = frame.len() / 2;
+    let got = |net: &SimNet, x| {
+        net.events(x)
+            .iter()
+            .any(|e| matches!(e, Event::TxReceived { tx, .. } if tx.txid() == t.txid()))
+    };
+    net.script_send_raw(s, to_a, frame.slice(..half));
+    net.run_for(Duration::from_secs(1));
+    assert!(!got(&net, a), "half a frame is not a message");
+    net.script_send_raw(s, to_a, frame.slice(half..));
+    net.run_for(Duration::from_secs(1));
+    // (an unrequested transaction: dropped unscored, so A raises nothing for it, but the
+    // frame was whole: no error, the connection stays)
+    assert!(!got(&net, a));
+    assert_eq!(net.ready_peers(s), 2);
+    // a request on one connection: only that one gets the answer
+    let before = net.received(s).len();
+    let genesis = Network::Regtest.params().genesis.hash();
+    let ask = bsn::wire::message::Locator {
+        version: 70016,
+        hashes: vec![genesis],
+        stop: bsn::wire::Hash256::ZERO,
+    };
+    net.script_send_to(s, to_a, Message::GetHeaders(ask));
+    net.run_for(Duration::from_secs(1));
+    let answers: Vec<_> = net.received(s)[before..]
+        .iter()
+        .filter(|(_, m)| matches!(m, Message::Headers(_)))
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(answers, vec![to_a]);
+    // every event has its time, in order, none in the future
+    let n = net.events(a).len();
+    let times: Vec<Duration> = (0..n).filter_map(|i| net.event_time(a, i)).collect();
+    assert_eq!(times.len(), n);
+    assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    assert!(times.iter().all(|&t| t <= net.now()));
+    assert!(net.event_time(a, n).is_none());
+}
