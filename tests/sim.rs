@@ -267,6 +267,64 @@ fn a_block_held_off_the_best_chain_connects_when_a_reorg_makes_it_best() {
     }
 }
 
+/// A peer that answered `notfound` for a block it did not have yet is asked again once it
+/// announces a chain through that block. Here A learns a branch from a scripted peer that
+/// never serves it; A asks B (whose height qualifies it) for the first block, B has not got it
+/// yet and says so; B gets the branch and announces it, and A must ask B again. Without that,
+/// A waits for ever once the script is dropped for stalling. Found by the simulated network's
+/// property runs (tests/simnet_props.rs; five seeds in 300 of an earlier form of them): after
+/// a partition healed, a `replay` adversary sent a branch's headers before the honest peers
+/// had its blocks.
+///
+/// Ignored until `BlockDownload` forgets a peer's refusals when the peer announces headers up
+/// to their height (`raise_peer_height`; src/fsm/download.rs is another change's to make).
+#[test]
+#[ignore = "fails until BlockDownload::raise_peer_height forgets the peer's refusals up to the raised height"]
+fn a_peer_that_refused_a_block_is_asked_again_once_it_announces_it() {
+    let mut net = SimNet::new(9);
+    let a = net.add_node(node_config());
+    let b = net.add_node(node_config());
+    let liar = net.add_script(node_config());
+    let genesis = Network::Regtest.params().genesis;
+    // B is at height 1 on Y when it connects: it qualifies for height-1 requests
+    let y1 = common::next_block(&genesis, 1);
+    assert_eq!(net.submit_block(b, y1.clone()), Ok(1));
+    net.connect(b, a);
+    net.connect(liar, a);
+    assert!(
+        net.run_until(Duration::from_secs(10), |n| n.ready_peers(a) == 2
+            && n.events(a)
+                .iter()
+                .any(|e| matches!(e, Event::BlockConnected { height: 1, .. })))
+    );
+    // the script announces a heavier branch X it never serves
+    let x1 = common::next_block(&genesis, 2);
+    let x2 = common::next_block(&x1.header, 3);
+    net.script_send(liar, Message::Headers(vec![x1.header, x2.header]));
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.best_header(a), (x2.hash(), 2));
+    let refused = net.events(a).iter().any(|e| {
+        matches!(e, Event::Message { message: Message::NotFound(i), .. } if i.iter().any(|i| i.hash == x1.hash()))
+    });
+    assert!(
+        refused,
+        "B was not asked for X1 first (the scenario needs it)"
+    );
+    // B gets the branch a little later and announces it
+    assert_eq!(net.submit_block(b, x1.clone()), Ok(1));
+    assert_eq!(net.submit_block(b, x2.clone()), Ok(2));
+    let done = net.run_until(Duration::from_secs(120), |n| {
+        n.events(a)
+            .iter()
+            .any(|e| matches!(e, Event::BlockConnected { hash, .. } if *hash == x2.hash()))
+    });
+    assert!(
+        done,
+        "A never asked B again: blocks to {:?}",
+        net.blocks_height(a)
+    );
+}
+
 /// The scripted peer's hooks the simulated network's adversaries use: the height a script
 /// claims, a frame written in two raw pieces, a message on one connection only, the node at
 /// the other end of a connection, and the virtual time of each event.
