@@ -15,10 +15,16 @@
 //! The seed decides the topology, the miners, the submitters, the transactions and the
 //! adversaries' targets; timings come from real threads and sockets, so they differ run to run.
 //!
+//! [`run_virtual`] runs a simulated network instead: node cores in one thread on a virtual
+//! clock ([`crate::sim::SimNet`]), links with internet-like latencies and loss
+//! ([`LinkModel`]), adversaries of ten kinds ([`Attack`]), an optional partition, and the
+//! properties every run must keep checked at the end ([`Summary::violations`]); everything,
+//! timings included, follows the seed.
+//!
 //! The outcome is a [`Summary`], whose JSON form ([`Summary::to_json`]) has the field names
 //! scripts read: `nodes`, `adversaries`, `seed`, `converged`, `honest_banned`,
 //! `adversaries_banned`, `tx_delivered`, `block_propagation_ms` and `tx_propagation_ms`
-//! (`p50`, `p90`, `p99`). A simulated network (virtual clock) fills the same summary.
+//! (`p50`, `p90`, `p99`). A simulated network fills the same summary (`mode` `virtual`).
 
 use crate::fsm::addrbook::XorShift64;
 use crate::fsm::bans::Subnet;
@@ -39,6 +45,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
+
+mod virt;
+pub use virt::{run_virtual, run_virtual_traced, Attack};
 
 /// Most honest nodes (and most adversaries): one loopback address each in 127.0.0.0/24
 /// (127.0.1.0/24 for adversaries).
@@ -65,6 +74,40 @@ pub struct Options {
     /// Time allowed, after the last block and transaction, for every node to have them all
     /// (and every adversary to be banned) before the run ends unconverged.
     pub timeout: Duration,
+    /// The links of a simulated network ([`run_virtual`]; real engines run on loopback).
+    pub links: LinkModel,
+    /// A simulated network is split in two halves of its honest nodes for this long, during
+    /// the mining, then heals ([`run_virtual`] only).
+    pub partition: Option<Duration>,
+}
+
+/// How the links of a simulated network behave: each link (between two honest nodes, or an
+/// adversary and an honest node) gets a one-way latency drawn uniformly from `latency`, and
+/// shares the jitter, loss and bandwidth (see [`crate::sim::LinkSettings`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LinkModel {
+    /// Least and greatest one-way latency.
+    pub latency: (Duration, Duration),
+    /// Extra delay per write, drawn from zero to this.
+    pub jitter: Duration,
+    /// Probability that a write is lost (and retransmitted after a timeout, as TCP does).
+    pub loss: f64,
+    /// Bytes a second each way (0: unlimited).
+    pub bandwidth: u64,
+}
+
+impl Default for LinkModel {
+    /// Internet-like: one-way latency 10 to 150 ms (round trips of 20 to 300 ms, from a
+    /// neighbouring data centre to the other side of the world), up to 10 ms of jitter, 1 %
+    /// of writes lost, 100 Mbit/s each way.
+    fn default() -> LinkModel {
+        LinkModel {
+            latency: (Duration::from_millis(10), Duration::from_millis(150)),
+            jitter: Duration::from_millis(10),
+            loss: 0.01,
+            bandwidth: 12_500_000,
+        }
+    }
 }
 
 impl Default for Options {
@@ -77,6 +120,23 @@ impl Default for Options {
             txs: 50,
             block_interval: Duration::from_millis(200),
             timeout: Duration::from_secs(30),
+            links: LinkModel::default(),
+            partition: None,
+        }
+    }
+}
+
+impl Options {
+    /// The defaults of a simulated network: `nodes` honest nodes, 10 blocks 10 virtual
+    /// seconds apart, 50 transactions, internet-like links ([`LinkModel::default`]), no
+    /// partition, 300 virtual seconds to converge.
+    pub fn virtual_net(nodes: usize, seed: u64) -> Options {
+        Options {
+            nodes,
+            seed,
+            block_interval: Duration::from_secs(10),
+            timeout: Duration::from_secs(300),
+            ..Options::default()
         }
     }
 }
@@ -166,6 +226,27 @@ pub struct Summary {
     pub bans: Vec<BanRecord>,
     /// What went wrong besides not converging (an engine that stopped, a dial refused...).
     pub errors: Vec<String>,
+    /// Properties that did not hold (a simulated network checks them all: see
+    /// [`run_virtual`]); empty when all held.
+    pub violations: Vec<String>,
+    /// Honest nodes whose ban score some honest node raised (not banned: a score decays).
+    pub honest_scored: usize,
+    /// What became of each adversary (a simulated network's).
+    pub adversary_report: Vec<AdversaryRecord>,
+    /// A digest of everything that happened in a simulated network
+    /// ([`crate::sim::SimNet::trace_digest`]): equal for two runs of one seed.
+    pub trace_digest: Option<u64>,
+}
+
+/// What became of an adversary.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdversaryRecord {
+    /// Its address.
+    pub ip: IpAddr,
+    /// What it did ([`Attack::name`]).
+    pub kind: &'static str,
+    /// What the honest nodes did about it.
+    pub outcome: String,
 }
 
 /// A ban an honest node made.
@@ -182,7 +263,8 @@ pub struct BanRecord {
 impl Summary {
     /// The JSON form: the contract fields and the extras (`mode`, `blocks`, `txs`,
     /// `tip_height`, `tip_hash`, `links`, `duration_ms`, `bans` as `{"by": node, "subnet",
-    /// "reason"}`, `errors`).
+    /// "reason"}`, `errors`, `violations`, `honest_scored`, `adversary_report` as `{"ip",
+    /// "kind", "outcome"}`, `trace_digest` as 16 hex digits or null).
     pub fn to_json(&self) -> serde_json::Value {
         let bans: Vec<serde_json::Value> = self
             .bans
@@ -214,6 +296,18 @@ impl Summary {
             "duration_ms": self.duration.as_millis() as u64,
             "bans": bans,
             "errors": self.errors,
+            "violations": self.violations,
+            "honest_scored": self.honest_scored,
+            "adversary_report": self
+                .adversary_report
+                .iter()
+                .map(|a| serde_json::json!({
+                    "ip": a.ip.to_string(),
+                    "kind": a.kind,
+                    "outcome": a.outcome,
+                }))
+                .collect::<Vec<_>>(),
+            "trace_digest": self.trace_digest.map(|d| format!("{d:016x}")),
         })
     }
 
@@ -224,16 +318,17 @@ impl Summary {
         std::fs::write(path, s)
     }
 
-    /// Every honest node has the tip and every transaction.
+    /// Every honest node has the tip and every transaction, and every property checked held.
     pub fn ok(&self) -> bool {
-        self.converged && self.tx_delivered >= 1.0
+        self.converged && self.tx_delivered >= 1.0 && self.violations.is_empty()
     }
 }
 
 /// Where a run is, for a live view.
 #[derive(Clone, Debug)]
 pub struct Progress {
-    /// `starting`, `connecting`, `mining` or `converging`.
+    /// `starting`, `connecting`, `mining`, `quiet` (a simulated network waiting, the tip still,
+    /// for stallers to time out) or `converging`.
     pub phase: &'static str,
     /// Since the start.
     pub elapsed: Duration,
@@ -265,6 +360,8 @@ pub struct Progress {
     pub adversaries_banned: usize,
     /// Adversaries.
     pub adversaries: usize,
+    /// Virtual time since the start, in a simulated network (`elapsed` is wall time).
+    pub virtual_time: Option<Duration>,
 }
 
 /// A run that could not even start (an address that cannot be bound, a topology that does not
@@ -338,11 +435,8 @@ pub fn topology(n: usize, seed: u64) -> Vec<(usize, usize)> {
     }
     let mut degree = vec![0usize; n];
     let mut links: Vec<(usize, usize)> = Vec::new();
-    let linked = |links: &[(usize, usize)], a: usize, b: usize| {
-        links
-            .iter()
-            .any(|&(x, y)| (x, y) == (a, b) || (x, y) == (b, a))
-    };
+    // the pairs linked, lower first (a thousand nodes: no scan of every link per candidate)
+    let mut linked: HashSet<(usize, usize)> = HashSet::new();
     for k in 1..n {
         let joining = order[k];
         let open: Vec<usize> = order[..k]
@@ -356,19 +450,21 @@ pub fn topology(n: usize, seed: u64) -> Vec<(usize, usize)> {
             open[rng.below(open.len())]
         };
         links.push((joining, to));
+        linked.insert((joining.min(to), joining.max(to)));
         degree[joining] += 1;
         degree[to] += 1;
     }
     for a in 0..n {
         while degree[a] < 2 {
             let open: Vec<usize> = (0..n)
-                .filter(|&b| b != a && degree[b] < 4 && !linked(&links, a, b))
+                .filter(|&b| b != a && degree[b] < 4 && !linked.contains(&(a.min(b), a.max(b))))
                 .collect();
             if open.is_empty() {
                 break;
             }
             let b = open[rng.below(open.len())];
             links.push((a, b));
+            linked.insert((a.min(b), a.max(b)));
             degree[a] += 1;
             degree[b] += 1;
         }
@@ -440,6 +536,18 @@ fn push_height(height: u32) -> Vec<u8> {
 /// A regtest block on `prev` at `height`: a coinbase (height, tag, seed) then `txs`, real proof
 /// of work.
 fn mine(prev: &BlockHeader, height: u32, seed: u64, txs: &[Transaction]) -> crate::wire::Block {
+    mine_at(prev, height, seed, txs, unix_now())
+}
+
+/// [`mine`] at a given time (unix seconds; at least one past `prev`'s): distinct `seed`s make
+/// distinct blocks on the same parent.
+fn mine_at(
+    prev: &BlockHeader,
+    height: u32,
+    seed: u64,
+    txs: &[Transaction],
+    time: u32,
+) -> crate::wire::Block {
     let mut script = push_height(height);
     script.extend_from_slice(b"\x0absn simnet\x08");
     script.extend_from_slice(&seed.to_le_bytes());
@@ -462,7 +570,7 @@ fn mine(prev: &BlockHeader, height: u32, seed: u64, txs: &[Transaction]) -> crat
         version: 4,
         prev_hash: prev.hash(),
         merkle_root: crate::wire::merkle_root(all.iter().map(|t| t.txid()).collect()),
-        time: unix_now().max(prev.time + 1),
+        time: time.max(prev.time + 1),
         bits: 0x207fffff,
         nonce: 0,
     };
@@ -863,6 +971,10 @@ pub fn run_engines(
         duration: started.elapsed(),
         bans: t.bans,
         errors: t.errors,
+        violations: Vec::new(),
+        honest_scored: 0,
+        adversary_report: Vec::new(),
+        trace_digest: None,
     })
 }
 
@@ -944,6 +1056,7 @@ impl State {
             honest_banned: t.honest_banned(),
             adversaries_banned: t.banned_among((0..self.opts.adversaries).map(adversary_ip)),
             adversaries: self.opts.adversaries,
+            virtual_time: None,
         }
     }
 }
@@ -1187,6 +1300,10 @@ mod tests {
                 reason: "ban score 100 reached".into(),
             }],
             errors: vec![],
+            violations: vec![],
+            honest_scored: 0,
+            adversary_report: vec![],
+            trace_digest: Some(0xab),
         };
         let j = s.to_json();
         for f in [
@@ -1208,5 +1325,6 @@ mod tests {
         assert_eq!(j["seed"], 9);
         assert_eq!(j["bans"][0]["subnet"], "127.0.1.1/32");
         assert_eq!(j["bans"][0]["by"], 2);
+        assert_eq!(j["trace_digest"], "00000000000000ab");
     }
 }

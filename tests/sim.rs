@@ -339,9 +339,11 @@ fn scripts_claim_heights_write_raw_bytes_and_events_have_times() {
     net.set_script_height(a, 7); // not a script: no effect
     net.connect(s, a);
     net.connect(s, b);
-    assert!(net.run_until(Duration::from_secs(5), |n| n.ready_peers(s) == 2
-        && n.ready_peers(a) == 1
-        && n.ready_peers(b) == 1));
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| n.ready_peers(s) == 2
+            && n.ready_peers(a) == 1
+            && n.ready_peers(b) == 1)
+    );
     net.run_for(Duration::from_secs(1));
     let claimed: Vec<i32> = net
         .events(a)

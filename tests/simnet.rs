@@ -149,3 +149,71 @@ fn adversaries_that_lie_and_flood_are_banned_and_no_honest_node_is() {
     );
     assert_eq!(bans.len(), liar.len() + flooder.len(), "{v}");
 }
+
+/// The simulated network (virtual clock, node cores in one thread): a thousand nodes, ten
+/// blocks and fifty transactions over internet-like links, well within the minute.
+#[test]
+fn a_thousand_simulated_nodes_converge_with_every_transaction() {
+    let (ok, v, output, took) = simnet(
+        &["--virtual", "--nodes", "1000", "--seed", "3"],
+        Duration::from_secs(120),
+    );
+    assert!(ok, "exit status not 0; summary {v}; {output}");
+    assert_eq!(v["mode"], "virtual", "{v}");
+    assert_eq!(v["nodes"], 1000, "{v}");
+    assert_eq!(v["seed"], 3, "{v}");
+    assert_eq!(v["converged"], true, "{v}");
+    assert_eq!(v["tx_delivered"].as_f64(), Some(1.0), "{v}");
+    assert_eq!(v["honest_banned"], 0, "{v}");
+    assert_eq!(v["blocks"], 10, "{v}");
+    assert_eq!(v["tip_height"], 10, "{v}");
+    assert_eq!(v["txs"], 50, "{v}");
+    assert_eq!(v["violations"].as_array().map(Vec::len), Some(0), "{v}");
+    assert!(v["trace_digest"].is_string(), "{v}");
+    check_percentiles(&v, "block_propagation_ms");
+    check_percentiles(&v, "tx_propagation_ms");
+    assert!(
+        output.contains("converged: all 1000 nodes at height 10"),
+        "{output}"
+    );
+    eprintln!("bsn simnet --virtual --nodes 1000 took {took:?}: {v}");
+}
+
+/// Adversaries of every kind and a partition in a simulated network: every property holds,
+/// every adversary is dealt with as its kind says, the same seed gives the same summary.
+#[test]
+fn simulated_adversaries_and_a_partition_keep_every_property_and_repeat() {
+    let args = [
+        "--virtual",
+        "--nodes",
+        "60",
+        "--adversaries",
+        "12",
+        "--partition",
+        "15s",
+        "--blocks",
+        "6",
+        "--txs",
+        "20",
+        "--block-interval",
+        "5s",
+        "--seed",
+        "5",
+    ];
+    let (ok, v, output, _) = simnet(&args, Duration::from_secs(120));
+    assert!(ok, "exit status not 0; summary {v}; {output}");
+    assert_eq!(v["mode"], "virtual", "{v}");
+    assert_eq!(v["adversaries"], 12, "{v}");
+    assert_eq!(v["converged"], true, "{v}");
+    assert_eq!(v["honest_banned"], 0, "{v}");
+    let report = v["adversary_report"].as_array().expect("adversary report");
+    assert_eq!(report.len(), 12, "{v}");
+    let kinds: std::collections::BTreeSet<&str> =
+        report.iter().filter_map(|a| a["kind"].as_str()).collect();
+    assert_eq!(kinds.len(), 10, "every kind: {kinds:?}");
+    assert!(v["adversaries_banned"].as_u64().unwrap_or(0) >= 5, "{v}");
+    // the same seed, the same run: every field (duration_ms is virtual time)
+    let (_, again, _, _) = simnet(&args, Duration::from_secs(120));
+    assert_eq!(v["trace_digest"], again["trace_digest"]);
+    assert_eq!(v, again);
+}

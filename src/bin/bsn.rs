@@ -85,10 +85,11 @@ enum Cmd {
     Status(ClientArgs),
     /// Run a network of nodes in this process, mining and relaying, and measure it.
     ///
-    /// Real engines on 127.0.0.x in a random connected topology mine a regtest chain and relay
-    /// transactions, with adversaries if asked; a live view, then a summary of convergence,
-    /// propagation times and bans (also as JSON with --json). Exit code 0 when every node ends
-    /// on the tip with every transaction, 1 otherwise, 2 for a usage error.
+    /// Real engines on 127.0.0.x (or, with --virtual, simulated nodes on a virtual clock) in a
+    /// random connected topology mine a regtest chain and relay transactions, with adversaries
+    /// if asked; a live view, then a summary of convergence, propagation times and bans (also
+    /// as JSON with --json). Exit code 0 when every node ends on the tip with every
+    /// transaction (and, simulated, every property held), 1 otherwise, 2 for a usage error.
     Simnet(simnet::SimnetArgs),
 }
 

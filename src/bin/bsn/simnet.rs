@@ -2,7 +2,7 @@
 //! [`bsn::simnet`]'s.
 
 use super::say;
-use bsn::simnet::{Options, Percentiles, Progress, Summary};
+use bsn::simnet::{Options, Percentiles, Progress, Summary, MAX_NODES};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,17 +10,22 @@ use std::time::{Duration, Instant};
 
 #[derive(clap::Args)]
 pub struct SimnetArgs {
-    /// Honest nodes (1 to 250), each on its own loopback address (127.0.0.1, 127.0.0.2...).
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=250))]
-    nodes: u16,
-    /// Run the simulated network (virtual clock, no sockets) instead of real engines.
+    /// Honest nodes: 1 to 250 real engines, each on its own loopback address (127.0.0.1,
+    /// 127.0.0.2...); 1 to 100,000 with --virtual.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    nodes: u32,
+    /// Run a simulated network instead of real engines: node cores in one thread on a virtual
+    /// clock, links with internet-like latencies (10 to 150 ms one way, 10 ms of jitter, 1 %
+    /// loss), adversaries of ten kinds, and the properties every run must keep checked at the
+    /// end. Same seed, same run.
     #[arg(long = "virtual")]
     virtual_net: bool,
     /// Seed for the topology, miners, transactions and adversaries (default: random, printed).
     #[arg(long)]
     seed: Option<u64>,
     /// Adversaries (0 to 250): scripted peers on 127.0.1.x that lie (headers with invalid
-    /// proof of work) or flood (inv over the rate limit), each to a few honest nodes.
+    /// proof of work) or flood (inv over the rate limit), each to a few honest nodes. With
+    /// --virtual: ten kinds in turn (see `bsn::simnet::Attack`).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=250))]
     adversaries: u16,
     /// Write the summary as JSON to this file.
@@ -32,12 +37,17 @@ pub struct SimnetArgs {
     /// Transactions to submit (spread over the mining).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     txs: u32,
-    /// Time between blocks: 200ms, 1s...
-    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
-    block_interval: Duration,
-    /// Time every node has, after the last block and transaction, to get them all.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    /// Time between blocks: 200ms, 1s... (default 200ms; 10s of virtual time with --virtual)
+    #[arg(long, value_parser = humantime::parse_duration)]
+    block_interval: Option<Duration>,
+    /// Time every node has, after the last block and transaction, to get them all (default
+    /// 30s; 300s of virtual time with --virtual).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// With --virtual: split the honest nodes in two halves for this long during the mining
+    /// (20s...), then heal.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "virtual_net")]
+    partition: Option<Duration>,
 }
 
 fn ms(p: Option<Percentiles>) -> String {
@@ -77,8 +87,12 @@ impl Live {
                 p.adversaries_banned, p.adversaries
             ));
         }
+        let virt = match p.virtual_time {
+            Some(v) => format!(" ({:.0}s virtual)", v.as_secs_f64()),
+            None => String::new(),
+        };
         let head = format!(
-            "{:>6.1}s {:<10} {} nodes, {:.1} peers each, {bans}",
+            "{:>6.1}s{virt} {:<10} {} nodes, {:.1} peers each, {bans}",
             p.elapsed.as_secs_f64(),
             p.phase,
             p.nodes,
@@ -128,7 +142,7 @@ impl Live {
     }
 }
 
-fn print_summary(s: &Summary, json: Option<&PathBuf>) -> bool {
+fn print_summary(s: &Summary, json: Option<&PathBuf>, wall: Duration) -> bool {
     let verdict = if s.converged {
         format!(
             "converged: all {} nodes at height {} ({})",
@@ -140,13 +154,21 @@ fn print_summary(s: &Summary, json: Option<&PathBuf>) -> bool {
             s.tip_height, s.tip_hash
         )
     };
+    let took = if s.mode == "virtual" {
+        format!(
+            "{:.1} s virtual in {:.1} s",
+            s.duration.as_secs_f64(),
+            wall.as_secs_f64()
+        )
+    } else {
+        format!("{:.1} s", s.duration.as_secs_f64())
+    };
     let mut open = say!(
-        "bsn simnet ({}): {} nodes, {} links, seed {}, {:.1} s: {verdict}",
+        "bsn simnet ({}): {} nodes, {} links, seed {}, {took}: {verdict}",
         s.mode,
         s.nodes,
         s.links,
         s.seed,
-        s.duration.as_secs_f64()
     );
     open = open
         && say!(
@@ -184,8 +206,21 @@ fn print_summary(s: &Summary, json: Option<&PathBuf>) -> bool {
                 if by == 1 { "" } else { "s" }
             );
     }
-    for e in &s.errors {
+    for a in &s.adversary_report {
+        open = open && say!("    {} {}: {}", a.kind, a.ip, a.outcome);
+    }
+    if s.honest_scored > 0 {
+        open = open && say!("  honest nodes scored (not banned): {}", s.honest_scored);
+    }
+    // (a simulated network lists its errors with the violations)
+    for e in s.errors.iter().filter(|_| s.violations.is_empty()) {
         open = open && say!("  problem: {e}");
+    }
+    for v in &s.violations {
+        open = open && say!("  VIOLATED: {v}");
+    }
+    if let Some(d) = s.trace_digest {
+        open = open && say!("  trace digest  {d:016x}");
     }
     if let Some(f) = json {
         open = open && say!("  summary written to {}", f.display());
@@ -194,46 +229,86 @@ fn print_summary(s: &Summary, json: Option<&PathBuf>) -> bool {
 }
 
 pub fn run(a: SimnetArgs) -> ExitCode {
-    if a.virtual_net {
-        eprintln!(
-            "error: --virtual: the simulated network is not available in this build yet; run \
-             without --virtual for real engines on loopback"
-        );
-        return ExitCode::from(2);
-    }
     let seed = a.seed.unwrap_or_else(bsn::simnet::random_seed);
-    let opts = Options {
-        nodes: a.nodes as usize,
-        adversaries: a.adversaries as usize,
-        seed,
-        blocks: a.blocks,
-        txs: a.txs,
-        block_interval: a.block_interval,
-        timeout: a.timeout,
+    let nodes = a.nodes as usize;
+    let mut opts = if a.virtual_net {
+        Options::virtual_net(nodes, seed)
+    } else {
+        if nodes > MAX_NODES {
+            eprintln!(
+                "error: --nodes: at most {MAX_NODES} real engines (one loopback address each); \
+                 more with --virtual"
+            );
+            return ExitCode::from(2);
+        }
+        Options {
+            nodes,
+            seed,
+            ..Options::default()
+        }
     };
-    let open = say!(
-        "bsn simnet: {} real engine{} on 127.0.0.1{}, {} adversar{}, seed {seed} (repeat with \
-         --seed {seed}), {} blocks every {}, {} transactions",
-        opts.nodes,
-        if opts.nodes == 1 { "" } else { "s" },
-        if opts.nodes == 1 {
-            String::new()
-        } else {
-            format!("-127.0.0.{}", opts.nodes)
-        },
-        opts.adversaries,
-        if opts.adversaries == 1 { "y" } else { "ies" },
-        opts.blocks,
-        humantime::format_duration(opts.block_interval),
-        opts.txs
-    );
+    opts.adversaries = a.adversaries as usize;
+    opts.blocks = a.blocks;
+    opts.txs = a.txs;
+    if let Some(i) = a.block_interval {
+        opts.block_interval = i;
+    }
+    if let Some(t) = a.timeout {
+        opts.timeout = t;
+    }
+    opts.partition = a.partition;
+    let open = if a.virtual_net {
+        let m = &opts.links;
+        say!(
+            "bsn simnet: {} simulated node{} (virtual clock; links {}-{} ms one way, {} ms \
+             jitter, {}% loss{}), {} adversar{}, seed {seed} (repeat with --seed {seed}), {} \
+             blocks every {}, {} transactions",
+            opts.nodes,
+            if opts.nodes == 1 { "" } else { "s" },
+            m.latency.0.as_millis(),
+            m.latency.1.as_millis(),
+            m.jitter.as_millis(),
+            m.loss * 100.0,
+            match opts.partition {
+                Some(p) => format!("; a partition of {}", humantime::format_duration(p)),
+                None => String::new(),
+            },
+            opts.adversaries,
+            if opts.adversaries == 1 { "y" } else { "ies" },
+            opts.blocks,
+            humantime::format_duration(opts.block_interval),
+            opts.txs
+        )
+    } else {
+        say!(
+            "bsn simnet: {} real engine{} on 127.0.0.1{}, {} adversar{}, seed {seed} (repeat \
+             with --seed {seed}), {} blocks every {}, {} transactions",
+            opts.nodes,
+            if opts.nodes == 1 { "" } else { "s" },
+            if opts.nodes == 1 {
+                String::new()
+            } else {
+                format!("-127.0.0.{}", opts.nodes)
+            },
+            opts.adversaries,
+            if opts.adversaries == 1 { "y" } else { "ies" },
+            opts.blocks,
+            humantime::format_duration(opts.block_interval),
+            opts.txs
+        )
+    };
     let mut live = Live {
         tty: std::io::stdout().is_terminal(),
         open,
         drawn: false,
         last: None,
     };
-    let result = bsn::simnet::run_engines(&opts, &mut |p| live.show(p));
+    let started = Instant::now();
+    let result = if a.virtual_net {
+        Ok(bsn::simnet::run_virtual(&opts, &mut |p| live.show(p)))
+    } else {
+        bsn::simnet::run_engines(&opts, &mut |p| live.show(p))
+    };
     live.end();
     let summary = match result {
         Ok(s) => s,
@@ -249,7 +324,7 @@ pub fn run(a: SimnetArgs) -> ExitCode {
         }
     }
     if live.open {
-        print_summary(&summary, a.json.as_ref());
+        print_summary(&summary, a.json.as_ref(), started.elapsed());
     }
     if summary.ok() {
         ExitCode::SUCCESS
