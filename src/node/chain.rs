@@ -451,12 +451,20 @@ impl NodeCore {
             self.emit(Event::Reorg(Box::new(r.clone())));
         }
         let mut d = Vec::new();
+        let held = u
+            .reorg
+            .as_ref()
+            .map(|r| self.held_above(r.fork_point.height))
+            .unwrap_or_default();
         if let Some(dl) = self.blocks.as_mut() {
             if let Some(h) = sender_height {
                 dl.raise_peer_height(id, h);
             }
             if let Some(r) = &u.reorg {
                 d.extend(dl.reorg(r.fork_point.height));
+            }
+            for (height, hash) in held {
+                dl.have(height, hash);
             }
             d.extend(dl.tick(now, self.chain.tree()));
         }
@@ -635,6 +643,21 @@ impl NodeCore {
             return None;
         }
         Some(refused)
+    }
+
+    /// After the best chain switched branches at `fork_height`: the blocks of the new branch
+    /// we hold already, from the fork up as far as they are held, for the download to take as
+    /// done ([`crate::fsm::download::BlockDownload::have`]). They were stored while their
+    /// branch was not the best (a block we were handed that lost a race at equal work, then
+    /// won it when the next block came on it; a branch we had and left): asked of peers
+    /// instead, a block only we hold would be waited for for ever (a miner's own block behind
+    /// a withheld header: the next block on it never connected).
+    fn held_above(&self, fork_height: u32) -> Vec<(u32, Hash256)> {
+        let tree = self.chain.tree();
+        (fork_height.saturating_add(1)..=tree.height())
+            .map_while(|h| tree.hash_at(h).map(|hash| (h, hash)))
+            .take_while(|(_, hash)| self.has_block(hash))
+            .collect()
     }
 
     /// Whether we hold a block (committed, or written and waiting for its commit).
@@ -977,8 +1000,16 @@ impl NodeCore {
             self.set_height(u.new_tip.height);
         }
         let mut d = Vec::new();
+        let on_branch = u
+            .reorg
+            .as_ref()
+            .map(|r| self.held_above(r.fork_point.height))
+            .unwrap_or_default();
         if let (Some(r), Some(dl)) = (&u.reorg, self.blocks.as_mut()) {
             d.extend(dl.reorg(r.fork_point.height));
+            for (height, hash) in on_branch {
+                dl.have(height, hash);
+            }
         }
         self.download_actions(d, now);
         match &held {
