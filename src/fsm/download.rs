@@ -29,6 +29,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+mod reference;
+
 /// Default [`DownloadConfig::window`].
 pub const DEFAULT_WINDOW: u32 = 1024;
 /// Default [`DownloadConfig::max_in_flight_per_peer`].
@@ -471,6 +474,21 @@ impl BlockDownload {
     /// Blocks received (or stored) above a gap, waiting to be handed on.
     pub fn buffered_len(&self) -> usize {
         self.received.len()
+    }
+
+    #[cfg(test)]
+    /// Everything the scheduler knows, in a form two schedulers can be compared by.
+    pub fn state(&self) -> String {
+        let mut in_flight: Vec<_> = self
+            .in_flight
+            .iter()
+            .map(|(h, e)| (e.height, *h, e.peer, e.sent))
+            .collect();
+        in_flight.sort_unstable();
+        format!(
+            "{} {:?} {:?} {:?}",
+            self.next_ready, self.received, in_flight, self.peers
+        )
     }
 
     #[cfg(test)]
@@ -1288,5 +1306,168 @@ mod tests {
                 .any(|a| matches!(a, DownloadAction::Request { peer, .. } if *peer == A)),
             "{after:?}"
         );
+    }
+
+    /// One call of the differential test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Connect(u64, u32, u32),
+        Disconnect(u64),
+        Raise(u64, u32),
+        SetHeight(u64, u32),
+        SetScore(u64, u32),
+        /// Against tree `.0`, `.1` ms later.
+        Tick(usize, u64),
+        /// A block from a peer: one it was asked for (`.2`) or any known one, `.1` picks it.
+        Receive(u64, usize, bool),
+        NotFound(u64, usize, bool),
+        TooBusy(u64, u64),
+        /// The block at height `.0` of tree `.1`.
+        Have(u32, usize),
+        Reorg(u32),
+        Wait(u64),
+        /// The caller's clock goes back (never before the start).
+        Back(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let peer = 1u64..5;
+        prop_oneof![
+            1 => (peer.clone(), 0u32..40, 0u32..100).prop_map(|(p, h, s)| Op::Connect(p, h, s)),
+            1 => peer.clone().prop_map(Op::Disconnect),
+            1 => (peer.clone(), 0u32..40).prop_map(|(p, h)| Op::Raise(p, h)),
+            1 => (peer.clone(), 0u32..40).prop_map(|(p, h)| Op::SetHeight(p, h)),
+            1 => (peer.clone(), 0u32..100).prop_map(|(p, s)| Op::SetScore(p, s)),
+            6 => (0usize..3, 0u64..120).prop_map(|(t, d)| Op::Tick(t, d)),
+            8 => (peer.clone(), any::<usize>(), any::<bool>())
+                .prop_map(|(p, i, a)| Op::Receive(p, i, a)),
+            2 => (peer.clone(), any::<usize>(), any::<bool>())
+                .prop_map(|(p, i, a)| Op::NotFound(p, i, a)),
+            1 => (peer, 0u64..300).prop_map(|(p, d)| Op::TooBusy(p, d)),
+            1 => (0u32..40, 0usize..3).prop_map(|(h, t)| Op::Have(h, t)),
+            1 => (0u32..36).prop_map(Op::Reorg),
+            1 => (0u64..200).prop_map(Op::Wait),
+            1 => (0u64..200).prop_map(Op::Back),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// The scheduler with its indexes does exactly what the plain one (`reference`, which
+        /// scans every request, peer and height on each tick) does, call for call: the same
+        /// actions in the same order and the same state seen from outside.
+        #[test]
+        fn same_actions_as_the_reference(
+            window in 1u32..12,
+            max in 1usize..5,
+            timeout in 50u64..400,
+            start in 0u32..4,
+            ops in proptest::collection::vec(op(), 1..250),
+        ) {
+            // three best chains: a short one, its extension, and a heavier fork off it
+            let (short, _) = chain(12);
+            let (long, main) = chain(30);
+            let (mut forked, _) = chain(30);
+            let side = extend(&mut forked, main[8], 26, 7);
+            let trees = [short, long, forked];
+            let mut known: Vec<Hash256> = main.clone();
+            known.extend(&side);
+            known.push(Hash256::sha256d(b"unknown"));
+            let config = cfg(window, max, timeout);
+            let mut d = BlockDownload::new(config.clone(), start);
+            let mut r = reference::BlockDownload::new(config, start);
+            let t0 = Instant::now();
+            let mut now = t0;
+            // what each peer was asked for, to deliver it (or not) later
+            let mut asked: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
+            let pick = |peer: PeerId, i: usize, asked_of: bool, asked: &BTreeMap<PeerId, Vec<Hash256>>| {
+                match asked.get(&peer).filter(|v| asked_of && !v.is_empty()) {
+                    Some(v) => v[i % v.len()],
+                    None => known[i % known.len()],
+                }
+            };
+            for (step, op) in ops.into_iter().enumerate() {
+                let (a, b) = match op {
+                    Op::Connect(p, h, s) => {
+                        d.peer_connected(PeerId(p), h, s);
+                        r.peer_connected(PeerId(p), h, s);
+                        (vec![], vec![])
+                    }
+                    Op::Disconnect(p) => {
+                        (d.peer_disconnected(PeerId(p), now), r.peer_disconnected(PeerId(p), now))
+                    }
+                    Op::Raise(p, h) => {
+                        d.raise_peer_height(PeerId(p), h);
+                        r.raise_peer_height(PeerId(p), h);
+                        (vec![], vec![])
+                    }
+                    Op::SetHeight(p, h) => {
+                        d.set_peer_height(PeerId(p), h);
+                        r.set_peer_height(PeerId(p), h);
+                        (vec![], vec![])
+                    }
+                    Op::SetScore(p, s) => {
+                        d.set_peer_score(PeerId(p), s);
+                        r.set_peer_score(PeerId(p), s);
+                        (vec![], vec![])
+                    }
+                    Op::Tick(t, dt) => {
+                        now += ms(dt);
+                        (d.tick(now, &trees[t]), r.tick(now, &trees[t]))
+                    }
+                    Op::Receive(p, i, a) => {
+                        let h = pick(PeerId(p), i, a, &asked);
+                        (d.block_received(PeerId(p), h, now), r.block_received(PeerId(p), h, now))
+                    }
+                    Op::NotFound(p, i, a) => {
+                        let h = pick(PeerId(p), i, a, &asked);
+                        (d.not_found(PeerId(p), h, now), r.not_found(PeerId(p), h, now))
+                    }
+                    Op::TooBusy(p, dt) => {
+                        let until = now + ms(dt);
+                        (d.too_busy(PeerId(p), now, until), r.too_busy(PeerId(p), now, until))
+                    }
+                    Op::Have(h, t) => {
+                        if let Some(hash) = trees[t].hash_at(h) {
+                            d.have(h, hash);
+                            r.have(h, hash);
+                        }
+                        (vec![], vec![])
+                    }
+                    Op::Reorg(f) => (d.reorg(f), r.reorg(f)),
+                    Op::Wait(dt) => {
+                        now += ms(dt);
+                        (vec![], vec![])
+                    }
+                    Op::Back(dt) => {
+                        now = now.checked_sub(ms(dt)).map_or(t0, |t| t.max(t0));
+                        (vec![], vec![])
+                    }
+                };
+                proptest::prop_assert_eq!(&a, &b, "step {}", step);
+                for x in &a {
+                    if let DownloadAction::Request { peer, hashes } = x {
+                        asked.entry(*peer).or_default().extend(hashes);
+                    }
+                }
+                proptest::prop_assert_eq!(d.state(), r.state());
+                proptest::prop_assert_eq!(d.next_height(), r.next_height());
+                proptest::prop_assert_eq!(d.ready_height(), r.ready_height());
+                proptest::prop_assert_eq!(d.in_flight_len(), r.in_flight_len());
+                proptest::prop_assert_eq!(d.buffered_len(), r.buffered_len());
+                proptest::prop_assert_eq!(d.peers_len(), r.peers_len());
+                proptest::prop_assert_eq!(d.next_deadline(), r.next_deadline());
+                for p in 1..5 {
+                    let p = PeerId(p);
+                    proptest::prop_assert_eq!(d.peer_in_flight(p), r.peer_in_flight(p));
+                    proptest::prop_assert_eq!(d.is_stalled(p), r.is_stalled(p));
+                }
+                for h in &known {
+                    proptest::prop_assert_eq!(d.in_flight_to(h), r.in_flight_to(h));
+                }
+            }
+        }
     }
 }
