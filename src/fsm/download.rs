@@ -168,6 +168,25 @@ pub struct BlockDownload {
     /// Requests in flight by hash (each hash in flight with one peer at most).
     in_flight: HashIdMap<InFlight>,
     peers: BTreeMap<PeerId, PeerState>,
+    // The indexes below make a tick with nothing to do cost O(1) (the simulator ticks every node
+    // ten times a virtual second) and spare a tick during a download the scans of every request
+    // and every height of the window. Each only ever errs on the side of looking again.
+    /// The tip of the best chain against which everything above the handed-on height was last
+    /// found on the best chain, with nothing in flight below it; `None` after any change that
+    /// could make that untrue (a new entry, the handed-on height moving).
+    checked_tip: Option<Hash256>,
+    /// Every height from `next_ready` up to here (excluded) is received or has its block in
+    /// flight: the search for heights to request starts here. Lowered whenever a height may have
+    /// lost its block or request.
+    scan_from: u32,
+    /// No request in flight times out before this (`None`: none can); lowered whenever a
+    /// deadline may have come nearer.
+    expiry_floor: Option<Instant>,
+    /// No peer refused a height below this (`u32::MAX`: none refused anything).
+    refused_floor: u32,
+    /// No request in flight or given up (a peer's late entry with its height) is for a height
+    /// above this: with nothing received either, nothing can be off the best chain.
+    asked_top: u32,
 }
 
 impl BlockDownload {
@@ -185,6 +204,11 @@ impl BlockDownload {
             received: BTreeMap::new(),
             in_flight: HashIdMap::default(),
             peers: BTreeMap::new(),
+            checked_tip: None,
+            scan_from: 0,
+            expiry_floor: None,
+            refused_floor: u32::MAX,
+            asked_top: 0,
         }
     }
 
@@ -252,6 +276,7 @@ impl BlockDownload {
                 Self::push_late(p, cap, *hash, Some(*height));
             }
         }
+        self.checked_tip = None;
         self.assign(now, released, &mut out);
         out
     }
@@ -267,6 +292,9 @@ impl BlockDownload {
         taken.sort_unstable();
         for (_, hash) in &taken {
             self.in_flight.remove(hash);
+        }
+        if let Some(&(lowest, _)) = taken.first() {
+            self.uncovered(lowest);
         }
         taken
     }
@@ -292,6 +320,7 @@ impl BlockDownload {
             return;
         }
         self.received.insert(height, hash);
+        self.checked_tip = None;
         self.cancel(&hash);
     }
 
@@ -299,33 +328,34 @@ impl BlockDownload {
     /// ([`DownloadAction::Discard`]), hands on what is in order ([`DownloadAction::Ready`]),
     /// gives up timed-out requests ([`DownloadAction::Stalled`]) and fills the free slots of the
     /// peers within the window ([`DownloadAction::Request`]), in that order.
+    ///
+    /// With nothing in flight, nothing new on the best chain and nothing to request it costs
+    /// O(1).
     pub fn tick(&mut self, now: Instant, chain: &HeaderTree) -> Vec<DownloadAction> {
         let mut out = Vec::new();
         self.check_chain(chain, &mut out);
         self.drain_ready(&mut out);
         self.expire(now, &mut out);
         let next = self.next_ready;
-        for p in self.peers.values_mut() {
-            if p.refused.first_key_value().is_some_and(|(&h, _)| h < next) {
-                p.refused = p.refused.split_off(&next);
+        if self.refused_floor < next {
+            let mut floor = u32::MAX;
+            for p in self.peers.values_mut() {
+                if p.refused.first_key_value().is_some_and(|(&h, _)| h < next) {
+                    p.refused = p.refused.split_off(&next);
+                }
+                if let Some((&h, _)) = p.refused.first_key_value() {
+                    floor = floor.min(h);
+                }
             }
+            self.refused_floor = floor;
         }
 
         let top = next
             .saturating_add(self.config.window - 1)
             .min(chain.height());
-        let received = &self.received;
-        let in_flight = &self.in_flight;
-        let wanted: Vec<(u32, Hash256)> = if next > top || !self.has_free_slot() {
-            Vec::new()
-        } else {
-            (next..=top)
-                .filter(|h| !received.contains_key(h))
-                .filter_map(|h| chain.hash_at(h).map(|hash| (h, hash)))
-                .filter(|(_, hash)| !in_flight.contains_key(hash))
-                .collect()
-        };
-        self.assign(now, wanted, &mut out);
+        if next <= top && self.has_free_slot() {
+            self.request_missing(now, chain, top, &mut out);
+        }
         out
     }
 
@@ -362,6 +392,7 @@ impl BlockDownload {
                 let (_, h) = p.late.remove(pos).expect("position found");
                 p.last_progress = Some(now);
                 p.stalled = false;
+                self.may_expire_from(now);
                 match h {
                     Some(h) if h >= self.next_ready && !self.received.contains_key(&h) => {
                         // First to arrive: another peer asked later is let off.
@@ -379,7 +410,9 @@ impl BlockDownload {
             p.last_progress = Some(now);
             p.stalled = false;
         }
+        self.may_expire_from(now);
         self.received.insert(height, hash);
+        self.checked_tip = None;
         self.drain_ready(&mut out);
         out
     }
@@ -400,15 +433,22 @@ impl BlockDownload {
                 p.refused.insert(h, hash);
                 p.last_progress = Some(now);
                 p.stalled = false;
+                self.refused_floor = self.refused_floor.min(h);
+                self.uncovered(h);
+                self.may_expire_from(now);
                 self.assign(now, [(h, hash)], &mut out);
             }
             _ => {
                 if let Some(pos) = p.late.iter().position(|(x, _)| *x == hash) {
                     if let Some((_, Some(h))) = p.late.remove(pos) {
                         p.refused.insert(h, hash);
+                        self.refused_floor = self.refused_floor.min(h);
                     }
-                    p.last_progress = Some(now);
-                    p.stalled = false;
+                    self.may_expire_from(now);
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.last_progress = Some(now);
+                        p.stalled = false;
+                    }
                 }
             }
         }
@@ -533,10 +573,27 @@ impl BlockDownload {
     fn cancel(&mut self, hash: &Hash256) {
         let cap = self.late_cap();
         if let Some(e) = self.in_flight.remove(hash) {
+            self.uncovered(e.height);
             if let Some(p) = self.peers.get_mut(&e.peer) {
                 p.in_flight -= 1;
                 Self::push_late(p, cap, *hash, Some(e.height));
+                self.checked_tip = None;
             }
+        }
+    }
+
+    /// Height `h` may have lost its request (or its received block): the search for heights to
+    /// request starts no higher.
+    fn uncovered(&mut self, h: u32) {
+        self.scan_from = self.scan_from.min(h);
+    }
+
+    /// A request sent, or a peer's answer, at `now`: a request may time out from `now` plus the
+    /// timeout on (an answer moves its peer's deadlines, nearer too if `now` is earlier than
+    /// its last answer).
+    fn may_expire_from(&mut self, now: Instant) {
+        if let Some(t) = now.checked_add(self.config.block_timeout) {
+            self.expiry_floor = Some(self.expiry_floor.map_or(t, |f| f.min(t)));
         }
     }
 
@@ -547,17 +604,54 @@ impl BlockDownload {
 
     /// Hands on the received blocks that are next in order.
     fn drain_ready(&mut self, out: &mut Vec<DownloadAction>) {
+        // (an emptied map keeps its root node: not touched when there is nothing)
+        if self.received.is_empty() {
+            return;
+        }
         while let Some(hash) = self.received.remove(&self.next_ready) {
             out.push(DownloadAction::Ready {
                 height: self.next_ready,
                 hash,
             });
             self.next_ready += 1;
+            self.checked_tip = None;
         }
     }
 
-    /// Drops whatever above the handed-on height is no longer on the best chain.
+    /// Drops whatever above the handed-on height is no longer on the best chain. Nothing to do
+    /// when there is nothing above it, or when it was all found on this same best chain (same
+    /// tip) and nothing came since.
     fn check_chain(&mut self, chain: &HeaderTree, out: &mut Vec<DownloadAction>) {
+        if self.received.is_empty() && self.in_flight.is_empty() && self.asked_top < self.next_ready
+        {
+            debug_assert!(self.all_on(chain), "nothing to check, yet something off");
+            return;
+        }
+        let tip = chain.tip_point().hash;
+        if self.checked_tip == Some(tip) {
+            debug_assert!(self.all_on(chain), "checked, yet something off");
+            return;
+        }
+        self.check_chain_all(chain, out);
+        self.checked_tip = Some(tip);
+    }
+
+    /// Whether a full check would find nothing to do (for debug assertions).
+    fn all_on(&self, chain: &HeaderTree) -> bool {
+        let next = self.next_ready;
+        let on = |h: u32, hash: &Hash256| h < next || chain.hash_at(h) == Some(*hash);
+        self.received.iter().all(|(&h, hash)| on(h, hash))
+            && self
+                .in_flight
+                .iter()
+                .all(|(hash, e)| e.height >= next && on(e.height, hash))
+            && self
+                .peers
+                .values()
+                .all(|p| p.late.iter().all(|(hash, h)| h.is_none_or(|h| on(h, hash))))
+    }
+
+    fn check_chain_all(&mut self, chain: &HeaderTree, out: &mut Vec<DownloadAction>) {
         let next = self.next_ready;
         let off = |h: u32, hash: &Hash256| h >= next && chain.hash_at(h) != Some(*hash);
         let mut first_off = self
@@ -567,7 +661,10 @@ impl BlockDownload {
             .map(|(&h, _)| h);
         let mut note = |h: u32| first_off = Some(first_off.map_or(h, |f: u32| f.min(h)));
         let mut stale = Vec::new();
+        // (what follows only drops entries or their heights: the highest seen stays a bound)
+        let mut asked_top = 0;
         for (hash, e) in &self.in_flight {
+            asked_top = asked_top.max(e.height);
             if e.height < next {
                 stale.push(*hash);
             } else if off(e.height, hash) {
@@ -577,6 +674,7 @@ impl BlockDownload {
         for p in self.peers.values() {
             for (hash, h) in &p.late {
                 if let Some(h) = *h {
+                    asked_top = asked_top.max(h);
                     if off(h, hash) {
                         note(h);
                     }
@@ -584,6 +682,7 @@ impl BlockDownload {
             }
         }
         // In flight below the handed-on height: another block was stored at that height.
+        self.asked_top = asked_top;
         stale.sort_unstable();
         for hash in &stale {
             self.cancel(hash);
@@ -595,6 +694,8 @@ impl BlockDownload {
 
     fn drop_above(&mut self, fork_height: u32, out: &mut Vec<DownloadAction>) {
         let above = fork_height.saturating_add(1);
+        self.uncovered(above);
+        self.checked_tip = None;
         let mut dropped: Vec<(u32, Hash256, PeerId)> = self
             .in_flight
             .iter()
@@ -624,15 +725,37 @@ impl BlockDownload {
         self.next_ready = self.next_ready.min(above);
     }
 
-    /// Gives up the requests past their deadline.
+    /// Gives up the requests past their deadline (none before `expiry_floor`).
     fn expire(&mut self, now: Instant, out: &mut Vec<DownloadAction>) {
-        let mut expired: Vec<(PeerId, u32, Hash256)> = self
-            .in_flight
-            .iter()
-            .filter(|(_, e)| now >= self.deadline(e))
-            .map(|(h, e)| (e.peer, e.height, *h))
-            .collect();
+        if self.in_flight.is_empty() {
+            self.expiry_floor = None;
+        }
+        if self.expiry_floor.is_none_or(|f| now < f) {
+            debug_assert!(
+                self.in_flight.values().all(|e| now < self.deadline(e)),
+                "a request timed out before the floor"
+            );
+            return;
+        }
+        let mut expired: Vec<(PeerId, u32, Hash256)> = Vec::new();
+        let mut floor: Option<Instant> = None;
+        for (h, e) in &self.in_flight {
+            let d = self.deadline(e);
+            if now >= d {
+                expired.push((e.peer, e.height, *h));
+            } else {
+                floor = Some(floor.map_or(d, |f| f.min(d)));
+            }
+        }
+        self.expiry_floor = floor;
+        if expired.is_empty() {
+            return;
+        }
         expired.sort_unstable();
+        self.checked_tip = None;
+        if let Some(lowest) = expired.iter().map(|&(_, h, _)| h).min() {
+            self.uncovered(lowest);
+        }
         let cap = self.late_cap();
         for (peer, height, hash) in expired {
             self.in_flight.remove(&hash);
@@ -654,36 +777,104 @@ impl BlockDownload {
         wanted: impl IntoIterator<Item = (u32, Hash256)>,
         out: &mut Vec<DownloadAction>,
     ) {
-        let max = self.config.max_in_flight_per_peer;
         let mut batches: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
         for (height, hash) in wanted {
-            let free = |p: &PeerState| {
-                !p.stalled && p.in_flight < max && p.paused_until.is_none_or(|t| t <= now)
-            };
-            if !self.peers.values().any(free) {
+            if self.assign_one(now, height, hash, &mut batches).is_none() {
                 break;
             }
-            let best = self
-                .peers
-                .iter_mut()
-                .filter(|(_, p)| {
-                    free(p) && p.height >= height && p.refused.get(&height) != Some(&hash)
-                })
-                .max_by_key(|(id, p)| (max - p.in_flight, p.score, Reverse(**id)));
-            let Some((&peer, p)) = best else {
+        }
+        Self::requests(batches, out);
+    }
+
+    /// Asks for the heights of the window that are neither received nor in flight, from the
+    /// lowest up to `top`, as [`BlockDownload::assign`] does; the search starts at `scan_from`
+    /// (everything below is received or in flight) and leaves it at the lowest height still
+    /// wanted.
+    fn request_missing(
+        &mut self,
+        now: Instant,
+        chain: &HeaderTree,
+        top: u32,
+        out: &mut Vec<DownloadAction>,
+    ) {
+        let mut batches: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
+        let mut wanted_from = None;
+        debug_assert!(
+            (self.next_ready..self.scan_from.min(top.saturating_add(1))).all(|h| {
+                self.received.contains_key(&h)
+                    || chain
+                        .hash_at(h)
+                        .is_some_and(|hash| self.in_flight.contains_key(&hash))
+            }),
+            "a height below the search start is wanted"
+        );
+        for height in self.scan_from.max(self.next_ready)..=top {
+            if self.received.contains_key(&height) {
+                continue;
+            }
+            let Some(hash) = chain.hash_at(height) else {
                 continue;
             };
-            p.in_flight += 1;
-            self.in_flight.insert(
-                hash,
-                InFlight {
-                    peer,
-                    height,
-                    sent: now,
-                },
-            );
-            batches.entry(peer).or_default().push(hash);
+            if self.in_flight.contains_key(&hash) {
+                continue;
+            }
+            match self.assign_one(now, height, hash, &mut batches) {
+                Some(true) => {}
+                Some(false) => {
+                    wanted_from.get_or_insert(height);
+                }
+                None => {
+                    wanted_from.get_or_insert(height);
+                    break;
+                }
+            }
         }
+        self.scan_from = wanted_from.unwrap_or(top.saturating_add(1));
+        Self::requests(batches, out);
+    }
+
+    /// Asks the best free peer for the block `hash` at `height` (see [`BlockDownload::assign`]),
+    /// into `batches`: whether one was found, `None` when no peer has a free slot at all.
+    fn assign_one(
+        &mut self,
+        now: Instant,
+        height: u32,
+        hash: Hash256,
+        batches: &mut BTreeMap<PeerId, Vec<Hash256>>,
+    ) -> Option<bool> {
+        let max = self.config.max_in_flight_per_peer;
+        let free = |p: &PeerState| {
+            !p.stalled && p.in_flight < max && p.paused_until.is_none_or(|t| t <= now)
+        };
+        if !self.peers.values().any(free) {
+            return None;
+        }
+        let best = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| free(p) && p.height >= height && p.refused.get(&height) != Some(&hash))
+            .max_by_key(|(id, p)| (max - p.in_flight, p.score, Reverse(**id)));
+        let Some((&peer, p)) = best else {
+            return Some(false);
+        };
+        p.in_flight += 1;
+        self.asked_top = self.asked_top.max(height);
+        self.in_flight.insert(
+            hash,
+            InFlight {
+                peer,
+                height,
+                sent: now,
+            },
+        );
+        self.checked_tip = None;
+        self.may_expire_from(now);
+        batches.entry(peer).or_default().push(hash);
+        Some(true)
+    }
+
+    /// One Request per peer, peers in id order.
+    fn requests(batches: BTreeMap<PeerId, Vec<Hash256>>, out: &mut Vec<DownloadAction>) {
         for (peer, hashes) in batches {
             out.push(DownloadAction::Request { peer, hashes });
         }
@@ -1305,6 +1496,92 @@ mod tests {
                 .iter()
                 .any(|a| matches!(a, DownloadAction::Request { peer, .. } if *peer == A)),
             "{after:?}"
+        );
+    }
+
+    #[test]
+    fn an_answer_stamped_earlier_brings_deadlines_nearer() {
+        let (tree, hashes) = chain(10);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 3, 100), 0);
+        d.peer_connected(A, 10, 50);
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[1, 2, 3])]);
+        assert_eq!(
+            d.block_received(A, hashes[1], t0 + ms(50)),
+            ready(&hashes, [1])
+        );
+        // (A is full again: 4 goes to it, sent at 100)
+        assert_eq!(d.tick(t0 + ms(100), &tree), vec![req(A, &hashes, &[4])]);
+        assert_eq!(d.next_deadline(), Some(t0 + ms(150)));
+        // The caller's clock stepped back: 3 now times out at 120, before the 150 seen so far.
+        assert_eq!(
+            d.block_received(A, hashes[2], t0 + ms(20)),
+            ready(&hashes, [2])
+        );
+        assert_eq!(d.next_deadline(), Some(t0 + ms(120)));
+        assert_eq!(
+            d.tick(t0 + ms(130), &tree),
+            vec![DownloadAction::Stalled {
+                peer: A,
+                hash: hashes[3]
+            }]
+        );
+    }
+
+    #[test]
+    fn an_idle_tick_finds_every_index_settled() {
+        let (tree, hashes) = chain(6);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(4, 2, 100), 0);
+        d.peer_connected(A, 6, 50);
+        d.peer_connected(B, 3, 50);
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![req(A, &hashes, &[1, 3]), req(B, &hashes, &[2])]
+        );
+        // 4 is wanted, A is full and B does not have it: the search starts there next time
+        assert_eq!(d.scan_from, 4);
+        assert_eq!(d.expiry_floor, Some(t0 + ms(100)));
+        assert!(d.not_found(B, hashes[2], t0 + ms(10)).is_empty());
+        assert_eq!((d.scan_from, d.refused_floor), (2, 2));
+        for h in [1, 3] {
+            d.block_received(A, hashes[h], t0 + ms(20));
+        }
+        assert_eq!(d.tick(t0 + ms(20), &tree), vec![req(A, &hashes, &[2, 4])]);
+        assert_eq!(d.scan_from, 5);
+        for h in [2, 4] {
+            d.block_received(A, hashes[h], t0 + ms(30));
+        }
+        assert_eq!(d.tick(t0 + ms(30), &tree), vec![req(A, &hashes, &[5, 6])]);
+        for h in [5, 6] {
+            d.block_received(A, hashes[h], t0 + ms(40));
+        }
+        assert!(d.tick(t0 + ms(200), &tree).is_empty());
+        assert_eq!(d.ready_height(), 6);
+        // all settled: the next tick has nothing to look at, not even the chain's tip
+        assert!(d.asked_top < d.next_height() && d.received.is_empty());
+        assert_eq!(d.expiry_floor, None);
+        assert_eq!(d.refused_floor, u32::MAX);
+        assert!(d.tick(t0 + ms(300), &tree).is_empty());
+        // a new block on the chain is asked for
+        let (tree7, hashes7) = chain(7);
+        d.raise_peer_height(A, 7);
+        assert_eq!(d.tick(t0 + ms(400), &tree7), vec![req(A, &hashes7, &[7])]);
+        assert_eq!((d.checked_tip, d.asked_top, d.scan_from), (None, 7, 8));
+        // while it is in flight, the chain is checked once, then not again until its tip moves
+        assert!(d.tick(t0 + ms(410), &tree7).is_empty());
+        assert_eq!(d.checked_tip, Some(tree7.tip_point().hash));
+        assert!(d.tick(t0 + ms(420), &tree7).is_empty());
+        let (tree8, hashes8) = chain(8);
+        d.raise_peer_height(A, 8);
+        assert_eq!(d.tick(t0 + ms(430), &tree8), vec![req(A, &hashes8, &[8])]);
+        assert_eq!(
+            d.block_received(A, hashes8[7], t0 + ms(440)),
+            ready(&hashes8, [7])
+        );
+        assert_eq!(
+            d.block_received(A, hashes8[8], t0 + ms(440)),
+            ready(&hashes8, [8])
         );
     }
 
