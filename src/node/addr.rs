@@ -168,6 +168,11 @@ impl NodeCore {
                                         peer.addr_queue.push(*a);
                                     }
                                 }
+                                if !peer.addr_queue.is_empty() {
+                                    let t = peer.next_addr_send;
+                                    self.next_addr_relay =
+                                        Some(self.next_addr_relay.map_or(t, |n| n.min(t)));
+                                }
                             }
                         }
                     }
@@ -202,6 +207,13 @@ impl NodeCore {
     /// Sends each ready peer its queued relayed addresses, in one `addr`, when its turn has come
     /// (every `Config::addr_relay_interval`, from half to one and a half of it at random).
     pub(super) fn flush_addr_relay(&mut self, now: Instant) {
+        if self.next_addr_relay.is_none_or(|t| now < t) {
+            debug_assert!(self
+                .peers
+                .values()
+                .all(|p| p.addr_queue.is_empty() || now < p.next_addr_send));
+            return;
+        }
         let base = self.config.addr_relay_interval;
         let due: Vec<PeerId> = self
             .peers
@@ -218,6 +230,12 @@ impl NodeCore {
             p.next_addr_send = now + jitter;
             self.send(id, Message::Addr(list));
         }
+        self.next_addr_relay = self
+            .peers
+            .values()
+            .filter(|p| !p.addr_queue.is_empty())
+            .map(|p| p.next_addr_send)
+            .min();
     }
 
     /// Keeps the outbound target filled from the address book.

@@ -350,6 +350,8 @@ pub(crate) struct NodeCore {
     /// No outbound connection turns stable before this (`None`: none is waiting to): the timer
     /// does not look at the peers until then.
     next_stable: Option<Instant>,
+    /// No peer's queued relayed addresses are due before this (`None`: no peer has any queued).
+    next_addr_relay: Option<Instant>,
     height: u32,
     /// A batch of headers whose validation waits until the request for the next batch has gone
     /// out (the driver carries out outputs between inputs).
@@ -470,6 +472,7 @@ impl NodeCore {
             base: (now, unix_now),
             next_sync_tick: now,
             next_stable: None,
+            next_addr_relay: None,
             height,
             deferred: None,
             tally: Default::default(),
@@ -1849,5 +1852,73 @@ mod tests {
         h.ready(id, addr);
         assert!(h.run_until(h.now + 2 * SYNC_TICK).is_empty());
         assert!(h.core.peers[&id].stable);
+    }
+
+    #[test]
+    fn relayed_addresses_go_out_on_their_turn_and_the_timer_looks_only_then() {
+        use crate::wire::{NetAddr, TimedNetAddr};
+        let mut h = Harness::new(test_config());
+        let ids: Vec<PeerId> = (1..=3)
+            .map(|i| {
+                let a: SocketAddr = format!("10.0.0.{i}:8333").parse().unwrap();
+                let id = h.connection(a);
+                h.ready(id, a);
+                id
+            })
+            .collect();
+        assert_eq!(h.core.next_addr_relay, None);
+        let news = TimedNetAddr {
+            time: UNIX_START as u32,
+            addr: NetAddr::new("11.1.1.1:8333".parse().unwrap(), 1),
+        };
+        h.input(PeerInput::Message {
+            id: ids[0],
+            message: Message::Addr(vec![news]),
+        });
+        // queued for the two others, whose first turn is now
+        let queued: Vec<PeerId> = h
+            .core
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.addr_queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(queued, ids[1..].to_vec());
+        assert_eq!(h.core.next_addr_relay, Some(h.now));
+        let mut sent = Vec::new();
+        let until = h.now + 2 * SYNC_TICK;
+        while h.core.poll_timeout().max(h.now) <= until {
+            h.now = h.core.poll_timeout().max(h.now);
+            h.core.handle_timeout(h.now);
+            while let Some(o) = h.core.poll_output() {
+                if let Output::Send(id, Message::Addr(list)) = o {
+                    sent.push((id, list));
+                }
+            }
+        }
+        assert_eq!(
+            sent,
+            vec![(ids[1], vec![news]), (ids[2], vec![news])],
+            "one addr each"
+        );
+        assert_eq!(h.core.next_addr_relay, None);
+        // more news for one peer waits for its next turn, which the index knows
+        let later = TimedNetAddr {
+            time: UNIX_START as u32,
+            addr: NetAddr::new("11.1.1.2:8333".parse().unwrap(), 1),
+        };
+        h.input(PeerInput::Message {
+            id: ids[0],
+            message: Message::Addr(vec![later]),
+        });
+        let turn = h
+            .core
+            .peers
+            .values()
+            .filter(|p| !p.addr_queue.is_empty())
+            .map(|p| p.next_addr_send)
+            .min();
+        assert!(turn.is_some_and(|t| t > h.now));
+        assert_eq!(h.core.next_addr_relay, turn);
     }
 }
