@@ -808,6 +808,9 @@ impl BlockDownload {
             }),
             "a height below the search start is wanted"
         );
+        // No free peer has a height above this (`None`: no peer is free): nothing higher can be
+        // asked for, as peers only fill up along the way.
+        let mut free_top = self.free_top(now);
         for height in self.scan_from.max(self.next_ready)..=top {
             if self.received.contains_key(&height) {
                 continue;
@@ -818,8 +821,12 @@ impl BlockDownload {
             if self.in_flight.contains_key(&hash) {
                 continue;
             }
+            if free_top.is_none_or(|t| height > t) {
+                wanted_from.get_or_insert(height);
+                break;
+            }
             match self.assign_one(now, height, hash, &mut batches) {
-                Some(true) => {}
+                Some(true) => free_top = self.free_top(now),
                 Some(false) => {
                     wanted_from.get_or_insert(height);
                 }
@@ -843,9 +850,7 @@ impl BlockDownload {
         batches: &mut BTreeMap<PeerId, Vec<Hash256>>,
     ) -> Option<bool> {
         let max = self.config.max_in_flight_per_peer;
-        let free = |p: &PeerState| {
-            !p.stalled && p.in_flight < max && p.paused_until.is_none_or(|t| t <= now)
-        };
+        let free = |p: &PeerState| Self::is_free(p, max, now);
         if !self.peers.values().any(free) {
             return None;
         }
@@ -871,6 +876,23 @@ impl BlockDownload {
         self.may_expire_from(now);
         batches.entry(peer).or_default().push(hash);
         Some(true)
+    }
+
+    /// Whether `p` may be asked for more now.
+    fn is_free(p: &PeerState, max: usize, now: Instant) -> bool {
+        !p.stalled && p.in_flight < max && p.paused_until.is_none_or(|t| t <= now)
+    }
+
+    /// The highest height a peer that may be asked for more has (`None`: none may).
+    fn free_top(&self, now: Instant) -> Option<u32> {
+        let max = self.config.max_in_flight_per_peer;
+        let mut top = None;
+        for p in self.peers.values() {
+            if Self::is_free(p, max, now) {
+                top = Some(top.map_or(p.height, |t: u32| t.max(p.height)));
+            }
+        }
+        top
     }
 
     /// One Request per peer, peers in id order.
