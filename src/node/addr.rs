@@ -241,12 +241,12 @@ impl NodeCore {
     /// Keeps the outbound target filled from the address book.
     pub(super) fn fill_outbound(&mut self, now: Instant) {
         let target = self.config.target_outbound.min(self.config.max_outbound);
-        let me = self.own_addr().map(canonical);
-        let t = self.unix(now);
         // (dials in flight hold their outbound slot already)
         if self.outbound >= target {
             return;
         }
+        let me = self.own_addr().map(canonical);
+        let t = self.unix(now);
         // dials only add peers when their sockets report back, so this holds for the loop
         let connected: std::collections::HashSet<SocketAddr> =
             self.peers.values().map(|p| canonical(p.addr)).collect();
