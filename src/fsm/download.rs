@@ -29,6 +29,9 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+mod reference;
+
 /// Default [`DownloadConfig::window`].
 pub const DEFAULT_WINDOW: u32 = 1024;
 /// Default [`DownloadConfig::max_in_flight_per_peer`].
@@ -165,6 +168,25 @@ pub struct BlockDownload {
     /// Requests in flight by hash (each hash in flight with one peer at most).
     in_flight: HashIdMap<InFlight>,
     peers: BTreeMap<PeerId, PeerState>,
+    // The indexes below make a tick with nothing to do cost O(1) (the simulator ticks every node
+    // ten times a virtual second) and spare a tick during a download the scans of every request
+    // and every height of the window. Each only ever errs on the side of looking again.
+    /// The tip of the best chain against which everything above the handed-on height was last
+    /// found on the best chain, with nothing in flight below it; `None` after any change that
+    /// could make that untrue (a new entry, the handed-on height moving).
+    checked_tip: Option<Hash256>,
+    /// Every height from `next_ready` up to here (excluded) is received or has its block in
+    /// flight: the search for heights to request starts here. Lowered whenever a height may have
+    /// lost its block or request.
+    scan_from: u32,
+    /// No request in flight times out before this (`None`: none can); lowered whenever a
+    /// deadline may have come nearer.
+    expiry_floor: Option<Instant>,
+    /// No peer refused a height below this (`u32::MAX`: none refused anything).
+    refused_floor: u32,
+    /// No request in flight or given up (a peer's late entry with its height) is for a height
+    /// above this: with nothing received either, nothing can be off the best chain.
+    asked_top: u32,
 }
 
 impl BlockDownload {
@@ -182,6 +204,11 @@ impl BlockDownload {
             received: BTreeMap::new(),
             in_flight: HashIdMap::default(),
             peers: BTreeMap::new(),
+            checked_tip: None,
+            scan_from: 0,
+            expiry_floor: None,
+            refused_floor: u32::MAX,
+            asked_top: 0,
         }
     }
 
@@ -249,6 +276,7 @@ impl BlockDownload {
                 Self::push_late(p, cap, *hash, Some(*height));
             }
         }
+        self.checked_tip = None;
         self.assign(now, released, &mut out);
         out
     }
@@ -264,6 +292,9 @@ impl BlockDownload {
         taken.sort_unstable();
         for (_, hash) in &taken {
             self.in_flight.remove(hash);
+        }
+        if let Some(&(lowest, _)) = taken.first() {
+            self.uncovered(lowest);
         }
         taken
     }
@@ -289,6 +320,7 @@ impl BlockDownload {
             return;
         }
         self.received.insert(height, hash);
+        self.checked_tip = None;
         self.cancel(&hash);
     }
 
@@ -296,33 +328,34 @@ impl BlockDownload {
     /// ([`DownloadAction::Discard`]), hands on what is in order ([`DownloadAction::Ready`]),
     /// gives up timed-out requests ([`DownloadAction::Stalled`]) and fills the free slots of the
     /// peers within the window ([`DownloadAction::Request`]), in that order.
+    ///
+    /// With nothing in flight, nothing new on the best chain and nothing to request it costs
+    /// O(1).
     pub fn tick(&mut self, now: Instant, chain: &HeaderTree) -> Vec<DownloadAction> {
         let mut out = Vec::new();
         self.check_chain(chain, &mut out);
         self.drain_ready(&mut out);
         self.expire(now, &mut out);
         let next = self.next_ready;
-        for p in self.peers.values_mut() {
-            if p.refused.first_key_value().is_some_and(|(&h, _)| h < next) {
-                p.refused = p.refused.split_off(&next);
+        if self.refused_floor < next {
+            let mut floor = u32::MAX;
+            for p in self.peers.values_mut() {
+                if p.refused.first_key_value().is_some_and(|(&h, _)| h < next) {
+                    p.refused = p.refused.split_off(&next);
+                }
+                if let Some((&h, _)) = p.refused.first_key_value() {
+                    floor = floor.min(h);
+                }
             }
+            self.refused_floor = floor;
         }
 
         let top = next
             .saturating_add(self.config.window - 1)
             .min(chain.height());
-        let received = &self.received;
-        let in_flight = &self.in_flight;
-        let wanted: Vec<(u32, Hash256)> = if next > top || !self.has_free_slot() {
-            Vec::new()
-        } else {
-            (next..=top)
-                .filter(|h| !received.contains_key(h))
-                .filter_map(|h| chain.hash_at(h).map(|hash| (h, hash)))
-                .filter(|(_, hash)| !in_flight.contains_key(hash))
-                .collect()
-        };
-        self.assign(now, wanted, &mut out);
+        if next <= top && self.has_free_slot() {
+            self.request_missing(now, chain, top, &mut out);
+        }
         out
     }
 
@@ -359,6 +392,7 @@ impl BlockDownload {
                 let (_, h) = p.late.remove(pos).expect("position found");
                 p.last_progress = Some(now);
                 p.stalled = false;
+                self.may_expire_from(now);
                 match h {
                     Some(h) if h >= self.next_ready && !self.received.contains_key(&h) => {
                         // First to arrive: another peer asked later is let off.
@@ -376,7 +410,9 @@ impl BlockDownload {
             p.last_progress = Some(now);
             p.stalled = false;
         }
+        self.may_expire_from(now);
         self.received.insert(height, hash);
+        self.checked_tip = None;
         self.drain_ready(&mut out);
         out
     }
@@ -397,15 +433,22 @@ impl BlockDownload {
                 p.refused.insert(h, hash);
                 p.last_progress = Some(now);
                 p.stalled = false;
+                self.refused_floor = self.refused_floor.min(h);
+                self.uncovered(h);
+                self.may_expire_from(now);
                 self.assign(now, [(h, hash)], &mut out);
             }
             _ => {
                 if let Some(pos) = p.late.iter().position(|(x, _)| *x == hash) {
                     if let Some((_, Some(h))) = p.late.remove(pos) {
                         p.refused.insert(h, hash);
+                        self.refused_floor = self.refused_floor.min(h);
                     }
-                    p.last_progress = Some(now);
-                    p.stalled = false;
+                    self.may_expire_from(now);
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.last_progress = Some(now);
+                        p.stalled = false;
+                    }
                 }
             }
         }
@@ -474,6 +517,21 @@ impl BlockDownload {
     }
 
     #[cfg(test)]
+    /// Everything the scheduler knows, in a form two schedulers can be compared by.
+    pub fn state(&self) -> String {
+        let mut in_flight: Vec<_> = self
+            .in_flight
+            .iter()
+            .map(|(h, e)| (e.height, *h, e.peer, e.sent))
+            .collect();
+        in_flight.sort_unstable();
+        format!(
+            "{} {:?} {:?} {:?}",
+            self.next_ready, self.received, in_flight, self.peers
+        )
+    }
+
+    #[cfg(test)]
     /// Download peers known.
     pub fn peers_len(&self) -> usize {
         self.peers.len()
@@ -515,10 +573,27 @@ impl BlockDownload {
     fn cancel(&mut self, hash: &Hash256) {
         let cap = self.late_cap();
         if let Some(e) = self.in_flight.remove(hash) {
+            self.uncovered(e.height);
             if let Some(p) = self.peers.get_mut(&e.peer) {
                 p.in_flight -= 1;
                 Self::push_late(p, cap, *hash, Some(e.height));
+                self.checked_tip = None;
             }
+        }
+    }
+
+    /// Height `h` may have lost its request (or its received block): the search for heights to
+    /// request starts no higher.
+    fn uncovered(&mut self, h: u32) {
+        self.scan_from = self.scan_from.min(h);
+    }
+
+    /// A request sent, or a peer's answer, at `now`: a request may time out from `now` plus the
+    /// timeout on (an answer moves its peer's deadlines, nearer too if `now` is earlier than
+    /// its last answer).
+    fn may_expire_from(&mut self, now: Instant) {
+        if let Some(t) = now.checked_add(self.config.block_timeout) {
+            self.expiry_floor = Some(self.expiry_floor.map_or(t, |f| f.min(t)));
         }
     }
 
@@ -529,17 +604,54 @@ impl BlockDownload {
 
     /// Hands on the received blocks that are next in order.
     fn drain_ready(&mut self, out: &mut Vec<DownloadAction>) {
+        // (an emptied map keeps its root node: not touched when there is nothing)
+        if self.received.is_empty() {
+            return;
+        }
         while let Some(hash) = self.received.remove(&self.next_ready) {
             out.push(DownloadAction::Ready {
                 height: self.next_ready,
                 hash,
             });
             self.next_ready += 1;
+            self.checked_tip = None;
         }
     }
 
-    /// Drops whatever above the handed-on height is no longer on the best chain.
+    /// Drops whatever above the handed-on height is no longer on the best chain. Nothing to do
+    /// when there is nothing above it, or when it was all found on this same best chain (same
+    /// tip) and nothing came since.
     fn check_chain(&mut self, chain: &HeaderTree, out: &mut Vec<DownloadAction>) {
+        if self.received.is_empty() && self.in_flight.is_empty() && self.asked_top < self.next_ready
+        {
+            debug_assert!(self.all_on(chain), "nothing to check, yet something off");
+            return;
+        }
+        let tip = chain.tip_point().hash;
+        if self.checked_tip == Some(tip) {
+            debug_assert!(self.all_on(chain), "checked, yet something off");
+            return;
+        }
+        self.check_chain_all(chain, out);
+        self.checked_tip = Some(tip);
+    }
+
+    /// Whether a full check would find nothing to do (for debug assertions).
+    fn all_on(&self, chain: &HeaderTree) -> bool {
+        let next = self.next_ready;
+        let on = |h: u32, hash: &Hash256| h < next || chain.hash_at(h) == Some(*hash);
+        self.received.iter().all(|(&h, hash)| on(h, hash))
+            && self
+                .in_flight
+                .iter()
+                .all(|(hash, e)| e.height >= next && on(e.height, hash))
+            && self
+                .peers
+                .values()
+                .all(|p| p.late.iter().all(|(hash, h)| h.is_none_or(|h| on(h, hash))))
+    }
+
+    fn check_chain_all(&mut self, chain: &HeaderTree, out: &mut Vec<DownloadAction>) {
         let next = self.next_ready;
         let off = |h: u32, hash: &Hash256| h >= next && chain.hash_at(h) != Some(*hash);
         let mut first_off = self
@@ -549,7 +661,10 @@ impl BlockDownload {
             .map(|(&h, _)| h);
         let mut note = |h: u32| first_off = Some(first_off.map_or(h, |f: u32| f.min(h)));
         let mut stale = Vec::new();
+        // (what follows only drops entries or their heights: the highest seen stays a bound)
+        let mut asked_top = 0;
         for (hash, e) in &self.in_flight {
+            asked_top = asked_top.max(e.height);
             if e.height < next {
                 stale.push(*hash);
             } else if off(e.height, hash) {
@@ -559,6 +674,7 @@ impl BlockDownload {
         for p in self.peers.values() {
             for (hash, h) in &p.late {
                 if let Some(h) = *h {
+                    asked_top = asked_top.max(h);
                     if off(h, hash) {
                         note(h);
                     }
@@ -566,6 +682,7 @@ impl BlockDownload {
             }
         }
         // In flight below the handed-on height: another block was stored at that height.
+        self.asked_top = asked_top;
         stale.sort_unstable();
         for hash in &stale {
             self.cancel(hash);
@@ -577,6 +694,8 @@ impl BlockDownload {
 
     fn drop_above(&mut self, fork_height: u32, out: &mut Vec<DownloadAction>) {
         let above = fork_height.saturating_add(1);
+        self.uncovered(above);
+        self.checked_tip = None;
         let mut dropped: Vec<(u32, Hash256, PeerId)> = self
             .in_flight
             .iter()
@@ -606,15 +725,37 @@ impl BlockDownload {
         self.next_ready = self.next_ready.min(above);
     }
 
-    /// Gives up the requests past their deadline.
+    /// Gives up the requests past their deadline (none before `expiry_floor`).
     fn expire(&mut self, now: Instant, out: &mut Vec<DownloadAction>) {
-        let mut expired: Vec<(PeerId, u32, Hash256)> = self
-            .in_flight
-            .iter()
-            .filter(|(_, e)| now >= self.deadline(e))
-            .map(|(h, e)| (e.peer, e.height, *h))
-            .collect();
+        if self.in_flight.is_empty() {
+            self.expiry_floor = None;
+        }
+        if self.expiry_floor.is_none_or(|f| now < f) {
+            debug_assert!(
+                self.in_flight.values().all(|e| now < self.deadline(e)),
+                "a request timed out before the floor"
+            );
+            return;
+        }
+        let mut expired: Vec<(PeerId, u32, Hash256)> = Vec::new();
+        let mut floor: Option<Instant> = None;
+        for (h, e) in &self.in_flight {
+            let d = self.deadline(e);
+            if now >= d {
+                expired.push((e.peer, e.height, *h));
+            } else {
+                floor = Some(floor.map_or(d, |f| f.min(d)));
+            }
+        }
+        self.expiry_floor = floor;
+        if expired.is_empty() {
+            return;
+        }
         expired.sort_unstable();
+        self.checked_tip = None;
+        if let Some(lowest) = expired.iter().map(|&(_, h, _)| h).min() {
+            self.uncovered(lowest);
+        }
         let cap = self.late_cap();
         for (peer, height, hash) in expired {
             self.in_flight.remove(&hash);
@@ -636,36 +777,126 @@ impl BlockDownload {
         wanted: impl IntoIterator<Item = (u32, Hash256)>,
         out: &mut Vec<DownloadAction>,
     ) {
-        let max = self.config.max_in_flight_per_peer;
         let mut batches: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
         for (height, hash) in wanted {
-            let free = |p: &PeerState| {
-                !p.stalled && p.in_flight < max && p.paused_until.is_none_or(|t| t <= now)
-            };
-            if !self.peers.values().any(free) {
+            if self.assign_one(now, height, hash, &mut batches).is_none() {
                 break;
             }
-            let best = self
-                .peers
-                .iter_mut()
-                .filter(|(_, p)| {
-                    free(p) && p.height >= height && p.refused.get(&height) != Some(&hash)
-                })
-                .max_by_key(|(id, p)| (max - p.in_flight, p.score, Reverse(**id)));
-            let Some((&peer, p)) = best else {
+        }
+        Self::requests(batches, out);
+    }
+
+    /// Asks for the heights of the window that are neither received nor in flight, from the
+    /// lowest up to `top`, as [`BlockDownload::assign`] does; the search starts at `scan_from`
+    /// (everything below is received or in flight) and leaves it at the lowest height still
+    /// wanted.
+    fn request_missing(
+        &mut self,
+        now: Instant,
+        chain: &HeaderTree,
+        top: u32,
+        out: &mut Vec<DownloadAction>,
+    ) {
+        let mut batches: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
+        let mut wanted_from = None;
+        debug_assert!(
+            (self.next_ready..self.scan_from.min(top.saturating_add(1))).all(|h| {
+                self.received.contains_key(&h)
+                    || chain
+                        .hash_at(h)
+                        .is_some_and(|hash| self.in_flight.contains_key(&hash))
+            }),
+            "a height below the search start is wanted"
+        );
+        // No free peer has a height above this (`None`: no peer is free): nothing higher can be
+        // asked for, as peers only fill up along the way.
+        let mut free_top = self.free_top(now);
+        for height in self.scan_from.max(self.next_ready)..=top {
+            if self.received.contains_key(&height) {
+                continue;
+            }
+            let Some(hash) = chain.hash_at(height) else {
                 continue;
             };
-            p.in_flight += 1;
-            self.in_flight.insert(
-                hash,
-                InFlight {
-                    peer,
-                    height,
-                    sent: now,
-                },
-            );
-            batches.entry(peer).or_default().push(hash);
+            if self.in_flight.contains_key(&hash) {
+                continue;
+            }
+            if free_top.is_none_or(|t| height > t) {
+                wanted_from.get_or_insert(height);
+                break;
+            }
+            match self.assign_one(now, height, hash, &mut batches) {
+                Some(true) => free_top = self.free_top(now),
+                Some(false) => {
+                    wanted_from.get_or_insert(height);
+                }
+                None => {
+                    wanted_from.get_or_insert(height);
+                    break;
+                }
+            }
         }
+        self.scan_from = wanted_from.unwrap_or(top.saturating_add(1));
+        Self::requests(batches, out);
+    }
+
+    /// Asks the best free peer for the block `hash` at `height` (see [`BlockDownload::assign`]),
+    /// into `batches`: whether one was found, `None` when no peer has a free slot at all.
+    fn assign_one(
+        &mut self,
+        now: Instant,
+        height: u32,
+        hash: Hash256,
+        batches: &mut BTreeMap<PeerId, Vec<Hash256>>,
+    ) -> Option<bool> {
+        let max = self.config.max_in_flight_per_peer;
+        let free = |p: &PeerState| Self::is_free(p, max, now);
+        if !self.peers.values().any(free) {
+            return None;
+        }
+        let best = self
+            .peers
+            .iter_mut()
+            .filter(|(_, p)| free(p) && p.height >= height && p.refused.get(&height) != Some(&hash))
+            .max_by_key(|(id, p)| (max - p.in_flight, p.score, Reverse(**id)));
+        let Some((&peer, p)) = best else {
+            return Some(false);
+        };
+        p.in_flight += 1;
+        self.asked_top = self.asked_top.max(height);
+        self.in_flight.insert(
+            hash,
+            InFlight {
+                peer,
+                height,
+                sent: now,
+            },
+        );
+        self.checked_tip = None;
+        self.may_expire_from(now);
+        batches.entry(peer).or_default().push(hash);
+        Some(true)
+    }
+
+    /// Whether `p` may be asked for more now.
+    fn is_free(p: &PeerState, max: usize, now: Instant) -> bool {
+        !p.stalled && p.in_flight < max && p.paused_until.is_none_or(|t| t <= now)
+    }
+
+    /// The highest height a peer that may be asked for more has (`None`: none may).
+    fn free_top(&self, now: Instant) -> Option<u32> {
+        let max = self.config.max_in_flight_per_peer;
+        let mut top = None;
+        for p in self.peers.values() {
+            if Self::is_free(p, max, now) {
+                top = Some(top.map_or(p.height, |t: u32| t.max(p.height)));
+            }
+        }
+        top
+    }
+
+    /// One Request per peer, peers in id order.
+    fn requests(batches: BTreeMap<PeerId, Vec<Hash256>>, out: &mut Vec<DownloadAction>) {
         for (peer, hashes) in batches {
             out.push(DownloadAction::Request { peer, hashes });
         }
@@ -1288,5 +1519,254 @@ mod tests {
                 .any(|a| matches!(a, DownloadAction::Request { peer, .. } if *peer == A)),
             "{after:?}"
         );
+    }
+
+    #[test]
+    fn an_answer_stamped_earlier_brings_deadlines_nearer() {
+        let (tree, hashes) = chain(10);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(1024, 3, 100), 0);
+        d.peer_connected(A, 10, 50);
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[1, 2, 3])]);
+        assert_eq!(
+            d.block_received(A, hashes[1], t0 + ms(50)),
+            ready(&hashes, [1])
+        );
+        // (A is full again: 4 goes to it, sent at 100)
+        assert_eq!(d.tick(t0 + ms(100), &tree), vec![req(A, &hashes, &[4])]);
+        assert_eq!(d.next_deadline(), Some(t0 + ms(150)));
+        // The caller's clock stepped back: 3 now times out at 120, before the 150 seen so far.
+        assert_eq!(
+            d.block_received(A, hashes[2], t0 + ms(20)),
+            ready(&hashes, [2])
+        );
+        assert_eq!(d.next_deadline(), Some(t0 + ms(120)));
+        assert_eq!(
+            d.tick(t0 + ms(130), &tree),
+            vec![DownloadAction::Stalled {
+                peer: A,
+                hash: hashes[3]
+            }]
+        );
+    }
+
+    #[test]
+    fn an_idle_tick_finds_every_index_settled() {
+        let (tree, hashes) = chain(6);
+        let t0 = Instant::now();
+        let mut d = BlockDownload::new(cfg(4, 2, 100), 0);
+        d.peer_connected(A, 6, 50);
+        d.peer_connected(B, 3, 50);
+        assert_eq!(
+            d.tick(t0, &tree),
+            vec![req(A, &hashes, &[1, 3]), req(B, &hashes, &[2])]
+        );
+        // 4 is wanted, A is full and B does not have it: the search starts there next time
+        assert_eq!(d.scan_from, 4);
+        assert_eq!(d.expiry_floor, Some(t0 + ms(100)));
+        assert!(d.not_found(B, hashes[2], t0 + ms(10)).is_empty());
+        assert_eq!((d.scan_from, d.refused_floor), (2, 2));
+        for h in [1, 3] {
+            d.block_received(A, hashes[h], t0 + ms(20));
+        }
+        assert_eq!(d.tick(t0 + ms(20), &tree), vec![req(A, &hashes, &[2, 4])]);
+        assert_eq!(d.scan_from, 5);
+        for h in [2, 4] {
+            d.block_received(A, hashes[h], t0 + ms(30));
+        }
+        assert_eq!(d.tick(t0 + ms(30), &tree), vec![req(A, &hashes, &[5, 6])]);
+        for h in [5, 6] {
+            d.block_received(A, hashes[h], t0 + ms(40));
+        }
+        assert!(d.tick(t0 + ms(200), &tree).is_empty());
+        assert_eq!(d.ready_height(), 6);
+        // all settled: the next tick has nothing to look at, not even the chain's tip
+        assert!(d.asked_top < d.next_height() && d.received.is_empty());
+        assert_eq!(d.expiry_floor, None);
+        assert_eq!(d.refused_floor, u32::MAX);
+        assert!(d.tick(t0 + ms(300), &tree).is_empty());
+        // a new block on the chain is asked for
+        let (tree7, hashes7) = chain(7);
+        d.raise_peer_height(A, 7);
+        assert_eq!(d.tick(t0 + ms(400), &tree7), vec![req(A, &hashes7, &[7])]);
+        assert_eq!((d.checked_tip, d.asked_top, d.scan_from), (None, 7, 8));
+        // while it is in flight, the chain is checked once, then not again until its tip moves
+        assert!(d.tick(t0 + ms(410), &tree7).is_empty());
+        assert_eq!(d.checked_tip, Some(tree7.tip_point().hash));
+        assert!(d.tick(t0 + ms(420), &tree7).is_empty());
+        let (tree8, hashes8) = chain(8);
+        d.raise_peer_height(A, 8);
+        assert_eq!(d.tick(t0 + ms(430), &tree8), vec![req(A, &hashes8, &[8])]);
+        assert_eq!(
+            d.block_received(A, hashes8[7], t0 + ms(440)),
+            ready(&hashes8, [7])
+        );
+        assert_eq!(
+            d.block_received(A, hashes8[8], t0 + ms(440)),
+            ready(&hashes8, [8])
+        );
+    }
+
+    /// One call of the differential test.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Connect(u64, u32, u32),
+        Disconnect(u64),
+        Raise(u64, u32),
+        SetHeight(u64, u32),
+        SetScore(u64, u32),
+        /// Against tree `.0`, `.1` ms later.
+        Tick(usize, u64),
+        /// A block from a peer: one it was asked for (`.2`) or any known one, `.1` picks it.
+        Receive(u64, usize, bool),
+        NotFound(u64, usize, bool),
+        TooBusy(u64, u64),
+        /// The block at height `.0` of tree `.1`.
+        Have(u32, usize),
+        Reorg(u32),
+        Wait(u64),
+        /// The caller's clock goes back (never before the start).
+        Back(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        let peer = 1u64..5;
+        prop_oneof![
+            1 => (peer.clone(), 0u32..40, 0u32..100).prop_map(|(p, h, s)| Op::Connect(p, h, s)),
+            1 => peer.clone().prop_map(Op::Disconnect),
+            1 => (peer.clone(), 0u32..40).prop_map(|(p, h)| Op::Raise(p, h)),
+            1 => (peer.clone(), 0u32..40).prop_map(|(p, h)| Op::SetHeight(p, h)),
+            1 => (peer.clone(), 0u32..100).prop_map(|(p, s)| Op::SetScore(p, s)),
+            6 => (0usize..3, 0u64..120).prop_map(|(t, d)| Op::Tick(t, d)),
+            8 => (peer.clone(), any::<usize>(), any::<bool>())
+                .prop_map(|(p, i, a)| Op::Receive(p, i, a)),
+            2 => (peer.clone(), any::<usize>(), any::<bool>())
+                .prop_map(|(p, i, a)| Op::NotFound(p, i, a)),
+            1 => (peer, 0u64..300).prop_map(|(p, d)| Op::TooBusy(p, d)),
+            1 => (0u32..40, 0usize..3).prop_map(|(h, t)| Op::Have(h, t)),
+            1 => (0u32..36).prop_map(Op::Reorg),
+            1 => (0u64..200).prop_map(Op::Wait),
+            1 => (0u64..200).prop_map(Op::Back),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// The scheduler with its indexes does exactly what the plain one (`reference`, which
+        /// scans every request, peer and height on each tick) does, call for call: the same
+        /// actions in the same order and the same state seen from outside.
+        #[test]
+        fn same_actions_as_the_reference(
+            window in 1u32..12,
+            max in 1usize..5,
+            timeout in 50u64..400,
+            start in 0u32..4,
+            ops in proptest::collection::vec(op(), 1..250),
+        ) {
+            // three best chains: a short one, its extension, and a heavier fork off it
+            let (short, _) = chain(12);
+            let (long, main) = chain(30);
+            let (mut forked, _) = chain(30);
+            let side = extend(&mut forked, main[8], 26, 7);
+            let trees = [short, long, forked];
+            let mut known: Vec<Hash256> = main.clone();
+            known.extend(&side);
+            known.push(Hash256::sha256d(b"unknown"));
+            let config = cfg(window, max, timeout);
+            let mut d = BlockDownload::new(config.clone(), start);
+            let mut r = reference::BlockDownload::new(config, start);
+            let t0 = Instant::now();
+            let mut now = t0;
+            // what each peer was asked for, to deliver it (or not) later
+            let mut asked: BTreeMap<PeerId, Vec<Hash256>> = BTreeMap::new();
+            let pick = |peer: PeerId, i: usize, asked_of: bool, asked: &BTreeMap<PeerId, Vec<Hash256>>| {
+                match asked.get(&peer).filter(|v| asked_of && !v.is_empty()) {
+                    Some(v) => v[i % v.len()],
+                    None => known[i % known.len()],
+                }
+            };
+            for (step, op) in ops.into_iter().enumerate() {
+                let (a, b) = match op {
+                    Op::Connect(p, h, s) => {
+                        d.peer_connected(PeerId(p), h, s);
+                        r.peer_connected(PeerId(p), h, s);
+                        (vec![], vec![])
+                    }
+                    Op::Disconnect(p) => {
+                        (d.peer_disconnected(PeerId(p), now), r.peer_disconnected(PeerId(p), now))
+                    }
+                    Op::Raise(p, h) => {
+                        d.raise_peer_height(PeerId(p), h);
+                        r.raise_peer_height(PeerId(p), h);
+                        (vec![], vec![])
+                    }
+                    Op::SetHeight(p, h) => {
+                        d.set_peer_height(PeerId(p), h);
+                        r.set_peer_height(PeerId(p), h);
+                        (vec![], vec![])
+                    }
+                    Op::SetScore(p, s) => {
+                        d.set_peer_score(PeerId(p), s);
+                        r.set_peer_score(PeerId(p), s);
+                        (vec![], vec![])
+                    }
+                    Op::Tick(t, dt) => {
+                        now += ms(dt);
+                        (d.tick(now, &trees[t]), r.tick(now, &trees[t]))
+                    }
+                    Op::Receive(p, i, a) => {
+                        let h = pick(PeerId(p), i, a, &asked);
+                        (d.block_received(PeerId(p), h, now), r.block_received(PeerId(p), h, now))
+                    }
+                    Op::NotFound(p, i, a) => {
+                        let h = pick(PeerId(p), i, a, &asked);
+                        (d.not_found(PeerId(p), h, now), r.not_found(PeerId(p), h, now))
+                    }
+                    Op::TooBusy(p, dt) => {
+                        let until = now + ms(dt);
+                        (d.too_busy(PeerId(p), now, until), r.too_busy(PeerId(p), now, until))
+                    }
+                    Op::Have(h, t) => {
+                        if let Some(hash) = trees[t].hash_at(h) {
+                            d.have(h, hash);
+                            r.have(h, hash);
+                        }
+                        (vec![], vec![])
+                    }
+                    Op::Reorg(f) => (d.reorg(f), r.reorg(f)),
+                    Op::Wait(dt) => {
+                        now += ms(dt);
+                        (vec![], vec![])
+                    }
+                    Op::Back(dt) => {
+                        now = now.checked_sub(ms(dt)).map_or(t0, |t| t.max(t0));
+                        (vec![], vec![])
+                    }
+                };
+                proptest::prop_assert_eq!(&a, &b, "step {}", step);
+                for x in &a {
+                    if let DownloadAction::Request { peer, hashes } = x {
+                        asked.entry(*peer).or_default().extend(hashes);
+                    }
+                }
+                proptest::prop_assert_eq!(d.state(), r.state());
+                proptest::prop_assert_eq!(d.next_height(), r.next_height());
+                proptest::prop_assert_eq!(d.ready_height(), r.ready_height());
+                proptest::prop_assert_eq!(d.in_flight_len(), r.in_flight_len());
+                proptest::prop_assert_eq!(d.buffered_len(), r.buffered_len());
+                proptest::prop_assert_eq!(d.peers_len(), r.peers_len());
+                proptest::prop_assert_eq!(d.next_deadline(), r.next_deadline());
+                for p in 1..5 {
+                    let p = PeerId(p);
+                    proptest::prop_assert_eq!(d.peer_in_flight(p), r.peer_in_flight(p));
+                    proptest::prop_assert_eq!(d.is_stalled(p), r.is_stalled(p));
+                }
+                for h in &known {
+                    proptest::prop_assert_eq!(d.in_flight_to(h), r.in_flight_to(h));
+                }
+            }
+        }
     }
 }

@@ -243,6 +243,10 @@ pub struct HeaderSync {
     peers: BTreeMap<PeerId, SyncPeer>,
     in_flight: Option<InFlight>,
     best_known: u32,
+    /// The tip height at which [`HeaderSync::tick`] last found nothing in flight and no
+    /// candidate, none of whose candidacy hangs on which headers the tree holds: while no other
+    /// call changes anything, a tick at that height finds the same without looking.
+    idle_at: Option<u32>,
 }
 
 impl HeaderSync {
@@ -253,6 +257,7 @@ impl HeaderSync {
             peers: BTreeMap::new(),
             in_flight: None,
             best_known: 0,
+            idle_at: None,
         }
     }
 
@@ -298,6 +303,7 @@ impl HeaderSync {
         tree: &HeaderTree,
         now: Instant,
     ) -> Vec<SyncAction> {
+        self.idle_at = None;
         let height = start_height.max(0) as u32;
         self.best_known = self.best_known.max(height);
         let p = self.peers.entry(id).or_insert(SyncPeer {
@@ -324,6 +330,7 @@ impl HeaderSync {
     #[cfg(test)]
     /// The peer's score changed (used only to break ties).
     pub fn set_score(&mut self, id: PeerId, score: u32) {
+        self.idle_at = None;
         if let Some(p) = self.peers.get_mut(&id) {
             p.score = score;
         }
@@ -336,6 +343,7 @@ impl HeaderSync {
         tree: &HeaderTree,
         now: Instant,
     ) -> Vec<SyncAction> {
+        self.idle_at = None;
         self.peers.remove(&id);
         if self.sync_peer() == Some(id) {
             self.in_flight = None;
@@ -358,6 +366,7 @@ impl HeaderSync {
         tree: &HeaderTree,
         now: Instant,
     ) -> Option<SyncAction> {
+        self.idle_at = None;
         let f = self.in_flight?;
         if f.peer != id || headers.len() < HEADERS_BATCH {
             return None;
@@ -399,6 +408,7 @@ impl HeaderSync {
         tree: &HeaderTree,
         now: Instant,
     ) -> Vec<SyncAction> {
+        self.idle_at = None;
         let mut out = Vec::new();
         let from_sync_peer = self.sync_peer() == Some(id);
         if let Err((index, error)) = outcome {
@@ -510,6 +520,7 @@ impl HeaderSync {
         tree: &HeaderTree,
         now: Instant,
     ) -> Vec<SyncAction> {
+        self.idle_at = None;
         let mut out = Vec::new();
         let from_sync_peer = self.sync_peer() == Some(id);
         let Some(p) = self.peers.get_mut(&id) else {
@@ -547,6 +558,7 @@ impl HeaderSync {
         tree: &HeaderTree,
         now: Instant,
     ) -> Vec<SyncAction> {
+        self.idle_at = None;
         let mut out = Vec::new();
         if tree.contains(&hash) {
             return out;
@@ -577,6 +589,7 @@ impl HeaderSync {
         tree: &HeaderTree,
         now: Instant,
     ) -> Vec<SyncAction> {
+        self.idle_at = None;
         let mut out = Vec::new();
         let max = self.config.max_unconnecting.max(1);
         let above_tip = tree.height().saturating_add(1);
@@ -618,6 +631,8 @@ impl HeaderSync {
     pub fn tick(&mut self, now: Instant, tree: &HeaderTree) -> Vec<SyncAction> {
         let mut out = Vec::new();
         if let Some(f) = self.in_flight {
+            // (a request in flight was made since the idle tick: never remembered with one)
+            self.idle_at = None;
             if f.probe && now.saturating_duration_since(f.sent) >= self.timeout_of(&f) {
                 // Nothing more from it (it does not say so with an empty `headers`): its round
                 // ends as if it had.
@@ -637,8 +652,29 @@ impl HeaderSync {
                 }
             }
         }
-        self.maybe_start(tree, now, &mut out);
+        if self.in_flight.is_some() {
+            return out;
+        }
+        let tip = tree.height();
+        if self.idle_at == Some(tip) {
+            debug_assert_eq!(
+                self.best_candidate(tree),
+                None,
+                "an idle tick remembered wrongly"
+            );
+            return out;
+        }
+        let started = self.maybe_start(tree, now, &mut out);
+        self.idle_at = (!started && !self.hangs_on_tree_contents()).then_some(tip);
         out
+    }
+
+    /// Whether some usable peer's candidacy depends on whether the tree holds a header (the one
+    /// it announced).
+    fn hangs_on_tree_contents(&self) -> bool {
+        self.peers
+            .values()
+            .any(|p| self.usable(p) && p.pending && p.pending_hash.is_some())
     }
 
     /// `id` has nothing more for us now: its round ends. If it was the sync peer, the next
@@ -1482,6 +1518,40 @@ mod tests {
                 sync_peer: None
             }
         );
+    }
+
+    #[test]
+    fn an_idle_tick_is_remembered_only_while_nothing_it_depends_on_changes() {
+        let hs = chain(&genesis(), 12, 10);
+        let (t9, t10, tall) = (remote(&hs[..9]), remote(&hs[..10]), remote(&hs));
+        let mut s = HeaderSync::new(cfg());
+        let t0 = Instant::now();
+        // A claims no more than the tall tree: nothing to do, remembered at 12
+        assert!(s
+            .peer_connected(A, 10, NODE_NETWORK, 50, &tall, t0)
+            .is_empty());
+        assert!(s.tick(t0, &tall).is_empty());
+        assert_eq!(s.idle_at, Some(12));
+        assert!(s.tick(t0 + MS, &tall).is_empty());
+        // below A's height it is a candidate again
+        only_request(&s.tick(t0 + 2 * MS, &t9), A);
+        assert_eq!(s.idle_at, None);
+        // B announces the header at 11 while A's request is in flight
+        assert!(s
+            .peer_connected(B, 10, NODE_NETWORK, 40, &t10, t0)
+            .is_empty());
+        assert!(s.header_announced(B, hs[10].hash(), &t10, t0).is_empty());
+        // A stalls; with the announced header in the tree, B has nothing to give
+        let a = s.tick(t0 + 60 * MS, &tall);
+        assert!(get_headers_to(&a).is_empty(), "{a:?}");
+        // but whether it does hangs on the tree's headers, not only its height: not remembered
+        assert_eq!(s.idle_at, None);
+        let side = chain(&hs[9], 2, 99);
+        let mut headers = hs[..10].to_vec();
+        headers.extend(&side);
+        let other = remote(&headers);
+        assert_eq!(other.height(), 12);
+        only_request(&s.tick(t0 + 61 * MS, &other), B);
     }
 
     #[test]

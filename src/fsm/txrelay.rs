@@ -86,6 +86,8 @@ pub(crate) struct TxRelay {
     accepted_order: VecDeque<Hash256>,
     rejected: HashSet<Hash256>,
     rejected_order: VecDeque<Hash256>,
+    /// Some peer's queue may hold announcements (else [`TxRelay::flush`] looks at no peer).
+    queued: bool,
 }
 
 /// What [`TxRelay::expire`] dropped.
@@ -196,6 +198,7 @@ impl TxRelay {
             }
             if Some(*id) != source && p.learn(h) {
                 p.queue.push(h);
+                self.queued = true;
             }
         }
     }
@@ -241,6 +244,10 @@ impl TxRelay {
     pub(crate) fn flush(&mut self, now: Instant) -> (Expired, Vec<(PeerId, Vec<Inventory>)>) {
         let x = self.expire(now);
         let mut out = Vec::new();
+        if !std::mem::take(&mut self.queued) {
+            debug_assert!(self.peers.values().all(|p| p.queue.is_empty()));
+            return (x, out);
+        }
         for (id, p) in self.peers.iter_mut() {
             if p.queue.is_empty() {
                 continue;
@@ -428,5 +435,37 @@ mod tests {
         assert_eq!(r.rejected.len(), MAX_REJECTED);
         assert!(!r.seen(&Hash256::sha256d(&0u32.to_le_bytes())));
         assert!(r.seen(&Hash256::sha256d(&(MAX_REJECTED as u32 + 9).to_le_bytes())));
+    }
+
+    #[test]
+    fn a_flush_with_nothing_queued_looks_at_no_peer() {
+        let mut r = TxRelay::default();
+        let t0 = Instant::now();
+        for id in 1..=3 {
+            r.peer_connected(PeerId(id));
+        }
+        assert!(!r.queued);
+        assert!(r.flush(t0).1.is_empty());
+        // announced to all but its source, in peer order, once
+        let t = tx(7);
+        r.accept(t.clone(), Some(PeerId(2)), None);
+        assert!(r.queued);
+        let inv = vec![Inventory {
+            kind: InvType::TX,
+            hash: t.txid(),
+        }];
+        assert_eq!(
+            r.flush(t0).1,
+            vec![(PeerId(1), inv.clone()), (PeerId(3), inv.clone())]
+        );
+        assert!(!r.queued);
+        assert!(r.flush(t0).1.is_empty());
+        // accepted again from nowhere: only the source had not been told
+        r.accept(t.clone(), None, None);
+        assert_eq!(r.flush(t0).1, vec![(PeerId(2), inv)]);
+        // now known to every peer: nothing queued, nothing flagged
+        r.accept(t, None, None);
+        assert!(!r.queued);
+        assert!(r.flush(t0).1.is_empty());
     }
 }

@@ -168,6 +168,11 @@ impl NodeCore {
                                         peer.addr_queue.push(*a);
                                     }
                                 }
+                                if !peer.addr_queue.is_empty() {
+                                    let t = peer.next_addr_send;
+                                    self.next_addr_relay =
+                                        Some(self.next_addr_relay.map_or(t, |n| n.min(t)));
+                                }
                             }
                         }
                     }
@@ -202,6 +207,13 @@ impl NodeCore {
     /// Sends each ready peer its queued relayed addresses, in one `addr`, when its turn has come
     /// (every `Config::addr_relay_interval`, from half to one and a half of it at random).
     pub(super) fn flush_addr_relay(&mut self, now: Instant) {
+        if self.next_addr_relay.is_none_or(|t| now < t) {
+            debug_assert!(self
+                .peers
+                .values()
+                .all(|p| p.addr_queue.is_empty() || now < p.next_addr_send));
+            return;
+        }
         let base = self.config.addr_relay_interval;
         let due: Vec<PeerId> = self
             .peers
@@ -218,17 +230,23 @@ impl NodeCore {
             p.next_addr_send = now + jitter;
             self.send(id, Message::Addr(list));
         }
+        self.next_addr_relay = self
+            .peers
+            .values()
+            .filter(|p| !p.addr_queue.is_empty())
+            .map(|p| p.next_addr_send)
+            .min();
     }
 
     /// Keeps the outbound target filled from the address book.
     pub(super) fn fill_outbound(&mut self, now: Instant) {
         let target = self.config.target_outbound.min(self.config.max_outbound);
-        let me = self.own_addr().map(canonical);
-        let t = self.unix(now);
         // (dials in flight hold their outbound slot already)
         if self.outbound >= target {
             return;
         }
+        let me = self.own_addr().map(canonical);
+        let t = self.unix(now);
         // dials only add peers when their sockets report back, so this holds for the loop
         let connected: std::collections::HashSet<SocketAddr> =
             self.peers.values().map(|p| canonical(p.addr)).collect();

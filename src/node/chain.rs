@@ -98,6 +98,9 @@ impl NodeCore {
     /// Carries out download decisions: requests go out, stalled peers are dropped, and `Ready`
     /// blocks are written in one batch whose commit raises them.
     fn download_actions(&mut self, actions: Vec<DownloadAction>, now: Instant) {
+        if actions.is_empty() {
+            return;
+        }
         let mut batch = Batch::new();
         let mut pending = PendingCommit::default();
         for a in actions {

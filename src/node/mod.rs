@@ -347,6 +347,11 @@ pub(crate) struct NodeCore {
     next_sync_tick: Instant,
     next_tx_flush: Instant,
     next_persist: Instant,
+    /// No outbound connection turns stable before this (`None`: none is waiting to): the timer
+    /// does not look at the peers until then.
+    next_stable: Option<Instant>,
+    /// No peer's queued relayed addresses are due before this (`None`: no peer has any queued).
+    next_addr_relay: Option<Instant>,
     height: u32,
     /// A batch of headers whose validation waits until the request for the next batch has gone
     /// out (the driver carries out outputs between inputs).
@@ -466,6 +471,8 @@ impl NodeCore {
             local_addr,
             base: (now, unix_now),
             next_sync_tick: now,
+            next_stable: None,
+            next_addr_relay: None,
             height,
             deferred: None,
             tally: Default::default(),
@@ -745,6 +752,7 @@ impl NodeCore {
 
     fn ready(&mut self, mut info: PeerInfo, v: VersionMessage, now: Instant) {
         let id = info.id;
+        let stable_after = self.stable_after();
         let Some(p) = self.peers.get_mut(&id) else {
             return;
         };
@@ -753,6 +761,11 @@ impl NodeCore {
         }
         p.ready = true;
         p.ready_at = Some(now);
+        if p.direction == Direction::Outbound {
+            if let Some(t) = now.checked_add(stable_after) {
+                self.next_stable = Some(self.next_stable.map_or(t, |s| s.min(t)));
+            }
+        }
         self.tally.handshakes += 1;
         p.association = info.association;
         p.services = v.services;
@@ -987,6 +1000,15 @@ impl NodeCore {
         self.config.redial_max
     }
 
+    /// When the first outbound connection not yet stable turns stable (`None`: none will).
+    fn first_to_turn_stable(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .filter(|p| p.direction == Direction::Outbound && !p.stable)
+            .filter_map(|p| p.ready_at?.checked_add(self.stable_after()))
+            .min()
+    }
+
     /// Whether an outbound connection not yet marked stable has been ready long enough.
     fn turns_stable(&self, p: &Peer, now: Instant) -> bool {
         p.direction == Direction::Outbound
@@ -998,6 +1020,11 @@ impl NodeCore {
     /// Marks the outbound connections that have stayed up long enough as stable: the backoffs
     /// of their addresses start over.
     fn mark_stable(&mut self, now: Instant) {
+        // (with no wait at all, a connection turns stable whatever the clock says)
+        if self.next_stable.is_none_or(|t| now < t) && !self.stable_after().is_zero() {
+            debug_assert!(self.peers.values().all(|p| !self.turns_stable(p, now)));
+            return;
+        }
         let due: Vec<PeerId> = self
             .peers
             .iter()
@@ -1011,6 +1038,7 @@ impl NodeCore {
                 self.connection_stable(addr);
             }
         }
+        self.next_stable = self.first_to_turn_stable();
     }
 
     /// A connection to `addr` stayed up: its static re-dial and address book backoffs start
@@ -1788,5 +1816,109 @@ mod tests {
         // a connection that stayed up for `redial_max` is a success: dialled again at once
         let gap = redial_gap(&mut h, addr, End::DropAfterHandshake, max);
         assert!(gap <= 2 * SYNC_TICK, "{gap:?}");
+    }
+
+    #[test]
+    fn an_outbound_connection_is_marked_stable_by_the_timer_once_up_long_enough() {
+        let addr: SocketAddr = "10.1.2.3:8333".parse().unwrap();
+        let mut c = test_config();
+        c.connect = vec![addr];
+        c.redial_max = Duration::from_secs(60);
+        let mut h = Harness::new(c);
+        let (_, a) = h.next_dial(Duration::from_secs(1)).expect("dialled");
+        assert_eq!(a, addr);
+        assert_eq!(h.core.next_stable, None);
+        let id = h.connection(addr);
+        h.ready(id, addr);
+        let up = h.now;
+        // the timer looks at the peers only from then on
+        assert_eq!(h.core.next_stable, Some(up + Duration::from_secs(60)));
+        assert!(h.run_until(up + Duration::from_secs(59)).is_empty());
+        assert!(!h.core.peers[&id].stable);
+        assert!(h.run_until(up + Duration::from_secs(61)).is_empty());
+        assert!(h.core.peers[&id].stable);
+        assert_eq!(h.core.next_stable, None);
+    }
+
+    #[test]
+    fn with_no_wait_a_connection_is_stable_at_the_next_tick() {
+        let addr: SocketAddr = "10.1.2.3:8333".parse().unwrap();
+        let mut c = test_config();
+        c.connect = vec![addr];
+        c.redial_max = Duration::ZERO;
+        let mut h = Harness::new(c);
+        h.next_dial(Duration::from_secs(1)).expect("dialled");
+        let id = h.connection(addr);
+        h.ready(id, addr);
+        assert!(h.run_until(h.now + 2 * SYNC_TICK).is_empty());
+        assert!(h.core.peers[&id].stable);
+    }
+
+    #[test]
+    fn relayed_addresses_go_out_on_their_turn_and_the_timer_looks_only_then() {
+        use crate::wire::{NetAddr, TimedNetAddr};
+        let mut h = Harness::new(test_config());
+        let ids: Vec<PeerId> = (1..=3)
+            .map(|i| {
+                let a: SocketAddr = format!("10.0.0.{i}:8333").parse().unwrap();
+                let id = h.connection(a);
+                h.ready(id, a);
+                id
+            })
+            .collect();
+        assert_eq!(h.core.next_addr_relay, None);
+        let news = TimedNetAddr {
+            time: UNIX_START as u32,
+            addr: NetAddr::new("11.1.1.1:8333".parse().unwrap(), 1),
+        };
+        h.input(PeerInput::Message {
+            id: ids[0],
+            message: Message::Addr(vec![news]),
+        });
+        // queued for the two others, whose first turn is now
+        let queued: Vec<PeerId> = h
+            .core
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.addr_queue.is_empty())
+            .map(|(id, _)| *id)
+            .collect();
+        assert_eq!(queued, ids[1..].to_vec());
+        assert_eq!(h.core.next_addr_relay, Some(h.now));
+        let mut sent = Vec::new();
+        let until = h.now + 2 * SYNC_TICK;
+        while h.core.poll_timeout().max(h.now) <= until {
+            h.now = h.core.poll_timeout().max(h.now);
+            h.core.handle_timeout(h.now);
+            while let Some(o) = h.core.poll_output() {
+                if let Output::Send(id, Message::Addr(list)) = o {
+                    sent.push((id, list));
+                }
+            }
+        }
+        assert_eq!(
+            sent,
+            vec![(ids[1], vec![news]), (ids[2], vec![news])],
+            "one addr each"
+        );
+        assert_eq!(h.core.next_addr_relay, None);
+        // more news for one peer waits for its next turn, which the index knows
+        let later = TimedNetAddr {
+            time: UNIX_START as u32,
+            addr: NetAddr::new("11.1.1.2:8333".parse().unwrap(), 1),
+        };
+        h.input(PeerInput::Message {
+            id: ids[0],
+            message: Message::Addr(vec![later]),
+        });
+        let turn = h
+            .core
+            .peers
+            .values()
+            .filter(|p| !p.addr_queue.is_empty())
+            .map(|p| p.next_addr_send)
+            .min();
+        assert!(turn.is_some_and(|t| t > h.now));
+        assert_eq!(h.core.next_addr_relay, turn);
     }
 }
