@@ -274,12 +274,9 @@ fn a_block_held_off_the_best_chain_connects_when_a_reorg_makes_it_best() {
 /// A waits for ever once the script is dropped for stalling. Found by the simulated network's
 /// property runs (tests/simnet_props.rs; five seeds in 300 of an earlier form of them): after
 /// a partition healed, a `replay` adversary sent a branch's headers before the honest peers
-/// had its blocks.
-///
-/// Ignored until `BlockDownload` forgets a peer's refusals when the peer announces headers up
-/// to their height (`raise_peer_height`; src/fsm/download.rs is another change's to make).
+/// had its blocks. Fixed: `BlockDownload::raise_peer_height` forgets the peer's refusals up
+/// to the height it announced.
 #[test]
-#[ignore = "fails until BlockDownload::raise_peer_height forgets the peer's refusals up to the raised height"]
 fn a_peer_that_refused_a_block_is_asked_again_once_it_announces_it() {
     let mut net = SimNet::new(9);
     let a = net.add_node(node_config());

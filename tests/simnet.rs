@@ -151,12 +151,14 @@ fn adversaries_that_lie_and_flood_are_banned_and_no_honest_node_is() {
 }
 
 /// The simulated network (virtual clock, node cores in one thread): a thousand nodes, ten
-/// blocks and fifty transactions over internet-like links, well within the minute.
+/// blocks and fifty transactions over internet-like links, within the minute (killed
+/// past it).
 #[test]
 fn a_thousand_simulated_nodes_converge_with_every_transaction() {
     let (ok, v, output, took) = simnet(
         &["--virtual", "--nodes", "1000", "--seed", "3"],
-        Duration::from_secs(120),
+        // the bound: about 4 s on an idle 2-core machine
+        Duration::from_secs(60),
     );
     assert!(ok, "exit status not 0; summary {v}; {output}");
     assert_eq!(v["mode"], "virtual", "{v}");

@@ -27,12 +27,6 @@ fn props(seed: u64) -> Options {
     o
 }
 
-/// Seeds that fail until `BlockDownload` forgets a peer's refusals of a block once the peer
-/// announces a chain through it (see `a_peer_that_refused_a_block_is_asked_again_once_it_
-/// announces_it` in tests/sim.rs; src/fsm/download.rs is another change's to make): left out
-/// of the ranges below, each kept as an ignored test of its own.
-const WAITING_FOR_THE_DOWNLOAD_FIX: [u64; 3] = [1265, 1412, 1570];
-
 fn check(s: &Summary) -> Result<(), String> {
     let mut problems = s.violations.clone();
     if !s.converged {
@@ -69,15 +63,12 @@ fn check(s: &Summary) -> Result<(), String> {
     }
 }
 
-/// Runs `seeds` (but those waiting for a fix), panics listing every failure.
+/// Runs `seeds`, panics listing every failure.
 fn seeds(range: std::ops::Range<u64>) {
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut ran = 0;
     for seed in range.clone() {
-        if WAITING_FOR_THE_DOWNLOAD_FIX.contains(&seed) {
-            continue;
-        }
         ran += 1;
         if let Err(e) = check(&run_virtual(&props(seed), &mut |_| {})) {
             failures.push(e);
@@ -209,23 +200,21 @@ fn seed_2815_a_withheld_block_the_chain_moved_past() {
 
 /// After the partition healed, a `replay` adversary sent a branch's headers before the honest
 /// peers had its blocks; they answered `notfound` and were never asked again, so the node
-/// waited for ever once the replayer was dropped for stalling.
+/// waited for ever once the replayer was dropped for stalling (fixed: a peer's refusals up to
+/// the height it announces are forgotten).
 #[test]
-#[ignore = "fails until BlockDownload::raise_peer_height forgets the peer's refusals up to the raised height"]
 fn seed_1265_a_block_refused_before_its_holders_had_it() {
     regression(1265);
 }
 
 /// As seed 1265.
 #[test]
-#[ignore = "fails until BlockDownload::raise_peer_height forgets the peer's refusals up to the raised height"]
 fn seed_1412_a_block_refused_before_its_holders_had_it() {
     regression(1412);
 }
 
 /// As seed 1265.
 #[test]
-#[ignore = "fails until BlockDownload::raise_peer_height forgets the peer's refusals up to the raised height"]
 fn seed_1570_a_block_refused_before_its_holders_had_it() {
     regression(1570);
 }

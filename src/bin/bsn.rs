@@ -347,8 +347,11 @@ fn resolve_admin(s: &str) -> Result<std::net::SocketAddr, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // (twenty engines' connection logs would bury simnet's live view: warnings only there,
-    // and errors only under the table redrawn on a terminal; its summary lists the bans)
+    // and errors only under the table redrawn on a terminal; its summary lists the bans. A
+    // simulated network's bans are what its adversaries are for, and its log times would be
+    // virtual: errors only)
     let level = match cli.command {
+        Cmd::Simnet(ref a) if a.is_virtual() => "error",
         Cmd::Simnet(_) if std::io::IsTerminal::is_terminal(&std::io::stdout()) => "error",
         Cmd::Simnet(_) => "warn",
         _ => "info",

@@ -236,10 +236,21 @@ impl BlockDownload {
     }
 
     /// Raises a peer's best height to `height` if it is higher (the peer announced or sent
-    /// headers up to there).
+    /// headers up to there). The peer now claims a chain through every height up to there:
+    /// what it answered `notfound` for at those heights (it may not have had the block yet) is
+    /// forgotten, and may be asked of it again.
     pub fn raise_peer_height(&mut self, id: PeerId, height: u32) {
         if let Some(p) = self.peers.get_mut(&id) {
             p.height = p.height.max(height);
+            if p.refused
+                .first_key_value()
+                .is_some_and(|(&h, _)| h <= height)
+            {
+                p.refused = p.refused.split_off(&height.saturating_add(1));
+                if height == u32::MAX {
+                    p.refused.clear();
+                }
+            }
         }
     }
 
@@ -1346,6 +1357,25 @@ mod tests {
         assert_eq!(d.block_received(A, hashes[11], t0), ready(&hashes, 11..=13));
         assert_eq!(d.block_received(A, hashes[14], t0), ready(&hashes, 14..=15));
         assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[17, 18, 19])]);
+    }
+
+    #[test]
+    fn a_refusal_is_forgotten_once_the_peer_announces_past_it() {
+        let (tree, hashes) = chain(4);
+        let t0 = Instant::now();
+        // a window of one block: only height 1 is asked for
+        let mut d = BlockDownload::new(cfg(1, 1, 1000), 0);
+        d.peer_connected(A, 4, 50);
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[1])]);
+        // A has not got block 1 yet: nobody else to ask.
+        assert!(d.not_found(A, hashes[1], t0).is_empty());
+        assert!(d.tick(t0, &tree).is_empty());
+        // A announcing up to 0 (below the refusal) changes nothing.
+        d.raise_peer_height(A, 0);
+        assert!(d.tick(t0, &tree).is_empty());
+        // A announces a chain through height 1: it is asked again.
+        d.raise_peer_height(A, 2);
+        assert_eq!(d.tick(t0, &tree), vec![req(A, &hashes, &[1])]);
     }
 
     #[test]

@@ -50,6 +50,13 @@ pub struct SimnetArgs {
     partition: Option<Duration>,
 }
 
+impl SimnetArgs {
+    /// A simulated network (`--virtual`).
+    pub fn is_virtual(&self) -> bool {
+        self.virtual_net
+    }
+}
+
 fn ms(p: Option<Percentiles>) -> String {
     match p {
         Some(p) => format!("p50 {:.1} p90 {:.1} p99 {:.1} ms", p.p50, p.p90, p.p99),

@@ -94,6 +94,7 @@ impl BlockDownload {
     pub fn raise_peer_height(&mut self, id: PeerId, height: u32) {
         if let Some(p) = self.peers.get_mut(&id) {
             p.height = p.height.max(height);
+            p.refused.retain(|&h, _| h > height);
         }
     }
 
