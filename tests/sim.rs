@@ -404,3 +404,46 @@ fn scripts_claim_heights_write_raw_bytes_and_events_have_times() {
     assert!(times.iter().all(|&t| t <= net.now()));
     assert!(net.event_time(a, n).is_none());
 }
+
+/// Blocks imported while peers are connected (an embedder's `import_block_file` at run time)
+/// are news: the new tip is announced to the peers, which fetch the chain; from a full node
+/// and from a header-only one (which keeps no blocks but announces the headers).
+#[test]
+fn blocks_imported_while_peers_are_connected_reach_them() {
+    imported_chain_reaches_a_peer(false);
+    imported_chain_reaches_a_peer(true);
+}
+
+fn imported_chain_reaches_a_peer(headers_only: bool) {
+    let chain = common::regtest_blocks(20);
+    let tip = chain.last().expect("blocks").hash();
+    let mut net = SimNet::new(3);
+    let mut importer = node_config();
+    importer.headers_only = headers_only;
+    let (a, b) = (net.add_node(importer), net.add_node(node_config()));
+    net.connect(b, a);
+    assert!(
+        net.run_until(Duration::from_secs(10), |n| n.ready_peers(a) == 1
+            && n.ready_peers(b) == 1),
+        "handshake"
+    );
+    assert_eq!(net.import_blocks(a, &chain), 20);
+    // from a header-only importer B learns the headers (nobody has the blocks to give)
+    let want = if headers_only { None } else { Some(20) };
+    let mut reached = false;
+    for _ in 0..60 {
+        net.run_for(Duration::from_secs(1));
+        if net.best_header(b) == (tip, 20) && net.blocks_height(b) >= want {
+            reached = true;
+            break;
+        }
+    }
+    assert!(
+        reached,
+        "B did not get A's imported chain (A header-only: {headers_only}): A at {:?}, B at {:?} \
+         blocks {:?}",
+        net.best_header(a),
+        net.best_header(b),
+        net.blocks_height(b)
+    );
+}

@@ -1082,6 +1082,11 @@ impl NodeCore {
         }
         let height = update.new_tip.height;
         self.set_height(height);
+        if self.blocks.is_none() && stored > 0 {
+            // header-only: the headers are the news (a full node announces the blocks as they
+            // connect)
+            self.announce_if_tip(height, update.new_tip.hash);
+        }
         (
             stored,
             height,
