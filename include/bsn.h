@@ -278,6 +278,14 @@ bsn_result bsn_config_free(bsn_config **config);
 bsn_result bsn_config_set_listen(bsn_config *config, const char *addr);
 
 /**
+ * The source address of outbound connections: an IP of this host ("127.0.0.2", "::1"), no
+ * port; "" leaves it to the system (the default). Engines sharing a host on addresses of their
+ * own set it so that their peers see, score and ban each by its own address.
+ * `ip` is the caller's.
+ */
+bsn_result bsn_config_set_outbound_bind(bsn_config *config, const char *ip);
+
+/**
  * Adds a peer the engine dials at start and keeps connected (re-dialled with backoff).
  */
 bsn_result bsn_config_add_connect(bsn_config *config, const char *addr);

@@ -410,3 +410,50 @@ fn node_admin_flag_serves_the_client_commands() {
         "{err}"
     );
 }
+
+/// `bsn node --outbound-bind IP`: its connections leave from that address (the peer sees it
+/// there); an address with a port is a usage error.
+#[test]
+fn node_outbound_bind_sets_the_source_address() {
+    let dir = TempDir::new("cli-bind");
+    let (peer, pev) = common::start(common::config());
+    let peer_addr = peer.local_addr().unwrap().to_string();
+    let mut child = bsn()
+        .args([
+            "node",
+            "--no-pin",
+            "--no-listen",
+            "--outbound-bind",
+            "127.0.0.5",
+        ])
+        .arg("--data-dir")
+        .arg(dir.0.join("node"))
+        .args(["--connect", &peer_addr])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let from = common::wait_for(
+        &pev,
+        std::time::Duration::from_secs(30),
+        "the node's connection",
+        |e| match e {
+            bsn::Event::PeerConnected(p) => Some(p.addr),
+            _ => None,
+        },
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    peer.stop();
+    assert_eq!(from.ip().to_string(), "127.0.0.5", "{from}");
+    let out = bsn()
+        .args(["node", "--outbound-bind", "127.0.0.5:8333"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--outbound-bind"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

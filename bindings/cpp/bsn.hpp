@@ -228,6 +228,12 @@ public:
         detail::check(bsn_config_set_pin_threads(p_, pin), "bsn_config_set_pin_threads");
         return *this;
     }
+    /// The source address of outbound connections, an IP of this host with no port ("" leaves
+    /// it to the system).
+    Config& set_outbound_bind(const std::string& ip) {
+        detail::check(bsn_config_set_outbound_bind(p_, ip.c_str()), "bsn_config_set_outbound_bind");
+        return *this;
+    }
     /// Another network magic, 8 hex digits in wire order.
     Config& set_magic(const std::string& hex) {
         detail::check(bsn_config_set_magic(p_, hex.c_str()), "bsn_config_set_magic");

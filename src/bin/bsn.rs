@@ -125,6 +125,11 @@ struct NodeArgs {
     /// Static peer to keep connected (IP:port or host:port); repeat for more.
     #[arg(long)]
     connect: Vec<String>,
+    /// Source address of outbound connections: an IP of this host, no port (default: the
+    /// system's choice). Nodes sharing a host on addresses of their own set it so that their
+    /// peers see, score and ban each by its own address.
+    #[arg(long, value_name = "IP")]
+    outbound_bind: Option<std::net::IpAddr>,
     /// Data directory.
     #[arg(long, default_value = "./bsn-data")]
     data_dir: PathBuf,
@@ -195,6 +200,9 @@ fn node(a: NodeArgs) -> ExitCode {
     };
     for c in &a.connect {
         b = b.connect(c);
+    }
+    if let Some(ip) = a.outbound_bind {
+        b = b.outbound_bind(ip);
     }
     for c in &a.checkpoint {
         b = b.checkpoint(c);

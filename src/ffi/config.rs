@@ -104,6 +104,38 @@ pub extern "C" fn bsn_config_set_listen(
     })
 }
 
+/// The source address of outbound connections: an IP of this host ("127.0.0.2", "::1"), no
+/// port; "" leaves it to the system (the default). Engines sharing a host on addresses of their
+/// own set it so that their peers see, score and ban each by its own address.
+/// `ip` is the caller's.
+#[no_mangle]
+pub extern "C" fn bsn_config_set_outbound_bind(
+    config: *mut bsn_config,
+    ip: *const c_char,
+) -> bsn_result {
+    with(config, |c| {
+        // SAFETY: checked inside.
+        let s = match unsafe { arg_str(ip, "ip") } {
+            Ok(s) => s,
+            Err(e) => return e,
+        };
+        if s.is_empty() {
+            c.outbound_bind = None;
+            return BSN_OK;
+        }
+        match s.parse() {
+            Ok(a) => {
+                c.outbound_bind = Some(a);
+                BSN_OK
+            }
+            Err(_) => fail(
+                BSN_ERR_INVALID_ADDRESS,
+                format!("outbound bind {s:?} is not an IP address (no port)"),
+            ),
+        }
+    })
+}
+
 /// Adds a peer the engine dials at start and keeps connected (re-dialled with backoff).
 #[no_mangle]
 pub extern "C" fn bsn_config_add_connect(

@@ -259,7 +259,8 @@ static void take(struct side *s, const bsn_event *ev) {
         CHECK(peer != 0);
         OK(bsn_event_address(ev, text, sizeof text, &tlen));
         CHECK(tlen == strlen(text));
-        CHECK(strncmp(text, "127.0.0.1:", 10) == 0);
+        /* A at 127.0.0.1; B, as A sees it, at its outbound address 127.0.0.3 */
+        CHECK(strncmp(text, s == &B ? "127.0.0.1:" : "127.0.0.3:", 10) == 0);
         CHECK(dlen > 0 && dlen < sizeof s->peer_agent); /* the user agent */
         EXPECT(bsn_event_height(ev, &height), BSN_ERR_NOT_FOUND);
         EXPECT(bsn_event_hash(ev, hash), BSN_ERR_NOT_FOUND);
@@ -388,6 +389,10 @@ static bool start_engine(struct side *s) {
     OK(bsn_config_set_shards(c, 1));
     OK(bsn_config_set_pin_threads(c, false));
     OK(bsn_config_set_target_outbound(c, 0));
+    if (s == &B) {
+        /* B's connections leave from an address of its own */
+        OK(bsn_config_set_outbound_bind(c, "127.0.0.3"));
+    }
     bsn_result r = bsn_engine_start(c, &s->e);
     OK(bsn_config_free(&c));
     CHECK(c == NULL);
@@ -425,6 +430,12 @@ static bool phase_config_misuse(void) {
     EXPECT(bsn_config_set_headers_only(NULL, true), BSN_ERR_NULL_ARGUMENT);
     EXPECT(bsn_config_set_target_outbound(NULL, 0), BSN_ERR_NULL_ARGUMENT);
     EXPECT(bsn_config_set_magic(c, "xyz"), BSN_ERR_INVALID_ARGUMENT);
+    EXPECT(bsn_config_set_outbound_bind(c, "127.0.0.1:8333"), BSN_ERR_INVALID_ADDRESS);
+    EXPECT(bsn_config_set_outbound_bind(c, "nonsense"), BSN_ERR_INVALID_ADDRESS);
+    EXPECT(bsn_config_set_outbound_bind(c, NULL), BSN_ERR_NULL_ARGUMENT);
+    EXPECT(bsn_config_set_outbound_bind(NULL, "127.0.0.2"), BSN_ERR_NULL_ARGUMENT);
+    OK(bsn_config_set_outbound_bind(c, "::1"));
+    OK(bsn_config_set_outbound_bind(c, ""));
     EXPECT(bsn_config_set_magic(c, NULL), BSN_ERR_NULL_ARGUMENT);
     EXPECT(bsn_config_set_data_dir(c, NULL), BSN_ERR_NULL_ARGUMENT);
     EXPECT(bsn_config_add_seed(c, ""), BSN_ERR_INVALID_ARGUMENT);
@@ -487,6 +498,8 @@ static bool phase_connect(void) {
     REQUIRE(pump("PEER_CONNECTED on both", both_connected));
     /* B's peer is A at the address A listens on */
     CHECK(strcmp(B.peer_addr, A.addr) == 0);
+    /* A's peer is B at B's outbound address */
+    CHECK(strncmp(A.peer_addr, "127.0.0.3:", 10) == 0);
     CHECK(strncmp(A.peer_agent, "/bsn:", 5) == 0);
     CHECK(strcmp(A.peer_agent, B.peer_agent) == 0);
     return true;

@@ -251,6 +251,8 @@ void run(const char* chain_path, std::size_t n) {
     EXPECT_ERROR(BSN_ERR_INVALID_ARGUMENT, bsn::Config("no-such-net"));
     EXPECT_ERROR(BSN_ERR_INVALID_ARGUMENT, bsn::Config("regtest").set_shards(0));
     EXPECT_ERROR(BSN_ERR_INVALID_ADDRESS, bsn::Config("regtest").set_listen("not an address"));
+    EXPECT_ERROR(BSN_ERR_INVALID_ADDRESS,
+                 bsn::Config("regtest").set_outbound_bind("127.0.0.1:8333"));
     try {
         bsn::Config("regtest").set_shards(0);
         CHECK(false, "zero shards are refused");
@@ -269,6 +271,8 @@ void run(const char* chain_path, std::size_t n) {
     // One configuration, two engines: each starts with a copy.
     bsn::Config config = test_config();
     bsn::Engine a(config);
+    // B's connections leave from 127.0.0.3 (A started with the copy it took before)
+    config.set_outbound_bind("127.0.0.3");
     bsn::Engine b(config);
     Seen sa, sb;
     sa.name = "A";
@@ -308,6 +312,8 @@ void run(const char* chain_path, std::size_t n) {
     const std::uint64_t a_to_b = sa.connected.begin()->first;  // B as A names it
     const std::uint64_t b_to_a = sb.connected.begin()->first;  // A as B names it
     CHECK(sb.connected[b_to_a] == a_addr, "B connected to " + sb.connected[b_to_a]);
+    CHECK(sa.connected[a_to_b].rfind("127.0.0.3:", 0) == 0,
+          "A sees B at its outbound address: " + sa.connected[a_to_b]);
 
     // ---- a message and its answer: getdata for a block A lacks, answered with notfound
     Bytes getdata{1, 2, 0, 0, 0};  // one entry, MSG_BLOCK

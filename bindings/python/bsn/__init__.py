@@ -173,6 +173,7 @@ _SIGNATURES: Dict[str, Any] = {
     "bsn_config_free": (_c_result, [_pp]),
     "bsn_config_set_listen": (_c_result, [_p, _str]),
     "bsn_config_add_connect": (_c_result, [_p, _str]),
+    "bsn_config_set_outbound_bind": (_c_result, [_p, _str]),
     "bsn_config_set_data_dir": (_c_result, [_p, _str]),
     "bsn_config_set_shards": (_c_result, [_p, _u32]),
     "bsn_config_set_pin_threads": (_c_result, [_p, _bool]),
@@ -428,6 +429,7 @@ class Config:
         *,
         listen: Optional[str] = None,
         connect: Iterable[str] = (),
+        outbound_bind: Optional[str] = None,
         data_dir: Optional[Union[str, os.PathLike]] = None,
         shards: Optional[int] = None,
         pin_threads: Optional[bool] = None,
@@ -448,6 +450,8 @@ class Config:
                 self.set_listen(listen)
             for a in connect:
                 self.add_connect(a)
+            if outbound_bind is not None:
+                self.set_outbound_bind(outbound_bind)
             if data_dir is not None:
                 self.set_data_dir(data_dir)
             if shards is not None:
@@ -489,6 +493,11 @@ class Config:
     def add_connect(self, addr: str) -> "Config":
         """A peer dialled at start and kept connected."""
         return self._set("bsn_config_add_connect", _cstr("addr", addr))
+
+    def set_outbound_bind(self, ip: str) -> "Config":
+        """The source address of outbound connections, an IP of this host with no port ("127.0.0.2");
+        "" leaves it to the system."""
+        return self._set("bsn_config_set_outbound_bind", _cstr("ip", ip))
 
     def set_data_dir(self, path: Union[str, os.PathLike]) -> "Config":
         """Keep everything in LMDB in ``path``; "" keeps it in memory."""

@@ -120,6 +120,13 @@ class TestConnect(EngineTest):
         self.assertGreater(pa.version, 0)
         self.assertEqual(pa.start_height, 0)
 
+    def test_outbound_bind(self) -> None:
+        # B's connections leave from 127.0.0.3: A sees it there
+        a, b = self.engine(), self.engine(outbound_bind="127.0.0.3")
+        b.connect(a.local_addr or "")
+        on_a = wait_for(a, "PEER_CONNECTED on A", lambda e: e.kind == EventKind.PEER_CONNECTED)
+        self.assertTrue((on_a.address or "").startswith("127.0.0.3:"), on_a.address)
+
     def test_message_and_answer(self) -> None:
         # B asks A for a block A does not have; A answers notfound, which reaches B's embedder
         a, b, _, a_on_b = self.connected_pair()
@@ -272,6 +279,10 @@ class TestMisuse(EngineTest):
         self.assert_code(Result.INVALID_ARGUMENT, lambda: bsn.Config(shards=0))
         self.assert_code(Result.INVALID_ARGUMENT, lambda: bsn.Config(shards=-1))
         self.assert_code(Result.INVALID_ARGUMENT, lambda: bsn.Config(magic="xyz"))
+        e = self.assert_code(
+            Result.INVALID_ADDRESS, lambda: bsn.Config(outbound_bind="127.0.0.1:8333")
+        )
+        self.assertIn("no port", e.message)
         with bsn.Config() as c:
             c.close()
             self.assert_code(Result.NULL_ARGUMENT, lambda: c.set_listen("127.0.0.1:0"))
