@@ -447,3 +447,60 @@ fn imported_chain_reaches_a_peer(headers_only: bool) {
         net.blocks_height(b)
     );
 }
+
+/// A transaction whose request failed is asked of another peer that announced it: A asks the
+/// first announcer (a script), C announces it too while that request is in flight; the script
+/// answers `notfound` (then, for a second transaction, leaves), and A must ask C. Each peer
+/// announces a transaction once, so without this A never gets it. Found by the simulated
+/// network with lossy links: a peer dropped as stalled took a node's transaction requests
+/// with it.
+#[test]
+fn a_failed_transaction_request_is_asked_of_the_next_announcer() {
+    use bsn::wire::{InvType, Inventory};
+    let mut net = SimNet::new(11);
+    let a = net.add_node(node_config());
+    let c = net.add_node(node_config());
+    let s = net.add_script(node_config());
+    net.connect(s, a);
+    assert!(net.run_until(Duration::from_secs(10), |n| n.ready_peers(a) == 1));
+    net.connect(c, a);
+    assert!(net.run_until(Duration::from_secs(10), |n| n.ready_peers(a) == 2));
+    let (t1, t2) = (common::sample_tx(1), common::sample_tx(2));
+    let inv = |t: &bsn::wire::Transaction| Inventory {
+        kind: InvType::TX,
+        hash: t.txid(),
+    };
+    // the script announces both first; A asks it
+    net.script_send(s, Message::Inv(vec![inv(&t1), inv(&t2)]));
+    let asked = net.run_until(Duration::from_secs(5), |n| {
+        n.received(s)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::GetData(i) if i.len() == 2))
+    });
+    assert!(asked, "A did not ask the script");
+    // C has both and announces them to A while the script's request is in flight
+    net.submit_tx(c, t1.clone());
+    net.submit_tx(c, t2.clone());
+    net.run_for(Duration::from_secs(2));
+    let got = |n: &SimNet, t: &bsn::wire::Transaction| {
+        n.events(a)
+            .iter()
+            .any(|e| matches!(e, Event::TxReceived { tx, .. } if tx.txid() == t.txid()))
+    };
+    assert!(
+        !got(&net, &t1) && !got(&net, &t2),
+        "asked of the script only"
+    );
+    // the script has not got t1 after all: A asks C
+    net.script_send(s, Message::NotFound(vec![inv(&t1)]));
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| got(n, &t1)),
+        "t1 not asked of C after the notfound"
+    );
+    // the script leaves with t2's request: A asks C
+    net.disconnect(s, a);
+    assert!(
+        net.run_until(Duration::from_secs(5), |n| got(n, &t2)),
+        "t2 not asked of C after the script left"
+    );
+}

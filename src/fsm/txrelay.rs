@@ -21,8 +21,14 @@ const MAX_UNDECIDED: usize = 20_000;
 const MAX_INV_BATCH: usize = 50_000;
 /// Rejected transactions remembered (so they are not fetched again), at most.
 const MAX_REJECTED: usize = 50_000;
-/// Time a peer has to deliver a transaction we asked for (Bitcoin nodes give a minute); after
-/// that the request is forgotten and the next announcement of it is followed.
+/// Other peers remembered per transaction in flight as having announced it, at most: when the
+/// request fails (the peer leaves, answers `notfound` or lets it time out) the next is asked,
+/// as the SV node asks each announcer in turn. Each peer announces a transaction once, so
+/// without them a transaction whose one request failed would never arrive.
+const MAX_ANNOUNCERS: usize = 8;
+/// Time a peer has to deliver a transaction we asked for (the SV node asks the next announcer
+/// a minute after the last); after that the next peer that announced it is asked, if any, and
+/// else the next announcement of it is followed.
 pub const TX_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time the embedder has to accept or reject a transaction it was handed; after that it is
 /// forgotten (neither relayed nor held against its source).
@@ -78,6 +84,9 @@ pub(crate) struct TxRelay {
     requested: HashMap<Hash256, (PeerId, Instant)>,
     /// `requested` in the order asked (entries may be gone or renewed since).
     requested_order: VecDeque<(Instant, Hash256)>,
+    /// For requests in flight (keys are always in `requested`): the other peers that announced
+    /// the transaction since, in order, at most [`MAX_ANNOUNCERS`].
+    announcers: HashMap<Hash256, VecDeque<PeerId>>,
     /// Waiting for the embedder's decision, with their source and when they were handed over.
     pending: HashMap<Hash256, (PeerId, Transaction, Instant)>,
     /// `pending` in the order handed over.
@@ -97,6 +106,9 @@ pub(crate) struct Expired {
     pub requests: usize,
     /// Transactions the embedder did not decide on.
     pub undecided: usize,
+    /// Of the requests no answer came for, those now asked of another peer that announced
+    /// them (the caller sends the `getdata`s).
+    pub asked_again: Vec<(PeerId, Hash256)>,
 }
 
 impl TxRelay {
@@ -108,6 +120,29 @@ impl TxRelay {
     fn request(&mut self, h: Hash256, id: PeerId, now: Instant) {
         self.requested.insert(h, (id, now));
         self.requested_order.push_back((now, h));
+    }
+
+    /// A request for `h` ended without the transaction (not answered in time, `notfound`, the
+    /// peer gone): it is asked of the next peer that announced it and is still connected, if
+    /// any (returned), else forgotten (the next announcement of it is followed).
+    fn ask_next(&mut self, h: Hash256, now: Instant) -> Option<PeerId> {
+        self.requested.remove(&h);
+        let mut next = None;
+        if let Some(q) = self.announcers.get_mut(&h) {
+            while let Some(p) = q.pop_front() {
+                if self.peers.contains_key(&p) {
+                    next = Some(p);
+                    break;
+                }
+            }
+            if q.is_empty() {
+                self.announcers.remove(&h);
+            }
+        }
+        if let Some(p) = next {
+            self.request(h, p, now);
+        }
+        next
     }
 
     /// Who `h` was asked of.
@@ -143,8 +178,10 @@ impl TxRelay {
             }
             self.requested_order.pop_front();
             if self.requested.get(&h).is_some_and(|&(_, t)| t == at) {
-                self.requested.remove(&h);
                 out.requests += 1;
+                if let Some(p) = self.ask_next(h, now) {
+                    out.asked_again.push((p, h));
+                }
             }
         }
         while let Some(&(at, h)) = self.pending_order.front() {
@@ -220,11 +257,24 @@ impl TxRelay {
         self.peers.insert(id, PeerTx::default());
     }
 
-    /// A peer left: its filter and queue go, and so do requests made of it (the next announcer
-    /// will be asked).
-    pub(crate) fn peer_disconnected(&mut self, id: PeerId) {
+    /// A peer left: its filter and queue go, and so do requests made of it: each is asked of
+    /// the next peer that announced it (returned, by peer and hash, for the caller's
+    /// `getdata`s), else forgotten until it is announced again.
+    pub(crate) fn peer_disconnected(&mut self, id: PeerId, now: Instant) -> Vec<(PeerId, Hash256)> {
         self.peers.remove(&id);
-        self.requested.retain(|_, (p, _)| *p != id);
+        let mut lost: Vec<Hash256> = self
+            .requested
+            .iter()
+            .filter(|(_, (p, _))| *p == id)
+            .map(|(h, _)| *h)
+            .collect();
+        lost.sort_unstable(); // (the map's order is not the same from run to run)
+        let mut again: Vec<(PeerId, Hash256)> = lost
+            .into_iter()
+            .filter_map(|h| self.ask_next(h, now).map(|p| (p, h)))
+            .collect();
+        again.sort_unstable();
+        again
     }
 
     /// Entries held in every map (for the leak tests: peers, requests, undecided, accepted,
@@ -244,6 +294,10 @@ impl TxRelay {
     pub(crate) fn flush(&mut self, now: Instant) -> (Expired, Vec<(PeerId, Vec<Inventory>)>) {
         let x = self.expire(now);
         let mut out = Vec::new();
+        debug_assert!(self
+            .announcers
+            .keys()
+            .all(|h| self.requested.contains_key(h)));
         if !std::mem::take(&mut self.queued) {
             debug_assert!(self.peers.values().all(|p| p.queue.is_empty()));
             return (x, out);
@@ -315,6 +369,12 @@ impl TxRelay {
             if !self.seen(&i.hash) && self.undecided() < MAX_UNDECIDED {
                 self.request(i.hash, id, now);
                 want.push(i);
+            } else if self.requested_from(&i.hash).is_some_and(|p| p != id) {
+                // in flight with another peer: this one is asked if that request fails
+                let q = self.announcers.entry(i.hash).or_default();
+                if q.len() < MAX_ANNOUNCERS && !q.contains(&id) {
+                    q.push_back(id);
+                }
             }
         }
         (want, rest)
@@ -334,6 +394,7 @@ impl TxRelay {
             return false;
         }
         self.requested.remove(&h);
+        self.announcers.remove(&h);
         if let Some(p) = self.peers.get_mut(&id) {
             p.learn(h);
         }
@@ -363,13 +424,23 @@ impl TxRelay {
         (found, missing, rest)
     }
 
-    /// `id` does not have what we asked of it: the next announcer will be asked.
-    pub(crate) fn on_notfound(&mut self, id: PeerId, items: &[Inventory]) {
+    /// `id` does not have what we asked of it: each is asked of the next peer that announced
+    /// it (returned, for the caller's `getdata`s), else forgotten until announced again.
+    pub(crate) fn on_notfound(
+        &mut self,
+        id: PeerId,
+        items: &[Inventory],
+        now: Instant,
+    ) -> Vec<(PeerId, Hash256)> {
+        let mut again = Vec::new();
         for i in items.iter().filter(|i| i.kind == InvType::TX) {
             if self.requested_from(&i.hash) == Some(id) {
-                self.requested.remove(&i.hash);
+                if let Some(p) = self.ask_next(i.hash, now) {
+                    again.push((p, i.hash));
+                }
             }
         }
+        again
     }
 }
 
@@ -404,7 +475,8 @@ mod tests {
             x,
             Expired {
                 requests: 1,
-                undecided: 0
+                undecided: 0,
+                asked_again: vec![]
             }
         );
         assert!(!r.seen(&a.txid()), "asked again at the next announcement");
@@ -419,11 +491,80 @@ mod tests {
             x,
             Expired {
                 requests: 1,
-                undecided: 1
+                undecided: 1,
+                asked_again: vec![]
             }
         );
         assert_eq!(r.undecided(), 0);
         assert!(r.requested_order.is_empty() && r.pending_order.is_empty());
+    }
+
+    fn inv(t: &Transaction) -> Vec<Inventory> {
+        vec![Inventory {
+            kind: InvType::TX,
+            hash: t.txid(),
+        }]
+    }
+
+    #[test]
+    fn a_failed_request_is_asked_of_the_next_announcer() {
+        let mut r = TxRelay::default();
+        let t0 = Instant::now();
+        let (a, b, c, d) = (PeerId(1), PeerId(2), PeerId(3), PeerId(4));
+        for p in [a, b, c, d] {
+            r.peer_connected(p);
+        }
+        let (t1, t2, t3) = (tx(1), tx(2), tx(3));
+        // a announces all three first and is asked; b, c and d announce them later
+        assert_eq!(
+            r.on_inv(a, [inv(&t1), inv(&t2), inv(&t3)].concat(), t0)
+                .0
+                .len(),
+            3
+        );
+        for p in [b, c, b, d] {
+            let (want, _) = r.on_inv(p, [inv(&t1), inv(&t2), inv(&t3)].concat(), t0);
+            assert!(want.is_empty(), "asked of a already");
+        }
+        // t1: a answers notfound: b is asked (announced first after a), once
+        let again = r.on_notfound(a, &inv(&t1), t0);
+        assert_eq!(again, vec![(b, t1.txid())]);
+        // t2 and t3: a leaves; b is asked for both
+        let again = r.peer_disconnected(a, t0);
+        let mut want = vec![(b, t2.txid()), (b, t3.txid())];
+        want.sort_unstable();
+        assert_eq!(again, want);
+        // b delivers t2: done with it; t3 from b times out and c is asked; c leaves, then d is
+        r.on_tx(b, &t2, TxPolicy::AcceptAll, t0);
+        let x = r.expire(t0 + TX_REQUEST_TIMEOUT);
+        let mut want = vec![(c, t1.txid()), (c, t3.txid())];
+        want.sort_unstable();
+        let mut got = x.asked_again.clone();
+        got.sort_unstable();
+        assert_eq!((x.requests, got), (2, want));
+        r.peer_disconnected(c, t0 + TX_REQUEST_TIMEOUT);
+        assert_eq!(r.requested_from(&t3.txid()), Some(d));
+        // d lets them time out: nobody is left, they are forgotten until announced again
+        let x = r.expire(t0 + 2 * TX_REQUEST_TIMEOUT);
+        assert_eq!((x.requests, x.asked_again), (2, vec![]));
+        assert!(r.requested.is_empty() && r.announcers.is_empty());
+        assert_eq!(
+            r.on_inv(b, inv(&t3), t0 + 2 * TX_REQUEST_TIMEOUT).0.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn announcers_are_bounded_per_transaction() {
+        let mut r = TxRelay::default();
+        let t0 = Instant::now();
+        let t = tx(9);
+        for p in 0..100 {
+            r.peer_connected(PeerId(p));
+            r.on_inv(PeerId(p), inv(&t), t0);
+        }
+        assert_eq!(r.requested_from(&t.txid()), Some(PeerId(0)));
+        assert_eq!(r.announcers[&t.txid()].len(), MAX_ANNOUNCERS);
     }
 
     #[test]

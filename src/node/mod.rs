@@ -937,7 +937,8 @@ impl NodeCore {
         self.addr_disconnected(addr, direction, ready, stable, now);
         if ready {
             self.sync_disconnected(id, now);
-            self.txs.peer_disconnected(id);
+            let again = self.txs.peer_disconnected(id, now);
+            self.ask_again(again);
         }
         self.forget_embedder_requests_of(id);
         if let Some((delay, attempt)) = self.schedule_redial(addr, now) {

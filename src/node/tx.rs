@@ -5,7 +5,7 @@ use super::NodeCore;
 use crate::event::Event;
 use crate::fsm::bans::BanReason;
 use crate::fsm::PeerId;
-use crate::wire::{Hash256, Message, Reject, Transaction};
+use crate::wire::{Hash256, InvType, Inventory, Message, Reject, Transaction};
 use std::time::Instant;
 
 impl NodeCore {
@@ -44,16 +44,39 @@ impl NodeCore {
                 (!rest.is_empty()).then_some(Message::GetData(rest))
             }
             Message::NotFound(items) => {
-                self.txs.on_notfound(id, &items);
+                let again = self.txs.on_notfound(id, &items, now);
+                self.ask_again(again);
                 Some(Message::NotFound(items))
             }
             other => Some(other),
         }
     }
 
-    /// Sends every peer's queued announcements; forgets expired requests and undecided ones.
+    /// Sends the `getdata`s of transactions asked of another peer after a request failed
+    /// (`(peer, txid)` pairs, grouped by peer in the order given).
+    pub(super) fn ask_again(&mut self, again: Vec<(PeerId, Hash256)>) {
+        let mut by_peer: Vec<(PeerId, Vec<Inventory>)> = Vec::new();
+        for (p, hash) in again {
+            let item = Inventory {
+                kind: InvType::TX,
+                hash,
+            };
+            match by_peer.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, items)) => items.push(item),
+                None => by_peer.push((p, vec![item])),
+            }
+        }
+        for (p, items) in by_peer {
+            self.send(p, Message::GetData(items));
+        }
+    }
+
+    /// Sends every peer's queued announcements; forgets expired requests and undecided ones
+    /// (asking another peer that announced them where there is one).
     pub(super) fn tx_flush(&mut self, now: Instant) {
-        let (x, batches) = self.txs.flush(now);
+        let (mut x, batches) = self.txs.flush(now);
+        let again = std::mem::take(&mut x.asked_again);
+        self.ask_again(again);
         if x.requests + x.undecided > 0 {
             log::debug!(
                 "tx relay: {} requests unanswered, {} transactions undecided, forgotten",
