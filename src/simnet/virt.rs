@@ -1263,8 +1263,10 @@ impl<'a> Run<'a> {
                 .filter(|a| a.targets.contains(&i))
                 .count();
             let mut bad: Vec<&str> = Vec::new();
-            if c.peers > self.degree[i] + attackers {
-                bad.push("more connections than links and attackers");
+            // Per link, at most two: one the other end closed (its close still on the way over
+            // a lossy link) and the other end's redial (seen at the end of a run with 5 % loss)
+            if c.peers > 2 * (self.degree[i] + attackers) {
+                bad.push("more connections than twice the links and attackers");
             }
             if c.registry_live > c.peers {
                 bad.push("registry entries of connections that are gone");
