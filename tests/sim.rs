@@ -504,3 +504,86 @@ fn a_failed_transaction_request_is_asked_of_the_next_announcer() {
         "t2 not asked of C after the script left"
     );
 }
+
+/// With the total fork budget used up by two peers' cheap branches, an honest peer that
+/// announces a block that won the race on its side (equal work: not a new best chain here) is
+/// not scored for it, nor is a peer for announcing a header the node holds already: only a
+/// peer past its own budget is. Found by the simulated network with 250 adversaries on 5
+/// nodes, where the honest nodes banned each other for announcing ordinary blocks.
+#[test]
+fn a_fork_budget_used_up_by_others_is_not_held_against_an_honest_peer() {
+    let mut cfg = node_config();
+    cfg.max_fork_headers_per_peer = 4;
+    cfg.max_fork_headers = 6;
+    let mut net = SimNet::new(12);
+    let a = net.add_node(cfg);
+    let h = net.add_node(node_config());
+    let (s1, s2) = (net.add_script(node_config()), net.add_script(node_config()));
+    let genesis = Network::Regtest.params().genesis;
+    let b1 = common::next_block(&genesis, 1);
+    for x in [a, h] {
+        assert_eq!(net.submit_block(x, b1.clone()), Ok(1));
+    }
+    for x in [h, s1, s2] {
+        net.connect(x, a);
+    }
+    assert!(net.run_until(Duration::from_secs(10), |n| n.ready_peers(a) == 3));
+    // the scripts fill the total budget with one-header branches on genesis, three each
+    for (k, s) in [s1, s2].into_iter().enumerate() {
+        for i in 0..3u32 {
+            let fork = common::next_block(&genesis, 100 + 10 * k as u32 + i);
+            net.script_send(s, Message::Headers(vec![fork.header]));
+        }
+    }
+    net.run_for(Duration::from_secs(2));
+    assert_eq!(net.counts(a).fork_headers, 6, "the budget is used up");
+    // a race at height 2: A and H each find a block at once and announce it to the other
+    let b2 = common::next_block(&b1.header, 2);
+    let b2x = common::next_block(&b1.header, 3);
+    assert_eq!(net.submit_block(a, b2.clone()), Ok(2));
+    assert_eq!(net.submit_block(h, b2x.clone()), Ok(2));
+    let h_ip = SimNet::node_addr(h).ip().to_string();
+    // (virtual time: the announcements cross in well under a second)
+    net.run_for(Duration::from_secs(2));
+    // a script announces a header A holds already: it counts for nothing
+    net.script_send(s1, Message::Headers(vec![b1.header]));
+    net.run_for(Duration::from_secs(1));
+    // H builds on its block: A follows (the positive sign that it took everything in)
+    let b3x = common::next_block(&b2x.header, 4);
+    assert_eq!(net.submit_block(h, b3x.clone()), Ok(3));
+    let followed = net.run_until(Duration::from_secs(30), |n| {
+        n.events(a)
+            .iter()
+            .any(|e| matches!(e, Event::BlockConnected { hash, .. } if *hash == b3x.hash()))
+    });
+    assert!(followed, "A did not follow H's branch");
+    let scored: Vec<String> = net
+        .events(a)
+        .iter()
+        .filter_map(|e| match e {
+            Event::BanScore { ip, reason, .. } => Some(format!("{ip}: {reason:?}")),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        scored.iter().all(|s| !s.starts_with(&format!("{h_ip}:"))),
+        "H scored: {scored:?}"
+    );
+    // the scripts' own batches were within their budgets: not scored either
+    assert!(scored.is_empty(), "{scored:?}");
+    // refused branches still count against the sender's own budget: S2 (3 stored) offers two
+    // more, refused with the budget full, and is scored past its 4
+    let forks = net.counts(a).fork_headers; // (A's own block at height 2 went stale too)
+    for i in 0..2u32 {
+        let fork = common::next_block(&genesis, 200 + i);
+        net.script_send(s2, Message::Headers(vec![fork.header]));
+    }
+    let s2_ip = SimNet::node_addr(s2).ip();
+    let scored = net.run_until(Duration::from_secs(5), |n| {
+        n.events(a)
+            .iter()
+            .any(|e| matches!(e, Event::BanScore { ip, .. } if *ip == s2_ip))
+    });
+    assert!(scored, "S2 not scored past its own budget");
+    assert_eq!(net.counts(a).fork_headers, forks, "nothing more stored");
+}

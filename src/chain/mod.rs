@@ -136,6 +136,16 @@ pub enum HeaderError {
         /// Fork headers the sender added so far.
         added: usize,
     },
+    /// A batch on a branch with less work than the best chain while the total fork budget
+    /// (`Config::max_fork_headers`) is used up, from a peer within its own: not stored, and not
+    /// scored (others filled the budget; an honest peer announcing a block that lost a race
+    /// would otherwise be scored for them), but counted against the peer's own budget.
+    ForkBudgetFull {
+        /// The batch's first header.
+        hash: Hash256,
+        /// Headers of the batch the tree did not hold (refused).
+        headers: usize,
+    },
     /// A header pre-sync failed (see `Consensus::minimum_chain_work`): the chain downloaded again is not
     /// the one counted, or a chain goes on too long without the minimum chain work.
     NotShown {
@@ -169,6 +179,7 @@ impl HeaderError {
             | HeaderError::BadDifficultyBits { hash, .. }
             | HeaderError::ObsoleteVersion { hash, .. }
             | HeaderError::LowWorkFork { hash, .. }
+            | HeaderError::ForkBudgetFull { hash, .. }
             | HeaderError::NotShown { hash, .. }
             | HeaderError::ForkBeforeCheckpoint { hash, .. } => *hash,
         }
@@ -209,6 +220,10 @@ impl fmt::Display for HeaderError {
             HeaderError::LowWorkFork { hash, added } => write!(
                 f,
                 "headers from {hash} on a branch with less work than ours, after {added} such headers from the peer"
+            ),
+            HeaderError::ForkBudgetFull { hash, .. } => write!(
+                f,
+                "headers from {hash} on a branch with less work than ours, with the fork budget used up"
             ),
             HeaderError::BitsAboveLimit { hash, bits } => write!(
                 f,

@@ -450,8 +450,9 @@ impl HeaderSync {
                     format!("header {index} of {}: {error}", headers.len()),
                 ),
                 // Maybe our clock is behind: not misbehaviour, but nothing more from this peer
-                // until it announces something new (the header may be valid by then).
-                HeaderError::TimeTooNew { .. } => {
+                // until it announces something new (the header may be valid by then). Or
+                // others used up the fork budget: not this peer's doing.
+                HeaderError::TimeTooNew { .. } | HeaderError::ForkBudgetFull { .. } => {
                     if let Some(p) = self.peers.get_mut(&id) {
                         p.pending = false;
                     }

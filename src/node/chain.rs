@@ -421,6 +421,13 @@ impl NodeCore {
             return;
         }
         if let Some(refused) = self.over_fork_budget(id, &headers) {
+            if let crate::chain::HeaderError::ForkBudgetFull { headers: n, .. } = refused {
+                // not stored, but offered: a peer that keeps offering cheap forks reaches its
+                // own budget and is scored
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.fork_headers += n;
+                }
+            }
             let a =
                 self.sync
                     .headers_received(id, &headers, Err((0, refused)), self.chain.tree(), now);
@@ -615,7 +622,13 @@ impl NodeCore {
 
     /// A batch that would not make a new best chain, from a peer past its fork budget (or with
     /// the total used up), is refused before it is stored: the cost of a cheap fork stays
-    /// bounded whatever its length. A batch that makes a new best chain is always taken.
+    /// bounded whatever its length. A batch that makes a new best chain is always taken, and
+    /// headers the tree holds already count for nothing (a block announced again). Past its
+    /// own budget the peer is scored ([`HeaderError::LowWorkFork`]); within it, with the total
+    /// used up by others, it is not ([`HeaderError::ForkBudgetFull`]).
+    ///
+    /// [`HeaderError::LowWorkFork`]: crate::chain::HeaderError::LowWorkFork
+    /// [`HeaderError::ForkBudgetFull`]: crate::chain::HeaderError::ForkBudgetFull
     fn over_fork_budget(
         &self,
         id: PeerId,
@@ -624,14 +637,35 @@ impl NodeCore {
         let first = headers.first()?;
         let tree = self.chain.tree();
         let added = self.peers.get(&id).map_or(0, |p| p.fork_headers);
-        let per_peer = added + headers.len() > self.config.max_fork_headers_per_peer;
-        let total = self.fork_headers() + headers.len() > self.config.max_fork_headers;
-        if !per_peer && !total {
+        let over = |n: usize| {
+            (
+                added + n > self.config.max_fork_headers_per_peer,
+                self.fork_headers() + n > self.config.max_fork_headers,
+            )
+        };
+        if over(headers.len()) == (false, false) {
             return None;
         }
-        let refused = crate::chain::HeaderError::LowWorkFork {
-            hash: first.hash(),
-            added,
+        // (only now: hashing every header of every batch would cost the sync)
+        let new = headers
+            .iter()
+            .filter(|h| tree.get(&h.hash()).is_none())
+            .count();
+        let (per_peer, total) = over(new);
+        if new == 0 || (!per_peer && !total) {
+            return None;
+        }
+        let first_hash = first.hash();
+        let refused = if per_peer {
+            crate::chain::HeaderError::LowWorkFork {
+                hash: first_hash,
+                added,
+            }
+        } else {
+            crate::chain::HeaderError::ForkBudgetFull {
+                hash: first_hash,
+                headers: new,
+            }
         };
         let Some(parent) = tree.get(&first.prev_hash) else {
             // past its budget, a peer that goes on with headers we did not store goes on with
