@@ -282,6 +282,37 @@ fn harsh_seed_35_a_close_still_on_its_way() {
     harsh_regression(35);
 }
 
+/// Many more adversaries than honest nodes (default links, no partition): every property
+/// must hold. `nodes` 5, seed 1: the low-work-fork adversaries filled the honest nodes' total
+/// fork budget, and the honest nodes then scored each other for announcing ordinary blocks
+/// (fixed: a peer within its own budget is not scored when others used up the total).
+/// `nodes` 2, seed 1: adversaries the full honest nodes never took in were counted as
+/// attackers nobody dealt with, and blocks gone stale as fork headers past the budget (both
+/// the harness's).
+fn crowded(nodes: usize, seed: u64) {
+    let mut o = Options::virtual_net(nodes, seed);
+    o.adversaries = 250;
+    let s = run_virtual(&o, &mut |_| {});
+    let mut problems = s.violations.clone();
+    if !s.converged || s.tx_delivered < 1.0 || s.honest_banned > 0 || s.honest_scored > 0 {
+        problems.push(format!(
+            "converged {}, transactions delivered {}, honest nodes banned {}, scored {}",
+            s.converged, s.tx_delivered, s.honest_banned, s.honest_scored
+        ));
+    }
+    assert!(problems.is_empty(), "seed {seed}: {}", problems.join("\n  "));
+}
+
+#[test]
+fn crowded_5_nodes_seed_1_the_fork_budget_used_up_by_adversaries() {
+    crowded(5, 1);
+}
+
+#[test]
+fn crowded_2_nodes_seed_1_adversaries_never_taken_in() {
+    crowded(2, 1);
+}
+
 /// Harsh links over many seeds: `cargo test --release --test simnet_props -- --ignored`.
 #[test]
 #[ignore]

@@ -1119,6 +1119,11 @@ impl<'a> Run<'a> {
                 continue;
             }
             self.adversaries[k].next = now + ATTACK_EVERY;
+            if self.net.ready_peers(self.adversaries[k].node) == 0 {
+                // not connected (refused or evicted by full honest nodes, or not yet): no
+                // attack, nothing to be dealt with
+                continue;
+            }
             let (node, kind, acts) = (
                 self.adversaries[k].node,
                 self.adversaries[k].kind,
@@ -1274,8 +1279,10 @@ impl<'a> Run<'a> {
             if c.headers > 1 + mined + withheld + FORK_HEADERS {
                 bad.push("more headers than mined, withheld and the fork budget");
             }
-            if c.fork_headers > FORK_HEADERS {
-                bad.push("fork headers past the budget");
+            // the budget bounds what is admitted off the best chain; blocks mined (or withheld)
+            // that lost a race or a partition join the forks later, outside it
+            if c.fork_headers > FORK_HEADERS + mined + withheld {
+                bad.push("fork headers past the budget and the blocks that went stale");
             }
             if c.presync_peers > 16 {
                 bad.push("pre-synced peers past their limit");
