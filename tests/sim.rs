@@ -587,3 +587,61 @@ fn a_fork_budget_used_up_by_others_is_not_held_against_an_honest_peer() {
     assert!(scored, "S2 not scored past its own budget");
     assert_eq!(net.counts(a).fork_headers, forks, "nothing more stored");
 }
+
+/// A block sent again (unasked, or by a second peer once the first delivered it) while the
+/// first copy waits for the block below it must not take that copy with it: the node would
+/// connect the block without holding it, and answer `notfound` to everyone who asks. Found by
+/// the simulated network (a `replay` adversary resending blocks to a node that was still
+/// missing their parent).
+#[test]
+fn a_block_sent_twice_while_its_parent_is_missing_is_kept() {
+    let mut net = SimNet::new(13);
+    let a = net.add_node(node_config());
+    let s = net.add_script(node_config());
+    net.set_script_height(s, 2);
+    net.connect(s, a);
+    assert!(net.run_until(Duration::from_secs(10), |n| n.ready_peers(a) == 1));
+    let genesis = Network::Regtest.params().genesis;
+    let b1 = common::next_block(&genesis, 1);
+    let b2 = common::next_block(&b1.header, 2);
+    net.script_send(s, Message::Headers(vec![b1.header, b2.header]));
+    let asked = net.run_until(Duration::from_secs(5), |n| {
+        n.received(s)
+            .iter()
+            .any(|(_, m)| matches!(m, Message::GetData(i) if i.iter().any(|i| i.hash == b2.hash())))
+    });
+    assert!(asked, "A did not ask for block 2");
+    // block 2 first (it waits for block 1), then again unasked, then block 1
+    net.script_send(s, Message::Block(b2.clone()));
+    net.run_for(Duration::from_secs(1));
+    net.script_send(s, Message::Block(b2.clone()));
+    net.run_for(Duration::from_secs(1));
+    net.script_send(s, Message::Block(b1.clone()));
+    let connected = net.run_until(Duration::from_secs(10), |n| {
+        n.events(a)
+            .iter()
+            .any(|e| matches!(e, Event::BlockConnected { hash, .. } if *hash == b2.hash()))
+    });
+    assert!(connected, "block 2 not connected");
+    // A holds it: asked for it, it sends it
+    net.script_send(
+        s,
+        Message::GetData(vec![bsn::wire::Inventory {
+            kind: bsn::wire::InvType::BLOCK,
+            hash: b2.hash(),
+        }]),
+    );
+    let answer = |n: &SimNet| {
+        n.received(s).iter().find_map(|(_, m)| match m {
+            Message::Block(b) if b.hash() == b2.hash() => Some(true),
+            Message::NotFound(i) if i.iter().any(|i| i.hash == b2.hash()) => Some(false),
+            _ => None,
+        })
+    };
+    assert!(net.run_until(Duration::from_secs(5), |n| answer(n).is_some()));
+    assert_eq!(
+        answer(&net),
+        Some(true),
+        "A connected block 2 without holding it"
+    );
+}

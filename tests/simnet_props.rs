@@ -300,7 +300,11 @@ fn crowded(nodes: usize, seed: u64) {
             s.converged, s.tx_delivered, s.honest_banned, s.honest_scored
         ));
     }
-    assert!(problems.is_empty(), "seed {seed}: {}", problems.join("\n  "));
+    assert!(
+        problems.is_empty(),
+        "seed {seed}: {}",
+        problems.join("\n  ")
+    );
 }
 
 #[test]

@@ -116,6 +116,9 @@ impl NodeCore {
                         }
                         self.unconfirmed.insert(hash, b);
                         pending.held.push(hash);
+                    } else {
+                        // (else it was stored already: imported, submitted, or held before)
+                        debug_assert!(self.has_block(&hash), "block {hash} ready but not held");
                     }
                     pending.connected.push((height, hash));
                 }
@@ -126,14 +129,16 @@ impl NodeCore {
                         crate::fsm::DisconnectReason::Stalled(format!("no block {hash} in time")),
                     ));
                 }
+                // (the copy that came is dropped where it came in, `block_arrived`: a copy held
+                // from an earlier, requested delivery stays for its Ready)
                 DownloadAction::Unrequested { peer, hash } => {
-                    self.drop_held(&hash);
                     if let Some(ip) = self.ip_of(peer) {
                         let detail = format!("block {hash}");
                         self.misbehaving(ip, Some(peer), BanReason::UnrequestedData, &detail, now);
                     }
                 }
-                DownloadAction::Unneeded { hash, .. } | DownloadAction::Discard { hash, .. } => {
+                DownloadAction::Unneeded { .. } => {}
+                DownloadAction::Discard { hash, .. } => {
                     self.drop_held(&hash);
                 }
             }
