@@ -262,8 +262,8 @@ struct Adversary {
     asked: BTreeSet<usize>,
     /// When each honest node last asked it for its block (a staller).
     asked_at: BTreeMap<usize, Duration>,
-    /// When an honest node that asked connected a block at the height of the one it asked
-    /// for, or above, after it asked (it no longer needs the block).
+    /// When an honest node first connected a block at the height of the one it would ask for,
+    /// or above (from then on it no longer needs the block).
     moved_on: BTreeMap<usize, Duration>,
     /// Blocks asked of it that it never announced (a `height-liar`'s claim attracts them).
     block_requests: u32,
@@ -305,7 +305,7 @@ impl Adversary {
     fn moot(&self) -> usize {
         self.moved_on
             .keys()
-            .filter(|i| !self.dropped.contains(i))
+            .filter(|i| self.asked_at.contains_key(i) && !self.dropped.contains(i))
             .count()
     }
 
@@ -956,7 +956,9 @@ impl<'a> Run<'a> {
                         b.hash() != hash
                             && self.mined.get(&b.header.prev_hash).map_or(0, |m| m.height) < height
                     });
-                    if above && a.asked_at.contains_key(&i) && !a.moved_on.contains_key(&i) {
+                    // (whether or not it asked yet: the harness sees a request up to a slice
+                    // after it arrives, and a reorg may have moved the node on meanwhile)
+                    if above && !a.moved_on.contains_key(&i) {
                         a.moved_on.insert(i, at);
                     }
                 }
@@ -1060,7 +1062,12 @@ impl<'a> Run<'a> {
                 if let Some(f) = from {
                     a.asked.insert(f);
                     a.asked_at.insert(f, now);
-                    a.moved_on.remove(&f);
+                    // a node that moved on long before asks anew; one that moved on around
+                    // when it asked (the request seen here up to a slice and a link after it
+                    // left) will drop the request
+                    if a.moved_on.get(&f).is_some_and(|&m| m + TIMEOUT_SLACK < now) {
+                        a.moved_on.remove(&f);
+                    }
                 }
                 if a.kind == Attack::MidBlockStall {
                     let whole = frames(self.magic, std::iter::once(Message::Block(secret.clone())));
