@@ -357,6 +357,20 @@ fn crowded_partition_seed_25_moved_on_before_the_request_was_seen() {
     crowded_partition(25);
 }
 
+/// A node asked withholders for their block in turn; its best header chain left the block
+/// before the last request timed out (the request dropped with it, rightly), while its
+/// connected tip stayed below: the harness now counts the best header chain moving on.
+#[test]
+fn crowded_partition_seed_267_the_best_header_chain_left_the_withheld_block() {
+    crowded_partition(267);
+}
+
+/// As crowded partition seed 267.
+#[test]
+fn crowded_partition_seed_336_the_best_header_chain_left_the_withheld_block() {
+    crowded_partition(336);
+}
+
 /// Crowded partitions over many seeds: `cargo test --release --test simnet_props -- --ignored`.
 #[test]
 #[ignore]

@@ -917,6 +917,7 @@ impl<'a> Run<'a> {
                         Event::PeerConnected(_)
                             | Event::PeerDisconnected { .. }
                             | Event::BlockConnected { .. }
+                            | Event::Reorg(_)
                             | Event::TxReceived { .. }
                             | Event::BanScore { .. }
                             | Event::Banned { .. }
@@ -966,6 +967,18 @@ impl<'a> Run<'a> {
                     if !m.reached[i] {
                         m.reached[i] = true;
                         self.block_samples.push(ms(m.at));
+                    }
+                }
+            }
+            // the best header chain left the withheld block: its request is dropped with it
+            Event::Reorg(r) => {
+                for a in self.adversaries.iter_mut() {
+                    let left = a
+                        .secret
+                        .as_ref()
+                        .is_some_and(|b| r.disconnected.contains(&b.hash()));
+                    if left && !a.moved_on.contains_key(&i) {
+                        a.moved_on.insert(i, at);
                     }
                 }
             }
