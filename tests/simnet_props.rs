@@ -239,17 +239,24 @@ fn harsh(seed: u64) -> Options {
 }
 
 fn harsh_regression(seed: u64) {
-    let s = run_virtual(&harsh(seed), &mut |_| {});
+    holds(&harsh(seed));
+}
+
+/// Runs `o`; panics listing what failed unless every property held: converged, every
+/// transaction delivered, no honest node banned or scored, no violation.
+fn holds(o: &Options) {
+    let s = run_virtual(o, &mut |_| {});
     let mut problems = s.violations.clone();
-    if !s.converged || s.tx_delivered < 1.0 || s.honest_banned > 0 {
+    if !s.converged || s.tx_delivered < 1.0 || s.honest_banned > 0 || s.honest_scored > 0 {
         problems.push(format!(
-            "converged {}, transactions delivered {}, honest nodes banned {}",
-            s.converged, s.tx_delivered, s.honest_banned
+            "converged {}, transactions delivered {}, honest nodes banned {}, scored {}",
+            s.converged, s.tx_delivered, s.honest_banned, s.honest_scored
         ));
     }
     assert!(
         problems.is_empty(),
-        "seed {seed}: {}",
+        "seed {}: {}",
+        o.seed,
         problems.join("\n  ")
     );
 }
@@ -292,19 +299,7 @@ fn harsh_seed_35_a_close_still_on_its_way() {
 fn crowded(nodes: usize, seed: u64) {
     let mut o = Options::virtual_net(nodes, seed);
     o.adversaries = 250;
-    let s = run_virtual(&o, &mut |_| {});
-    let mut problems = s.violations.clone();
-    if !s.converged || s.tx_delivered < 1.0 || s.honest_banned > 0 || s.honest_scored > 0 {
-        problems.push(format!(
-            "converged {}, transactions delivered {}, honest nodes banned {}, scored {}",
-            s.converged, s.tx_delivered, s.honest_banned, s.honest_scored
-        ));
-    }
-    assert!(
-        problems.is_empty(),
-        "seed {seed}: {}",
-        problems.join("\n  ")
-    );
+    holds(&o);
 }
 
 #[test]
@@ -326,19 +321,7 @@ fn crowded_partition(seed: u64) {
     o.txs = 30;
     o.block_interval = Duration::from_secs(5);
     o.partition = Some(Duration::from_secs(8));
-    let s = run_virtual(&o, &mut |_| {});
-    let mut problems = s.violations.clone();
-    if !s.converged || s.tx_delivered < 1.0 || s.honest_banned > 0 || s.honest_scored > 0 {
-        problems.push(format!(
-            "converged {}, transactions delivered {}, honest nodes banned {}, scored {}",
-            s.converged, s.tx_delivered, s.honest_banned, s.honest_scored
-        ));
-    }
-    assert!(
-        problems.is_empty(),
-        "seed {seed}: {}",
-        problems.join("\n  ")
-    );
+    holds(&o);
 }
 
 /// A `replay` adversary sent a block again while the node's first copy waited for its
