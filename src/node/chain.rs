@@ -465,21 +465,13 @@ impl NodeCore {
         if let Some(r) = &u.reorg {
             self.emit(Event::Reorg(Box::new(r.clone())));
         }
-        let mut d = Vec::new();
-        let held = u
-            .reorg
-            .as_ref()
-            .map(|r| self.held_above(r.fork_point.height))
-            .unwrap_or_default();
+        let mut d = match &u.reorg {
+            Some(r) => self.download_reorg(r.fork_point.height),
+            None => Vec::new(),
+        };
         if let Some(dl) = self.blocks.as_mut() {
             if let Some(h) = sender_height {
                 dl.raise_peer_height(id, h);
-            }
-            if let Some(r) = &u.reorg {
-                d.extend(dl.reorg(r.fork_point.height));
-            }
-            for (height, hash) in held {
-                dl.have(height, hash);
             }
             d.extend(dl.tick(now, self.chain.tree()));
         }
@@ -700,6 +692,24 @@ impl NodeCore {
             .map_while(|h| tree.hash_at(h).map(|hash| (h, hash)))
             .take_while(|(_, hash)| self.has_block(hash))
             .collect()
+    }
+
+    /// The best chain switched branches at `fork_height`: the download drops what left it and
+    /// takes the new branch's blocks we hold as done ([`Self::held_above`]). Nothing for a
+    /// header client.
+    fn download_reorg(&mut self, fork_height: u32) -> Vec<DownloadAction> {
+        if self.blocks.is_none() {
+            return Vec::new();
+        }
+        let held = self.held_above(fork_height);
+        let Some(dl) = self.blocks.as_mut() else {
+            return Vec::new();
+        };
+        let d = dl.reorg(fork_height);
+        for (height, hash) in held {
+            dl.have(height, hash);
+        }
+        d
     }
 
     /// Whether we hold a block (committed, or written and waiting for its commit).
@@ -1041,18 +1051,10 @@ impl NodeCore {
         if u.new_tip != u.old_tip {
             self.set_height(u.new_tip.height);
         }
-        let mut d = Vec::new();
-        let on_branch = u
-            .reorg
-            .as_ref()
-            .map(|r| self.held_above(r.fork_point.height))
-            .unwrap_or_default();
-        if let (Some(r), Some(dl)) = (&u.reorg, self.blocks.as_mut()) {
-            d.extend(dl.reorg(r.fork_point.height));
-            for (height, hash) in on_branch {
-                dl.have(height, hash);
-            }
-        }
+        let d = match &u.reorg {
+            Some(r) => self.download_reorg(r.fork_point.height),
+            None => Vec::new(),
+        };
         self.download_actions(d, now);
         match &held {
             Held::Bytes(raw) => put_block(&mut batch, &hash, raw.clone()),
