@@ -246,10 +246,10 @@ impl BlockDownload {
                 .first_key_value()
                 .is_some_and(|(&h, _)| h <= height)
             {
-                p.refused = p.refused.split_off(&height.saturating_add(1));
-                if height == u32::MAX {
-                    p.refused.clear();
-                }
+                p.refused = match height.checked_add(1) {
+                    Some(above) => p.refused.split_off(&above),
+                    None => BTreeMap::new(),
+                };
             }
         }
     }

@@ -263,7 +263,8 @@ struct Adversary {
     /// When each honest node last asked it for its block (a staller).
     asked_at: BTreeMap<usize, Duration>,
     /// When an honest node first connected a block at the height of the one it would ask for,
-    /// or above (from then on it no longer needs the block).
+    /// or above, or its best header chain left that block (from then on it no longer needs
+    /// the block).
     moved_on: BTreeMap<usize, Duration>,
     /// Blocks asked of it that it never announced (a `height-liar`'s claim attracts them).
     block_requests: u32,
